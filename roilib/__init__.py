@@ -1,0 +1,1 @@
+"""Helpers shared by the top-level scripts (readers, batching, options, demo data)."""
