@@ -1,0 +1,369 @@
+"""AttentionNet: classify the region of an image marked by a binary ROI mask.
+
+Eppel, "Classifying a specific image region using convolutional nets with an ROI mask as
+input" (2018). A torchvision ResNet is the main branch; a side branch turns the ROI mask into
+attention maps that are added to and/or multiplied with feature maps (best: right after the
+first convolution), so the net looks at the region but still sees its surroundings.
+
+    model = AttentionNet(num_classes=80, arch="resnet50", weights="imagenet")
+    logits = model(images, masks)       # images [B,3,H,W] RGB 0..255, masks [B,1,H,W] in {0,1}
+    model.save("model.pt"); model = AttentionNet.from_checkpoint("model.pt")
+
+The same constructor builds the baselines of the paper's comparison (mode="blackout", "crop",
+"channel", "none"), so every variant shares one code path for training and evaluation.
+"""
+import os
+import pickle
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from roilib.errors import UserError
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+MODES = ("attention", "blackout", "crop", "channel", "none")
+MERGE_POINTS = ("stem", "layer1", "layer2", "layer3", "layer4")
+MERGES = ("add", "mul", "muladd")
+CHECKPOINT_FORMAT = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def parse_attention(spec):
+    """'stem', 'layer1,layer3', 'all' or a list -> merge points in network order."""
+    if isinstance(spec, str):
+        spec = MERGE_POINTS if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    points = tuple(p for p in MERGE_POINTS if p in set(spec))
+    unknown = set(spec) - set(MERGE_POINTS)
+    if unknown or not points:
+        raise ValueError(f"attention must name merge points among {', '.join(MERGE_POINTS)} or 'all', got {spec!r}")
+    return points
+
+
+def mask_pyramid_level(masks, size):
+    """Resize [B,1,H,W] masks to a feature map's size as two channels: coverage (the fraction of
+    each cell inside the ROI) and presence (any ROI pixel in the cell). Presence keeps a 2x2-pixel
+    segment visible even at stride 32, where bilinear sampling would simply miss it."""
+    coverage = F.adaptive_avg_pool2d(masks, size)
+    presence = F.adaptive_max_pool2d(masks, size)
+    return torch.cat([coverage, presence], dim=1)
+
+
+class MaskAttention(nn.Module):
+    """Side branch for one merge point: ROI mask -> attention map merged into the feature map.
+    Initialised so that it has exactly no effect at the start (add: 0, mul: 1)."""
+
+    def __init__(self, channels, merge):
+        super().__init__()
+        self.merge = merge
+        self.mul = self._conv(channels, bias=1.0) if merge in ("mul", "muladd") else None
+        self.add = self._conv(channels, bias=0.0) if merge in ("add", "muladd") else None
+
+    @staticmethod
+    def _conv(channels, bias):
+        conv = nn.Conv2d(2, channels, kernel_size=3, padding=1, bias=True)
+        nn.init.zeros_(conv.weight)
+        nn.init.constant_(conv.bias, bias)
+        return conv
+
+    def attention_input(self, x, masks):
+        return mask_pyramid_level(masks, x.shape[-2:]).to(x.dtype)
+
+    def forward(self, x, masks):
+        m = self.attention_input(x, masks)
+        if self.mul is not None:
+            x = x * self.mul(m)
+        if self.add is not None:
+            x = x + self.add(m)
+        return x
+
+
+def masks_to_boxes_with_context(masks, margin, out_hw):
+    """Bounding box of each mask, grown by `margin` of its size on every side and widened to the
+    output's aspect ratio (no distortion). Returns [B,5] rows (batch index, x0, y0, x1, y1)."""
+    b, _, h, w = masks.shape
+    rows = masks[:, 0].amax(dim=2) > 0   # [B,H]: rows that hold ROI pixels
+    cols = masks[:, 0].amax(dim=1) > 0   # [B,W]
+    ar_h = torch.arange(h, device=masks.device)
+    ar_w = torch.arange(w, device=masks.device)
+    y0 = torch.where(rows, ar_h, h).amin(1).float()
+    y1 = torch.where(rows, ar_h, -1).amax(1).float() + 1
+    x0 = torch.where(cols, ar_w, w).amin(1).float()
+    x1 = torch.where(cols, ar_w, -1).amax(1).float() + 1
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    bw = ((x1 - x0) * (1 + 2 * margin)).clamp(min=8)
+    bh = ((y1 - y0) * (1 + 2 * margin)).clamp(min=8)
+    aspect = out_hw[1] / out_hw[0]
+    bw, bh = torch.maximum(bw, bh * aspect), torch.maximum(bh, bw / aspect)
+    index = torch.arange(b, device=masks.device, dtype=torch.float32)
+    return torch.stack([index, cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
+
+
+def _last_channels(layer):
+    return [m for m in layer.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+
+
+class AttentionNet(nn.Module):
+    """ResNet main branch + ROI-mask side branch (or one of the baselines), see module doc."""
+
+    def __init__(self, num_classes, arch="resnet50", mode="attention", attention="stem", merge="add",
+                 weights=None, class_names=None, crop_margin=0.5):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if merge not in MERGES:
+            raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        points = parse_attention(attention) if mode == "attention" else ()
+        self.config = {"arch": arch, "num_classes": int(num_classes), "mode": mode,
+                       "attention": list(points), "merge": merge, "crop_margin": float(crop_margin),
+                       "class_names": list(class_names) if class_names is not None else None}
+        self.backbone = build_backbone(arch, weights)
+        self.backbone.fc = nn.Linear(self.backbone.fc.in_features, num_classes)
+        if mode == "channel":
+            self.backbone.conv1 = _with_mask_channel(self.backbone.conv1)
+        channels = {"stem": self.backbone.conv1.out_channels}
+        channels.update({f"layer{i}": _last_channels(getattr(self.backbone, f"layer{i}")) for i in range(1, 5)})
+        self.branches = nn.ModuleDict({p: MaskAttention(channels[p], merge) for p in points})
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @property
+    def class_names(self):
+        return self.config["class_names"]
+
+    @property
+    def num_classes(self):
+        return self.config["num_classes"]
+
+    # ---- forward ---------------------------------------------------------------------------
+    def forward(self, images, masks):
+        """images: [B,3,H,W] (or [1,3,H,W] shared by all masks) RGB 0..255, uint8 or float;
+        masks: [B,1,H,W] or [B,H,W], nonzero = ROI. Returns logits [B, num_classes]."""
+        masks = self._check_inputs(images, masks)
+        batch = masks.shape[0]
+        x = self.normalize(images)
+        mode = self.config["mode"]
+        # In eval mode an image shared by many masks runs once up to the first merge point.
+        share = x.shape[0] == 1 and batch > 1 and not self.training and mode in ("attention", "none")
+        if not share:
+            x = x.expand(batch, -1, -1, -1)
+        if mode == "blackout":
+            x = x * masks                      # normalised 0 == the mean colour
+        elif mode == "crop":
+            x = self._crop(x, masks)
+        elif mode == "channel":
+            x = torch.cat([x, masks.to(x.dtype)], dim=1)
+        return self._main_branch(x, masks, batch)
+
+    def _main_branch(self, x, masks, batch):
+        net = self.backbone
+        x = self._merge("stem", net.conv1(x), masks, batch)
+        x = net.maxpool(net.relu(net.bn1(x)))
+        for i in range(1, 5):
+            name = f"layer{i}"
+            x = self._merge(name, getattr(net, name)(x), masks, batch)
+        x = torch.flatten(net.avgpool(x), 1)
+        return net.fc(x).expand(batch, -1)
+
+    def _merge(self, point, x, masks, batch):
+        if point not in self.branches:
+            return x
+        if x.shape[0] != batch:
+            x = x.expand(batch, -1, -1, -1)
+        return self.branches[point](x, masks)
+
+    def normalize(self, images):
+        x = (images.float() - self.mean) / self.std
+        if self.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _crop(self, x, masks):
+        out_hw = x.shape[-2:]
+        boxes = masks_to_boxes_with_context(masks, self.config["crop_margin"], out_hw)
+        return torchvision.ops.roi_align(x, boxes.to(x.dtype), output_size=tuple(out_hw),
+                                         spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+    @staticmethod
+    def _check_inputs(images, masks):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B,3,H,W] RGB, got shape {tuple(images.shape)}")
+        if masks.dim() == 3:
+            masks = masks.unsqueeze(1)
+        if masks.dim() != 4 or masks.shape[1] != 1:
+            raise ValueError(f"masks must be [B,1,H,W] or [B,H,W], got shape {tuple(masks.shape)}")
+        if masks.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"mask size {tuple(masks.shape[-2:])} differs from image size {tuple(images.shape[-2:])}")
+        if min(images.shape[-2:]) < 32:
+            raise ValueError(f"images must be at least 32x32, got {tuple(images.shape[-2:])}")
+        if images.shape[0] not in (1, masks.shape[0]):
+            raise ValueError(f"{images.shape[0]} images for {masks.shape[0]} masks (give one image per mask, or one for all)")
+        if masks.dtype.is_floating_point:
+            return masks.clamp(0, 1)
+        return (masks > 0).float()
+
+    # ---- prediction ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, images, masks, topk=5):
+        """Probabilities and top-k classes for each mask: a dict with "probs" [B,K],
+        "topk_probs" and "topk_indices" [B,k], and "topk_names" (lists) when names are known."""
+        was_training = self.training
+        self.eval()
+        try:
+            probs = self(images, masks).float().softmax(dim=-1)
+        finally:
+            self.train(was_training)
+        top_p, top_i = probs.topk(min(topk, self.num_classes), dim=-1)
+        out = {"probs": probs, "topk_probs": top_p, "topk_indices": top_i}
+        if self.class_names is not None:
+            out["topk_names"] = [[self.class_names[i] for i in row] for row in top_i.tolist()]
+        return out
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def save(self, path, **extra):
+        """Write {"format", "model", "config", **extra} atomically: a crash mid-write leaves any
+        previous file at `path` intact."""
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "model": self.state_dict(),
+                         "config": dict(self.config), **extra}, path)
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu"):
+        """Rebuild the model from a checkpoint alone (architecture, classes, names, mode, merge
+        points all come from the file)."""
+        return cls.from_state(load_checkpoint(path, map_location), path)
+
+    @classmethod
+    def from_state(cls, state, path="checkpoint"):
+        if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
+            raise UserError(f"{path}: not an AttentionNet checkpoint (no 'model' and 'config' entries)")
+        config = dict(state["config"])
+        try:
+            model = cls(weights=None, **config)
+            model.load_state_dict(state["model"])
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"{path}: checkpoint does not match this version of AttentionNet ({_first_line(e)})") from None
+        return model
+
+
+# ---- backbone and weights ------------------------------------------------------------------
+def build_backbone(arch, weights):
+    """A torchvision ResNet with random (None), ImageNet ("imagenet") or local-file weights."""
+    builder = getattr(torchvision.models, arch)
+    if weights is None or weights == "none":
+        return builder(weights=None)
+    if weights == "imagenet":
+        enum = torchvision.models.get_model_weights(arch).DEFAULT
+        try:
+            return builder(weights=enum)
+        except Exception as e:  # download errors come from urllib, ssl, http, hashing ...
+            url = enum.url
+            target = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+            raise UserError(f"could not get ImageNet weights for {arch} ({_first_line(e)}); "
+                            f"download {url} and put it at {target}, or set WEIGHTS=None") from None
+    net = builder(weights=None)
+    load_backbone_file(net, weights)
+    return net
+
+
+def load_backbone_file(net, path):
+    """Load a torchvision state_dict (possibly wrapped in {"state_dict"} or {"model"}); its
+    classifier is ignored because fc is replaced for the task's classes."""
+    state = load_checkpoint(path)
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()
+             if not k.removeprefix("module.").removeprefix("backbone.").startswith("fc.")}
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:   # shapes differ: another arch
+        raise UserError(f"{path}: not a ResNet state_dict for this arch ({_first_line(e)})") from None
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise UserError(f"{path}: not a ResNet state_dict for this arch "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def _with_mask_channel(conv):
+    """conv1 with a 4th input channel (the mask) whose weights start at 0 (Alpha-CLIP style)."""
+    new = nn.Conv2d(4, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :3] = conv.weight
+    return new
+
+
+# ---- checkpoint files ----------------------------------------------------------------------
+def save_checkpoint(state, path):
+    """torch.save to a temporary file in the same folder, fsync, then os.replace: readers see
+    the old file or the new one, never half of one. Errors (disk full, no permission) become
+    one line, and the previous checkpoint is left as it was."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise UserError(f"{path}: could not write checkpoint ({e.strerror or e}); "
+                        "the previous file there, if any, is intact") from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """torch.load with weights_only=True: a checkpoint holds tensors and plain data, and a file
+    carrying pickled code is refused instead of run."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise UserError(f"{path}: refused: the file holds Python objects that could run code, "
+                            "not only tensors and plain data; load only checkpoints you trust") from None
+        raise UserError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {_first_line(e)})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a checkpoint (expected a dict, found {type(state).__name__})")
+    return state
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__

@@ -1,0 +1,1 @@
+# Makes the top-level scripts importable from tests/ (pytest rootdir = repository root).

@@ -1,0 +1,134 @@
+"""Reading images, masks and label maps, and writing PNGs, with one-line errors.
+
+Everything goes through ``np.fromfile`` + ``cv2.imdecode`` so that non-ASCII paths work on
+every platform (``cv2.imread`` fails silently on them on Windows). Images are decoded with
+``IMREAD_UNCHANGED``: EXIF orientation is NOT applied, so an image and a mask drawn on its
+stored pixel grid always line up.
+"""
+import os
+import uuid
+
+import cv2
+import numpy as np
+
+from roilib.errors import UserError
+
+_JPEG_START = b"\xff\xd8"
+_JPEG_END = b"\xff\xd9"
+_JPEG_SCAN = b"\xff\xda"
+
+
+def _read_bytes(path):
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
+    if data.size == 0:
+        raise UserError(f"{path}: file is empty")
+    return data
+
+
+def _check_jpeg_complete(path, data):
+    """cv2 may decode a truncated JPEG and fill the rest with grey. The end-of-image marker
+    cannot occur inside entropy-coded data (0xFF is byte-stuffed there), so a file whose last
+    end-of-image marker is not after its last start-of-scan marker was cut off."""
+    raw = data.tobytes()
+    if raw[:2] == _JPEG_START and raw.rfind(_JPEG_END) < raw.rfind(_JPEG_SCAN):
+        raise UserError(f"{path}: truncated JPEG (no end-of-image marker)")
+
+
+def _decode(path, flags=cv2.IMREAD_UNCHANGED):
+    data = _read_bytes(path)
+    _check_jpeg_complete(path, data)
+    try:
+        array = cv2.imdecode(data, flags)
+    except cv2.error:
+        array = None
+    if array is None:
+        raise UserError(f"{path}: not an image or corrupt/truncated file")
+    return array
+
+
+def _to_uint8(path, array):
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        # 65535 / 257 = 255 exactly: a linear map, where clipping would saturate.
+        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    raise UserError(f"{path}: unsupported pixel type {array.dtype} (expected 8 or 16 bit)")
+
+
+def read_image(path):
+    """Image file -> uint8 H×W×3 RGB (grayscale expanded, alpha dropped, 16 bit scaled)."""
+    array = _to_uint8(path, _decode(path))
+    if array.ndim == 2:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    channels = array.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(array[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
+    raise UserError(f"{path}: unsupported image with {channels} channels")
+
+
+def _single_channel(array):
+    """Colour mask -> one channel. An alpha channel that is not fully opaque is the mask;
+    otherwise a pixel is on when any colour channel is (a red mask has B = G = 0)."""
+    if array.ndim == 2:
+        return array
+    if array.shape[2] == 4 and array[:, :, 3].min() < array[:, :, 3].max():
+        return array[:, :, 3]
+    return array[:, :, :3].max(axis=2)
+
+
+def read_mask(path, shape=None):
+    """Mask file -> uint8 H×W in {0, 1}: any nonzero pixel is inside (0/1 and 0/255 both work).
+    ``shape`` (H, W): the image's size, which the mask must match."""
+    mask = (_single_channel(_decode(path)) > 0).astype(np.uint8)
+    if shape is not None and tuple(mask.shape) != tuple(shape[:2]):
+        raise UserError(
+            f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) "
+            f"but the image is {shape[1]}x{shape[0]}")
+    if not mask.any():
+        raise UserError(f"{path}: mask is empty (no nonzero pixel)")
+    return mask
+
+
+def read_label_map(path):
+    """Label-map file -> 2D integer array of class/instance values, 8 or 16 bit kept as is.
+    A 3-channel file whose channels are all equal is a gray map saved as colour and accepted."""
+    array = _decode(path)
+    if array.ndim == 3:
+        colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
+        if not (colour == colour[:, :, :1]).all():
+            raise UserError(
+                f"{path}: colour label map; expected a single-channel PNG whose pixel "
+                f"values are the labels")
+        array = colour[:, :, 0]
+    return np.ascontiguousarray(array)
+
+
+def write_png(path, array):
+    """Write a 2D (gray, 8/16 bit) or H×W×3 RGB array as PNG, atomically: a temporary file
+    in the same folder is renamed over ``path``, so a killed run never leaves half a file."""
+    array = np.asarray(array)
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise UserError(f"{path}: cannot encode {array.dtype} {array.shape} array as PNG")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # A unique sibling name (not mkstemp, which would leave the file mode 0600).
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as file:
+            file.write(encoded.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,63 @@
+"""The parameter-block helper shared by all scripts."""
+import pytest
+
+from roilib.cli import convert, parse_parameters, run
+from roilib.errors import UserError
+
+SCRIPT = '''"""demo script"""
+# ---- parameters: edit here, or override as --NAME=value ----
+STEPS = 100          # training steps
+LR = 1e-3            # learning rate
+AMP = True           # mixed precision
+WEIGHTS = "imagenet" # None | imagenet | path
+SEED = None          # optional seed
+# ---- end of parameters ----
+OTHER = 5
+'''
+
+
+@pytest.fixture
+def script(tmp_path):
+    path = tmp_path / "Script.py"
+    path.write_text(SCRIPT)
+    namespace = {"STEPS": 100, "LR": 1e-3, "AMP": True, "WEIGHTS": "imagenet", "SEED": None, "OTHER": 5}
+    return path, namespace
+
+
+def test_overrides_are_typed(script):
+    path, ns = script
+    params = parse_parameters(ns, path, ["--STEPS=7", "--LR=0.5", "--AMP=false", "--WEIGHTS=None", "--SEED=3"])
+    assert params == {"STEPS": 7, "LR": 0.5, "AMP": False, "WEIGHTS": None, "SEED": 3}
+    assert ns["STEPS"] == 7 and ns["OTHER"] == 5
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("--STEPS=1.5", "expected an integer"), ("--LR=fast", "expected a number"),
+    ("--AMP=maybe", "expected true or false"), ("--STEP=3", "did you mean --STEPS"),
+    ("--OTHER=1", "valid: STEPS, LR, AMP, WEIGHTS, SEED"), ("STEPS=3", "expected --NAME=value")])
+def test_bad_arguments_are_one_line_errors(script, arg, message):
+    path, ns = script
+    with pytest.raises(UserError, match=message):
+        parse_parameters(ns, path, [arg])
+
+
+def test_help_prints_block(script, capsys):
+    path, ns = script
+    with pytest.raises(SystemExit) as exit_info:
+        parse_parameters(ns, path, ["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "STEPS = 100          # training steps" in out and "OTHER" not in out
+
+
+def test_convert_none_default_guesses_type():
+    assert convert("X", "4", None) == 4 and convert("X", "0.5", None) == 0.5 and convert("X", "a", None) == "a"
+
+
+def test_run_turns_user_error_into_exit_2(capsys):
+    def main():
+        raise UserError("data/x.png: not an image")
+    with pytest.raises(SystemExit) as exit_info:
+        run(main)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: data/x.png: not an image\n"
