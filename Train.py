@@ -1,0 +1,362 @@
+"""Train AttentionNet to classify the region of an image given by an ROI mask.
+
+    python Train.py                                  # the demo dataset, a few minutes on a CPU
+    python Train.py --DATASET=coco --ARCH=resnet50 --WEIGHTS=imagenet --RUN=coco_r50 ...
+    torchrun --nproc_per_node=4 Train.py --DATASET=coco ...          # several GPUs (DDP)
+
+Writes logs/<RUN>/: config.json, train_log.csv, TensorBoard events, last.pt, best.pt (best
+validation mean class accuracy) and step_N.pt snapshots. Running again with the same RUN
+resumes from last.pt (model, optimiser, step, data order); --RESUME=False starts afresh and
+moves the old run aside (nothing is deleted).
+"""
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from AttentionNet import AttentionNet, load_checkpoint
+from roilib import cli
+from roilib.data import VaryingSizeBatchSampler, make_train_loader
+from roilib.datasets import REPO, open_dataset
+from roilib.errors import UserError
+from roilib.evaluation import predict_dataset
+from roilib.metrics import summarize
+from roilib.progress import format_seconds
+from roilib.runtime import Distributed, amp_dtype, autocast, precision_name, resolve_device
+
+# ---- parameters: edit here, or override as --NAME=value ----
+DATASET = "demo"            # demo | coco | opensurfaces
+TRAIN_IMAGES = ""           # training image folder ("" = the DATASET's default layout, see README)
+TRAIN_ANNOTATIONS = ""      # coco: instances JSON; opensurfaces: label-map folder ("" = default)
+VAL_IMAGES = ""             # validation image folder ("" = default)
+VAL_ANNOTATIONS = ""        # validation instances JSON or label-map folder ("" = default)
+CLASS_NAMES = None          # label maps only: comma-separated names (None = the 44 OpenSurfaces materials)
+MIN_AREA = 1                # segments smaller than this (pixels) are not used
+ARCH = "resnet18"           # resnet18 | resnet34 | resnet50 (the paper's) | resnet101 | resnet152
+WEIGHTS = None              # None (random init) | imagenet | path to a torchvision ResNet state_dict
+MODE = "attention"          # attention | blackout | crop | channel | none (baselines)
+ATTENTION = "stem"          # merge points: stem, layer1..layer4, comma-separated, or all
+MERGE = "add"               # add | mul | muladd
+RUN = "demo"                # run name: outputs go to LOG_DIR/RUN/
+LOG_DIR = "logs"            # folder of all runs (relative paths: to this repository)
+RESUME = True               # resume from LOG_DIR/RUN/last.pt if it exists
+STEPS = 1200                # optimiser steps in total
+LR = 2e-3                   # peak learning rate (AdamW)
+WEIGHT_DECAY = 0.05         # AdamW weight decay (not applied to norms and biases)
+WARMUP_STEPS = 100          # linear warm-up, then cosine decay to 1% of LR
+MIN_SIZE = 96               # training crops: height and width drawn in [MIN_SIZE, MAX_SIZE],
+MAX_SIZE = 160              #   rounded to multiples of 32
+MAX_PIXELS = 400000         # pixels per batch (batch size = MAX_PIXELS // (H*W), at most MAX_BATCH)
+MAX_BATCH = 32              # samples per batch at most (per process)
+BALANCED = True             # class-balanced sampling (class -> image -> segment) or by frequency
+FLIP = True                 # random horizontal flips
+WORKERS = 2                 # DataLoader worker processes
+DEVICE = "auto"             # auto | cpu | cuda | cuda:N
+AMP = True                  # bf16 autocast on GPUs and on CPUs with native bf16 (else float32)
+CHANNELS_LAST = True        # channels-last memory format (faster convolutions)
+COMPILE = False             # torch.compile the model (GPU; slow first steps)
+SEED = 0                    # seeds the weights and the data order
+LOG_EVERY = 20              # progress line and train_log.csv row every N steps
+VAL_EVERY = 400             # validate (and update best.pt) every N steps and at the end
+VAL_MAX_IMAGES = 0          # validate on the first N images only (0 = all)
+VAL_MAX_PIXELS = 307200     # validation images shrunk to fit this many pixels (640x480)
+SAVE_EVERY = 200            # write last.pt every N steps
+SNAPSHOT_EVERY = 0          # keep step_N.pt every N steps (0 = never)
+# ---- end of parameters ----
+
+CSV_FIELDS = ["step", "loss", "lr", "img_per_s", "val_accuracy", "val_mean_class_accuracy"]
+
+
+def main():
+    params = cli.parse_parameters(globals(), __file__)
+    dist = Distributed()
+    device = resolve_device(DEVICE, dist.local_rank)
+    dist.start(device)
+    try:
+        train(params, dist, device)
+    finally:
+        dist.stop()
+
+
+def train(params, dist, device):
+    torch.manual_seed(SEED)
+    run_dir = os.path.join(LOG_DIR if os.path.isabs(LOG_DIR) else os.path.join(REPO, LOG_DIR), RUN)
+    state = find_resume_state(run_dir, dist)
+    train_set = open_dataset(DATASET, "train", TRAIN_IMAGES, TRAIN_ANNOTATIONS, train=True,
+                             class_names=CLASS_NAMES, min_area=MIN_AREA)
+    val_set = open_dataset(DATASET, "val", VAL_IMAGES, VAL_ANNOTATIONS, train=False,
+                           class_names=CLASS_NAMES, min_area=MIN_AREA)
+    if val_set.class_names != train_set.class_names:
+        raise UserError("the validation set's classes differ from the training set's")
+    model = build_model(train_set, state)
+    dtype = amp_dtype(device, AMP)
+    model.to(device, memory_format=torch.channels_last if CHANNELS_LAST else torch.preserve_format)
+    optimizer = make_optimizer(model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    step = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state.get("scaler") or {})
+        step = int(state["step"])
+    best = (state or {}).get("best_metric", -1.0)
+    net = model
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if COMPILE:
+        net = torch.compile(net)
+
+    sampler = VaryingSizeBatchSampler(
+        train_set.labels, MIN_SIZE, MAX_SIZE, MAX_PIXELS, MAX_BATCH, balanced=BALANCED, seed=SEED,
+        start_step=step, rank=dist.rank, world_size=dist.world_size,
+        image_of_segment=train_set.image_of_segment)
+    train_set.flip = FLIP
+    logger = RunLogger(run_dir, params, train_set, dist, device, dtype, resumed_step=step if state else None)
+    logger.announce(train_set, val_set, model, step)
+    if step >= STEPS:
+        logger.print(f"already trained {step} steps (STEPS={STEPS}); raise --STEPS to go on")
+        return
+
+    def save(name, **metrics):
+        if dist.is_main:
+            check_finite(model, logger, step)
+            model.save(os.path.join(run_dir, name), optimizer=optimizer.state_dict(),
+                       scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), step=step,
+                       best_metric=best, metrics=metrics, params=params)
+
+    loader = iter(make_train_loader(train_set, sampler, WORKERS))
+    net.train()
+    window = Window()
+    while step < STEPS:
+        batch = next(loader)
+        images = batch["images"].to(device, non_blocking=True)
+        masks = batch["masks"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        if CHANNELS_LAST:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, dtype):
+            logits = net(images, masks)
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        window.add(loss.detach(), labels.shape[0] * dist.world_size)
+        if step % LOG_EVERY == 0 or step == STEPS:
+            mean_loss = window.mean_loss()      # the one sync with the device per log window
+            if not math.isfinite(mean_loss):
+                raise UserError(f"the loss became {mean_loss} between steps {step - window.steps} and "
+                                f"{step}; lower --LR (now {LR}) or check the data. The checkpoints in "
+                                f"{run_dir} are from before and intact")
+            logger.log_train(step, mean_loss, scheduler.get_last_lr()[0], window.rate())
+            window = Window()
+        validate_now = step % VAL_EVERY == 0 or step == STEPS
+        if validate_now:
+            metrics = validate(model, val_set, device, dtype, dist, logger, step)
+            improved = dist.is_main and metrics["mean_class_accuracy"] > best
+            best = max(best, metrics["mean_class_accuracy"]) if dist.is_main else best
+            save("last.pt", **metrics)
+            if improved:
+                save("best.pt", **metrics)
+                logger.print(f"best.pt updated: mean class accuracy {best:.4f} at step {step}")
+            window.restart_clock()
+        elif step % SAVE_EVERY == 0:
+            save("last.pt")
+        if SNAPSHOT_EVERY and step % SNAPSHOT_EVERY == 0:
+            save(f"step_{step}.pt")
+    logger.finish(step, best)
+
+
+def find_resume_state(run_dir, dist):
+    """The checkpoint to resume from, or None. With RESUME=False an existing run is moved
+    aside, never deleted."""
+    last = os.path.join(run_dir, "last.pt")
+    if RESUME and os.path.exists(last):
+        return load_checkpoint(last)
+    if not RESUME and os.path.isdir(run_dir) and os.listdir(run_dir):
+        dist.barrier()
+        if dist.is_main:
+            aside = f"{run_dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.move(run_dir, aside)
+            print(f"--RESUME=False: moved the existing run to {aside}", flush=True)
+        dist.barrier()
+    return None
+
+
+def build_model(train_set, state):
+    if state is not None:
+        model = AttentionNet.from_state(state, "last.pt")
+        expected = {"arch": ARCH, "mode": MODE, "num_classes": train_set.num_classes}
+        found = {k: model.config[k] for k in expected}
+        if found != expected:
+            raise UserError(f"logs/{RUN}/last.pt holds a different model ({found}) than asked "
+                            f"({expected}); use another --RUN, or --RESUME=False to start afresh")
+        return model
+    return AttentionNet(train_set.num_classes, arch=ARCH, mode=MODE, attention=ATTENTION,
+                        merge=MERGE, weights=WEIGHTS, class_names=train_set.class_names)
+
+
+def make_optimizer(model):
+    """AdamW; no weight decay on biases and norm layers (the usual ResNet recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=LR, fused=False)
+
+
+def lr_factor(step):
+    """Linear warm-up over WARMUP_STEPS, then cosine decay to 1% of LR at STEPS."""
+    if step < WARMUP_STEPS:
+        return (step + 1) / WARMUP_STEPS
+    progress = min(1.0, (step - WARMUP_STEPS) / max(1, STEPS - WARMUP_STEPS))
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def validate(model, val_set, device, dtype, dist, logger, step):
+    """Rank 0 evaluates; the other ranks wait. Returns the summary metrics."""
+    metrics = {}
+    if dist.is_main:
+        out = predict_dataset(model, val_set, device, dtype, max_pixels=VAL_MAX_PIXELS,
+                              max_batch=MAX_BATCH, limit=VAL_MAX_IMAGES or None,
+                              progress=sys.stderr.isatty())
+        full = summarize(out["labels"], out["preds"], out["areas"], val_set.class_names, out["topk"])
+        metrics = {k: full[k] for k in ("accuracy", "mean_class_accuracy", "count")}
+        logger.log_val(step, metrics, out["segments_per_s"])
+    dist.barrier()
+    model.train()
+    return metrics
+
+
+def check_finite(model, logger, step):
+    """Never write a broken model over a good checkpoint."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise UserError(f"the weights hold NaN/inf at step {step}: not saving; lower --LR (now {LR}). "
+                        "The checkpoints already written are intact")
+
+
+class Window:
+    """Loss and throughput over the steps since the last progress line, without a device
+    sync per step (losses stay on the device until the log step)."""
+
+    def __init__(self):
+        self.losses, self.images, self.steps = [], 0, 0
+        self.restart_clock()
+
+    def restart_clock(self):
+        self.start = time.perf_counter()
+        self.images_since_start = 0
+
+    def add(self, loss, images):
+        self.losses.append(loss)
+        self.images += images
+        self.images_since_start += images
+        self.steps += 1
+
+    def mean_loss(self):
+        return torch.stack(self.losses).float().mean().item()
+
+    def rate(self):
+        return self.images_since_start / max(time.perf_counter() - self.start, 1e-9)
+
+
+class RunLogger:
+    """Console lines, train_log.csv, config.json and TensorBoard; only rank 0 writes."""
+
+    def __init__(self, run_dir, params, train_set, dist, device, dtype, resumed_step):
+        self.run_dir, self.active = run_dir, dist.is_main
+        self.device, self.dtype, self.dist = device, dtype, dist
+        self.start = time.perf_counter()
+        self.first_step = resumed_step or 0
+        self.tensorboard = None
+        if not self.active:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        config = {"params": params, "num_classes": train_set.num_classes,
+                  "class_names": train_set.class_names, "world_size": dist.world_size,
+                  "device": str(device), "precision": precision_name(dtype),
+                  "torch": torch.__version__, "command": sys.argv}
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        self.csv_path = os.path.join(run_dir, "train_log.csv")
+        if not os.path.exists(self.csv_path):
+            with open(self.csv_path, "w", newline="") as f:
+                csv.writer(f).writerow(CSV_FIELDS)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(run_dir)
+        except ImportError:
+            self.print("TensorBoard is not installed: no event files (pip install tensorboard)")
+
+    def print(self, text):
+        if self.active:
+            print(text, flush=True)
+
+    def announce(self, train_set, val_set, model, step):
+        what = f"resuming {self.run_dir} at step {step}" if self.first_step else f"new run in {self.run_dir}"
+        cfg = model.config
+        points = ",".join(cfg["attention"]) if cfg["mode"] == "attention" else "-"
+        self.print(f"{what}\n"
+                   f"data: {len(train_set)} training segments in {len(train_set.images)} images, "
+                   f"{len(val_set)} validation segments, {train_set.num_classes} classes\n"
+                   f"model: {cfg['arch']} mode={cfg['mode']} attention={points} merge={cfg['merge']} "
+                   f"weights={WEIGHTS}\n"
+                   f"device: {self.device} x{self.dist.world_size}, {precision_name(self.dtype)}, "
+                   f"{'channels_last' if CHANNELS_LAST else 'contiguous'}, {WORKERS} workers; "
+                   f"{STEPS} steps, crops {MIN_SIZE}-{MAX_SIZE}px, <= {MAX_BATCH} per batch")
+        summary = getattr(train_set, "summary", None)
+        if callable(summary) and summary():
+            self.print(summary())
+
+    def log_train(self, step, loss, lr, rate):
+        if not self.active:
+            return
+        done = step - self.first_step
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(done, 1) * (STEPS - step)
+        self.print(f"step {step:>6}/{STEPS} | loss {loss:.4f} | lr {lr:.2e} | {rate:7.1f} img/s | "
+                   f"ETA {format_seconds(eta)}")
+        self._csv([step, f"{loss:.5f}", f"{lr:.3e}", f"{rate:.1f}", "", ""])
+        if self.tensorboard:
+            self.tensorboard.add_scalar("train/loss", loss, step)
+            self.tensorboard.add_scalar("train/lr", lr, step)
+            self.tensorboard.add_scalar("train/img_per_s", rate, step)
+
+    def log_val(self, step, metrics, segments_per_s):
+        if not self.active:
+            return
+        self.print(f"validation at step {step}: accuracy {metrics['accuracy']:.4f}, mean class accuracy "
+                   f"{metrics['mean_class_accuracy']:.4f} ({metrics['count']} segments, "
+                   f"{segments_per_s:.0f} segments/s)")
+        self._csv([step, "", "", "", f"{metrics['accuracy']:.5f}", f"{metrics['mean_class_accuracy']:.5f}"])
+        if self.tensorboard:
+            self.tensorboard.add_scalar("val/accuracy", metrics["accuracy"], step)
+            self.tensorboard.add_scalar("val/mean_class_accuracy", metrics["mean_class_accuracy"], step)
+
+    def _csv(self, row):
+        with open(self.csv_path, "a", newline="") as f:
+            csv.writer(f).writerow(row)
+
+    def finish(self, step, best):
+        if not self.active:
+            return
+        if self.tensorboard:
+            self.tensorboard.close()
+        minutes = (time.perf_counter() - self.start) / 60
+        self.print(f"done: {step} steps in {minutes:.1f} min; best validation mean class accuracy "
+                   f"{best:.4f}; checkpoints in {self.run_dir} (best.pt, last.pt)\n"
+                   f"next: python EvaluateAccuracy.py --CHECKPOINT={os.path.join(self.run_dir, 'best.pt')}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,61 @@
+"""Accuracy overall, per class and per segment size (the paper's bins and COCO's)."""
+import math
+
+import numpy as np
+
+# The paper's bins: segment area in pixels of the original image, doubling from 1k.
+SIZE_BINS = [(0, 1000, "<1k"), (1000, 2000, "1k-2k"), (2000, 4000, "2k-4k"), (4000, 8000, "4k-8k"),
+             (8000, 16000, "8k-16k"), (16000, 32000, "16k-32k"), (32000, 64000, "32k-64k"),
+             (64000, 128000, "64k-128k"), (128000, 256000, "128k-256k"), (256000, 500000, "256k-500k"),
+             (500000, 1000000, "500k-1M"), (1000000, math.inf, ">=1M")]
+COCO_BINS = [(0, 32 ** 2, "small"), (32 ** 2, 96 ** 2, "medium"), (96 ** 2, math.inf, "large")]
+
+
+def _nan_to_none(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def class_accuracies(labels, preds, num_classes):
+    """(accuracy per class or nan where a class has no segment, count per class)."""
+    counts = np.bincount(labels, minlength=num_classes)
+    hits = np.bincount(labels[preds == labels], minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan), counts
+
+
+def group_summary(labels, preds, num_classes):
+    if len(labels) == 0:
+        return {"count": 0, "accuracy": None, "mean_class_accuracy": None}
+    per_class, _ = class_accuracies(labels, preds, num_classes)
+    return {"count": int(len(labels)), "accuracy": float(np.mean(labels == preds)),
+            "mean_class_accuracy": float(np.nanmean(per_class))}
+
+
+def summarize(labels, preds, areas, class_names, topk=None):
+    """Metrics for a set of segments. `topk` [N,k] predicted indices adds top-k accuracy.
+    Mean class accuracy averages over the classes present (the paper's main figure)."""
+    labels, preds, areas = (np.asarray(a, dtype=np.int64) for a in (labels, preds, areas))
+    num_classes = len(class_names)
+    overall = group_summary(labels, preds, num_classes)
+    per_class, counts = class_accuracies(labels, preds, num_classes)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, preds), 1)
+    result = dict(overall)
+    if topk is not None and len(labels):
+        topk = np.asarray(topk)
+        result[f"top{topk.shape[1]}_accuracy"] = float(np.mean((topk == labels[:, None]).any(1)))
+    result["per_class"] = [{"class": name, "count": int(c), "accuracy": _nan_to_none(float(a))}
+                           for name, c, a in zip(class_names, counts, per_class)]
+    result["by_size"] = _by_bins(labels, preds, areas, num_classes, SIZE_BINS)
+    result["coco_size"] = _by_bins(labels, preds, areas, num_classes, COCO_BINS)
+    result["confusion"] = confusion.tolist()
+    return result
+
+
+def _by_bins(labels, preds, areas, num_classes, bins):
+    rows = []
+    for lo, hi, name in bins:
+        inside = (areas >= lo) & (areas < hi)
+        rows.append({"bin": name, "min_area": lo, "max_area": None if math.isinf(hi) else hi,
+                     **group_summary(labels[inside], preds[inside], num_classes)})
+    return rows

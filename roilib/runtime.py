@@ -1,0 +1,91 @@
+"""Device, precision and multi-process set-up shared by the scripts."""
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+
+from roilib.errors import UserError
+
+
+def cpu_supports_bf16():
+    """True where the CPU runs bf16 matrix work natively (AVX512-BF16 or AMX); elsewhere bf16
+    autocast is emulated and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(name="auto", local_rank=0):
+    """'auto' -> this process's GPU if there is one, else the CPU; 'cuda' without a GPU -> error."""
+    if name in ("auto", "", None):
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--DEVICE={name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--DEVICE={name}: no CUDA GPU is visible to PyTorch here; use --DEVICE=cpu")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def amp_dtype(device, enabled=True):
+    """The autocast dtype for `device`, or None for float32: bf16 on GPUs that have it (fp16
+    otherwise), bf16 on CPUs with native bf16, float32 on other CPUs."""
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def precision_name(dtype):
+    return {None: "float32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+class Distributed:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) or a single process."""
+
+    def __init__(self):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def start(self, device):
+        if self.enabled and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+    def broadcast_flag(self, flag, device):
+        """Rank 0's boolean, known to all ranks (so they stop together)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([1 if flag else 0], device=device)
+        dist.broadcast(value, 0)
+        return bool(value.item())
+
+    def stop(self):
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
