@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+import warnings
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -23,6 +24,10 @@ from pycocotools.coco import COCO
 
 from roilib.data import Segment, SegmentDataset
 from roilib.errors import UserError
+
+# pycocotools' decode trips numpy 2's __array__(copy=...) deprecation on every first call
+# in each process: harmless, and not the user's business.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
 
 # RLEs measured per pycocotools call (vectorised C). pycocotools 2.0.11 mask.area fails
 # ("out of bounds for uint8") on lists of more than 255 RLEs.

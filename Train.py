@@ -46,7 +46,8 @@ MERGE = "add"               # add | mul | muladd
 RUN = "demo"                # run name: outputs go to LOG_DIR/RUN/
 LOG_DIR = "logs"            # folder of all runs (relative paths: to this repository)
 RESUME = True               # resume from LOG_DIR/RUN/last.pt if it exists
-STEPS = 1200                # optimiser steps in total
+STEPS = 1200                # optimiser steps in total (the learning-rate schedule spans them)
+STOP_AT = 0                 # stop (with last.pt saved) after this step, e.g. to fit a job's time limit; 0 = STEPS
 LR = 2e-3                   # peak learning rate (AdamW)
 WEIGHT_DECAY = 0.05         # AdamW weight decay (not applied to norms and biases)
 WARMUP_STEPS = 100          # linear warm-up, then cosine decay to 1% of LR
@@ -135,7 +136,8 @@ def train(params, dist, device):
     loader = iter(make_train_loader(train_set, sampler, WORKERS))
     net.train()
     window = Window()
-    while step < STEPS:
+    stop_at = min(STOP_AT or STEPS, STEPS)
+    while step < stop_at:
         batch = next(loader)
         images = batch["images"].to(device, non_blocking=True)
         masks = batch["masks"].to(device, non_blocking=True)
@@ -152,7 +154,7 @@ def train(params, dist, device):
         scheduler.step()
         step += 1
         window.add(loss.detach(), labels.shape[0] * dist.world_size)
-        if step % LOG_EVERY == 0 or step == STEPS:
+        if step % LOG_EVERY == 0 or step == stop_at:
             mean_loss = window.mean_loss()      # the one sync with the device per log window
             if not math.isfinite(mean_loss):
                 raise UserError(f"the loss became {mean_loss} between steps {step - window.steps} and "
@@ -170,7 +172,7 @@ def train(params, dist, device):
                 save("best.pt", **metrics)
                 logger.print(f"best.pt updated: mean class accuracy {best:.4f} at step {step}")
             window.restart_clock()
-        elif step % SAVE_EVERY == 0:
+        elif step % SAVE_EVERY == 0 or step == stop_at:
             save("last.pt")
         if SNAPSHOT_EVERY and step % SNAPSHOT_EVERY == 0:
             save(f"step_{step}.pt")

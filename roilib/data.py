@@ -41,7 +41,8 @@ class SegmentDataset(Dataset):
     """
 
     def __init__(self, train=True):
-        self.train = bool(train)  # training crops are flipped at random
+        self.train = bool(train)  # training crops get scale jitter and random flips
+        self.flip = True  # set False where left/right matters (only used when train)
         self.class_names = []
         self.images = []
         self.segments = []
@@ -90,7 +91,7 @@ class SegmentDataset(Dataset):
         if isinstance(item, (tuple, list)):
             index, height, width, seed = item
             rng = np.random.default_rng(seed)
-            flip = self.train and rng.random() < 0.5
+            flip = self.train and self.flip and rng.random() < 0.5
             jitter = DEFAULT_JITTER if self.train else None
             return crop_sample(self.sample(index), height, width, rng, flip, jitter)
         return self.sample(item)
@@ -338,18 +339,13 @@ def collate_batch(samples):
             "segment_ids": [s["segment_id"] for s in samples]}
 
 
-def _init_worker(_):
-    # Workers already run in parallel: threads inside each would only oversubscribe cores.
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 def make_train_loader(dataset, sampler, workers):
+    """DataLoader over the sampler's batches. (Workers get torch's one thread each; do not
+    call cv2.setNumThreads in a forked worker: tearing down the inherited pool hangs.)"""
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch,
                       num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=torch.cuda.is_available(),
-                      prefetch_factor=4 if workers else None,
-                      worker_init_fn=_init_worker if workers else None)
+                      prefetch_factor=4 if workers else None)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -35,7 +35,7 @@ from pycocotools import mask as mask_utils
 
 from roilib.imageio import write_png
 
-VERSION = 1
+VERSION = 2  # bump whenever the generated data changes: ensure_demo then rebuilds
 CLASS_NAMES = ["apple", "lime", "tile", "brick", "ring", "sail", "boat", "car"]
 CONTEXT_PAIR = {"boat": "water", "car": "road"}
 # Object colours (RGB); boat and car share theirs on purpose.
@@ -112,18 +112,22 @@ def _rotate(unit_points, half_w, half_h, angle):
     return points @ np.array([[c, s], [-s, c]])
 
 
+def _fixed_point(points, offset):
+    """Polygon for cv2.fillPoly with shift=4: 1/16-pixel precision keeps small shapes true."""
+    return np.round((points + offset) * 16).astype(np.int32)[None]
+
+
 def _shape_mask(kind, area, rng, pad):
     """Tight bool mask of one shape (one 8-connected component), padded by ``pad``."""
     outer, inner = _outline(kind, area, rng.uniform(0, 2 * math.pi))
     offset = np.ceil(np.abs(outer).max()) + pad + 1
     size = int(2 * offset) + 1
     canvas = np.zeros((size, size), np.uint8)
-    fixed = lambda points: np.round((points + offset) * 16).astype(np.int32)[None]
-    cv2.fillPoly(canvas, fixed(outer), 1, cv2.LINE_8, shift=4)
+    cv2.fillPoly(canvas, _fixed_point(outer, offset), 1, cv2.LINE_8, shift=4)
     if inner is not None:
-        cv2.fillPoly(canvas, fixed(inner), 0, cv2.LINE_8, shift=4)
+        cv2.fillPoly(canvas, _fixed_point(inner, offset), 0, cv2.LINE_8, shift=4)
     if cv2.connectedComponents(canvas, connectivity=8)[0] != 2:
-        return None  # empty or broken (a tiny ring): caller retries larger
+        return None  # empty or broken (a tiny ring): not one instance
     x, y, w, h = cv2.boundingRect(canvas)
     return np.pad(canvas[y:y + h, x:x + w].astype(bool), pad)
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")           # files only: no display needed
     import matplotlib.pyplot as plt
@@ -12,7 +12,7 @@ def _pyplot():
 def plot_accuracy_by_size(series, path, metric="mean_class_accuracy", title=None):
     """`series`: {name: by_size rows (roilib.metrics)}; bins without segments are left out.
     Grouped bars, with the segment count of each bin under its label."""
-    plt = _pyplot()
+    plt = pyplot()
     first = next(iter(series.values()))
     keep = [i for i, row in enumerate(first) if row["count"]]
     labels = [f"{first[i]['bin']}\n(n={first[i]['count']})" for i in keep]
@@ -36,7 +36,7 @@ def plot_accuracy_by_size(series, path, metric="mean_class_accuracy", title=None
 
 def plot_confusion(confusion, class_names, path):
     """Row-normalised confusion matrix (true class per row)."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(confusion, dtype=float)
     rows = matrix.sum(1, keepdims=True)
     matrix = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)

@@ -1,0 +1,150 @@
+"""End to end: a tiny Train.py -> EvaluateAccuracy.py -> RunPrediction.py on generated demo
+data, with resume after an interrupted run, and a 2-process torchrun (gloo, CPU) run."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from CocoReader import CocoReader
+from roilib.demo import make_demo
+from roilib.imageio import read_image, read_label_map
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--ARCH=resnet18", "--MIN_SIZE=64", "--MAX_SIZE=96", "--MAX_BATCH=6", "--MAX_PIXELS=40000",
+        "--WORKERS=0", "--LOG_EVERY=2", "--VAL_MAX_PIXELS=20000", "--WARMUP_STEPS=2"]
+
+
+def run_script(script, *args, check=True, env=None):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True,
+                            text=True, cwd=ROOT, timeout=600, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    make_demo(root, seed=3, n_train=24, n_val=6)
+    return root
+
+
+def data_args(root):
+    return [f"--TRAIN_IMAGES={root}/train/images", f"--TRAIN_ANNOTATIONS={root}/train/instances.json",
+            f"--VAL_IMAGES={root}/val/images", f"--VAL_ANNOTATIONS={root}/val/instances.json"]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_evaluate_predict(data, tmp_path):
+    logs = tmp_path / "logs"
+    out = run_script("Train.py", *TINY, *data_args(data), f"--LOG_DIR={logs}", "--RUN=t", "--STEPS=6",
+                     "--VAL_EVERY=3", "--SAVE_EVERY=3").stdout
+    run = logs / "t"
+    assert "new run" in out and "done: 6 steps" in out
+    config = json.loads((run / "config.json").read_text())
+    assert config["params"]["STEPS"] == 6 and config["num_classes"] == 8
+    rows = read_csv(run / "train_log.csv")
+    assert [r["step"] for r in rows if r["loss"]] == ["2", "4", "6"]
+    assert [r["step"] for r in rows if r["val_accuracy"]] == ["3", "6"]
+    assert all(np.isfinite(float(r["loss"])) and float(r["img_per_s"]) > 0 for r in rows if r["loss"])
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run))
+    last = torch.load(run / "last.pt", weights_only=True)
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert last["step"] == 6 and best["step"] in (3, 6)
+    assert best["metrics"]["mean_class_accuracy"] == best["best_metric"]
+    assert set(last) >= {"model", "config", "optimizer", "scheduler", "step", "params"}
+
+    # evaluation: every validation segment once, per size and per class consistent
+    val = CocoReader(data / "val" / "images", data / "val" / "instances.json", train=False)
+    run_script("EvaluateAccuracy.py", f"--CHECKPOINT={run / 'best.pt'}", "--WORKERS=0", f"--OUT={tmp_path / 'eval'}",
+               "--DATASET=demo", f"--IMAGES={data}/val/images", f"--ANNOTATIONS={data}/val/instances.json")
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["count"] == len(val)
+    assert sum(r["count"] for r in result["by_size"]) == len(val)
+    assert sum(r["count"] for r in result["coco_size"]) == len(val)
+    assert [r["count"] for r in result["per_class"]] == np.bincount(val.labels, minlength=8).tolist()
+    assert np.asarray(result["confusion"]).sum() == len(val)
+    hits = np.trace(np.asarray(result["confusion"]))
+    assert result["accuracy"] == pytest.approx(hits / len(val))
+    sizes = read_csv(tmp_path / "eval" / "eval_by_size.csv")
+    assert sizes[0]["bin"] == "<1k" and int(sizes[0]["count"]) == int(np.sum(val_areas(val) < 1000))
+    for name in ("eval_accuracy_by_size.png", "eval_confusion.png"):
+        assert read_image(tmp_path / "eval" / name).shape[0] > 100
+
+    # prediction on a label map: one answer per segment, probabilities sorted
+    first = sorted(os.listdir(data / "val" / "images"))[0]
+    image = data / "val" / "images" / first
+    labels = data / "val" / "labels" / first
+    overlay = tmp_path / "overlay.png"
+    out = run_script("RunPrediction.py", f"--CHECKPOINT={run / 'best.pt'}", f"--IMAGE={image}",
+                     f"--LABEL_MAP={labels}", "--JSON=True", "--TOPK=3", f"--OVERLAY={overlay}").stdout
+    answer = json.loads(out)
+    values = [v for v in np.unique(read_label_map(labels)) if v]
+    assert len(answer["segments"]) == len(values)
+    for seg in answer["segments"]:
+        probs = [t["probability"] for t in seg["topk"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+        assert seg["class"] in val.class_names and seg["area"] > 0
+    assert read_image(overlay).shape == read_image(image).shape
+
+
+def val_areas(reader):
+    return np.array([s.area for s in reader.segments])
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(data, tmp_path):
+    """A run stopped at step 3 and resumed gives the same weights as a run straight to 6:
+    model, optimiser, schedule and data order all come back from last.pt."""
+    common = [*TINY, *data_args(data), f"--LOG_DIR={tmp_path}", "--STEPS=6", "--VAL_EVERY=100",
+              "--SAVE_EVERY=100"]
+    run_script("Train.py", *common, "--RUN=straight")
+    run_script("Train.py", *common, "--RUN=split", "--STOP_AT=3")
+    assert torch.load(tmp_path / "split" / "last.pt", weights_only=True)["step"] == 3
+    out = run_script("Train.py", *common, "--RUN=split").stdout
+    assert "resuming" in out and "at step 3" in out
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+    rows = read_csv(tmp_path / "split" / "train_log.csv")
+    assert [r["step"] for r in rows if r["loss"]] == ["2", "3", "4", "6"]
+
+
+def test_fresh_start_moves_old_run_aside(data, tmp_path):
+    common = [*TINY, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=r", "--STEPS=2", "--VAL_EVERY=100"]
+    run_script("Train.py", *common)
+    out = run_script("Train.py", *common, "--RESUME=False").stdout
+    assert "moved the existing run" in out
+    kept = [d for d in os.listdir(tmp_path) if d.startswith("r.old-")]
+    assert len(kept) == 1 and (tmp_path / kept[0] / "last.pt").exists()
+
+
+def test_prediction_without_model_says_what_to_do(tmp_path):
+    result = run_script("RunPrediction.py", f"--CHECKPOINT={tmp_path / 'none.pt'}", check=False)
+    assert result.returncode == 2
+    assert "run `python Train.py` first" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_torchrun_two_processes_gloo(data, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           os.path.join(ROOT, "Train.py"), *TINY, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=ddp",
+           "--STEPS=4", "--VAL_EVERY=4", "--DEVICE=cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("new run") == 1            # rank 0 alone reports and writes
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert config["world_size"] == 2
+    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    assert state["step"] == 4
+    assert not any(k.startswith("module.") for k in state["model"])
