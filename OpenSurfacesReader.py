@@ -149,14 +149,19 @@ def _class_names(class_names, num_classes):
 
 
 def _value_components(label_map, value, min_area):
+    """Components of one value, labelled inside the value's bounding box only (several
+    times faster than over the whole map: the stats pass is costly)."""
     # cv2.compare gives the uint8 0/255 image in one pass (== plus astype would take two).
+    binary = cv2.compare(label_map, int(value), cv2.CMP_EQ)
+    left, top, width, height = cv2.boundingRect(binary)
     count, ids, stats, _ = cv2.connectedComponentsWithStats(
-        cv2.compare(label_map, int(value), cv2.CMP_EQ), connectivity=8)
+        binary[top:top + height, left:left + width], connectivity=8)
     components = []
     for k in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[k])
         if area < min_area:
             continue
         seed_x = x + int(np.argmax(ids[y, x:x + w] == k))  # its first pixel on its top row
-        components.append(Component(int(value), area, (x, y, w, h), (seed_x, y)))
+        components.append(Component(int(value), area, (left + x, top + y, w, h),
+                                    (left + seed_x, top + y)))
     return components

@@ -1,0 +1,311 @@
+"""Measure training, evaluation and prediction speed on this machine, in one run.
+
+    python Benchmark.py                          # CPU: a few minutes
+    python Benchmark.py --PARTS=a,c --STEPS=20   # only some parts
+
+(a) model only: forward + backward + AdamW step on tensors already on the device (img/s)
+(b) end to end: the real Train.py loop on the demo data at the same geometry; ratio (b)/(a)
+(c) side-branch cost: forward of AttentionNet with stem attention vs. the plain ResNet
+(d) evaluation: segments/s of EvaluateAccuracy's batched path vs. one segment per forward
+(e) prediction: RunPrediction.py latency for one image with 8 masks, model load included and not
+Prints a table and writes it to logs/benchmark/<device>.md and .json.
+"""
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from AttentionNet import AttentionNet
+from roilib import cli
+from roilib.data import ImageBatches
+from roilib.datasets import REPO, open_dataset
+from roilib.evaluation import predict_dataset
+from roilib.runtime import amp_dtype, autocast, precision_name, resolve_device
+
+# ---- parameters: edit here, or override as --NAME=value ----
+PARTS = "a,b,c,d,e"         # which measurements to run
+ARCH = "resnet50"           # the architecture measured (the paper's)
+CONFIG_ARCH = "resnet18"    # also measured in (a): the configured default of Train.py ("" = skip)
+BATCH = 8                   # training batch for (a) and (b)
+SIZE = 224                  # training crop side for (a) and (b)
+STEPS = 8                   # timed steps in (a) (after WARMUP); (b) runs 4 * STEPS + warm-up
+WARMUP = 3                  # untimed steps first (allocations, autotuning)
+EVAL_IMAGES = 24            # demo validation images used in (d)
+EVAL_SIZE = "480x640"       # also time (d) at this HxW with 8 masks on one image (synthetic)
+DEVICE = "auto"             # auto | cpu | cuda | cuda:N
+AMP = True                  # bf16 where the device runs it natively (the scripts' default)
+CHANNELS_LAST = True        # channels-last memory format (the scripts' default)
+COMPILE = False             # also torch.compile the model in (a) (GPU)
+WORKERS = 2                 # DataLoader workers in (b)
+OUT = "logs/benchmark"      # where the table is written
+# ---- end of parameters ----
+
+
+def main():
+    params = cli.parse_parameters(globals(), __file__)
+    device = resolve_device(DEVICE)
+    dtype = amp_dtype(device, AMP)
+    torch.backends.cudnn.benchmark = True
+    parts = {p.strip() for p in PARTS.split(",")}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
+    print(f"benchmark on {name}, torch {torch.__version__}, default precision {precision_name(dtype)}, "
+          f"{'channels_last' if CHANNELS_LAST else 'contiguous'}", flush=True)
+    rows = []
+    if "a" in parts or "b" in parts:
+        rows += part_a(device, dtype)
+    if "b" in parts:
+        rows += part_b(device, rows)
+    if "c" in parts:
+        rows += part_c(device, dtype)
+    if "d" in parts:
+        rows += part_d(device, dtype)
+    if "e" in parts:
+        rows += part_e(device)
+    report(rows, params, name, device)
+
+
+# ---- timing helpers ------------------------------------------------------------------------
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats, warmup):
+    """Median seconds of `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def inputs(batch, h, w, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, generator=g)
+    masks = torch.zeros(batch, 1, h, w, dtype=torch.uint8)
+    for i in range(batch):   # rectangles of varied size and place
+        y, x = int(torch.randint(0, h // 2, (1,), generator=g)), int(torch.randint(0, w // 2, (1,), generator=g))
+        masks[i, :, y:y + 8 + 8 * i, x:x + 10 + 6 * i] = 1
+    if CHANNELS_LAST:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images.to(device), masks.to(device)
+
+
+def model_on(device, arch, mode="attention", channels_last=CHANNELS_LAST):
+    torch.manual_seed(0)
+    model = AttentionNet(80, arch=arch, mode=mode, attention="stem").to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+# ---- (a) model only ------------------------------------------------------------------------
+def train_step_rate(device, dtype, arch, compile_model=False):
+    model = model_on(device, arch).train()
+    net = torch.compile(model) if compile_model else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images, masks = inputs(BATCH, SIZE, SIZE, device)
+    labels = torch.arange(BATCH, device=device) % 80
+
+    def step():
+        with autocast(device, dtype):
+            logits = net(images, masks)
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    seconds = timed(step, device, STEPS, WARMUP + (5 if compile_model else 0))
+    return BATCH / seconds
+
+
+def part_a(device, dtype):
+    rows = []
+    archs = [ARCH] + ([CONFIG_ARCH] if CONFIG_ARCH and CONFIG_ARCH != ARCH else [])
+    for arch in archs:
+        precisions = [None] + ([dtype] if dtype is not None else [])
+        rates = {}
+        for p in precisions:
+            rates[p] = train_step_rate(device, p, arch)
+            rows.append(row("a", f"model only, train step, {arch} {BATCH}x{SIZE}², {precision_name(p)}",
+                            rates[p], "img/s"))
+            print(rows[-1]["text"], flush=True)
+        if dtype is not None:
+            rows.append(row("a", f"  {arch}: {precision_name(dtype)} / float32", rates[dtype] / rates[None], "x"))
+        if COMPILE:
+            rate = train_step_rate(device, dtype, arch, compile_model=True)
+            rows.append(row("a", f"model only, train step, {arch}, {precision_name(dtype)}, torch.compile", rate, "img/s"))
+    return rows
+
+
+# ---- (b) end to end --------------------------------------------------------------------------
+def part_b(device, rows_a):
+    """Train.py itself (sampler, workers, transfer, step) at the geometry of (a), fixed size."""
+    windows, per_window = 4, STEPS
+    with tempfile.TemporaryDirectory() as logs:
+        args = [f"--ARCH={ARCH}", f"--MIN_SIZE={SIZE}", f"--MAX_SIZE={SIZE}", f"--MAX_BATCH={BATCH}",
+                f"--MAX_PIXELS={BATCH * SIZE * SIZE}", f"--STEPS={(windows + 1) * per_window}",
+                f"--LOG_EVERY={per_window}", "--VAL_EVERY=1000000", "--SAVE_EVERY=1000000",
+                f"--LOG_DIR={logs}", "--RUN=bench", f"--WORKERS={WORKERS}", f"--DEVICE={device}",
+                f"--AMP={AMP}", f"--CHANNELS_LAST={CHANNELS_LAST}", f"--COMPILE={COMPILE}", "--WARMUP_STEPS=1"]
+        done = subprocess.run([sys.executable, os.path.join(REPO, "Train.py"), *args], cwd=REPO,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"Train.py failed: {done.stderr.strip()[-500:]}")
+        with open(os.path.join(logs, "bench", "train_log.csv"), newline="") as f:
+            rates = [float(r["img_per_s"]) for r in csv.DictReader(f) if r["img_per_s"]]
+    rate = statistics.median(rates[1:])          # the first window holds start-up
+    rows = [row("b", f"end to end, Train.py, {ARCH} {BATCH}x{SIZE}², defaults, {WORKERS} workers", rate, "img/s")]
+    default = [r for r in rows_a if r["part"] == "a" and ARCH in r["what"] and "img/s" == r["unit"]]
+    if default:
+        rows.append(row("b", "  (b) / (a) at the same precision", rate / default[-1]["value"], "x"))
+        rows.append(row("b", "  (b) / (a) float32", rate / default[0]["value"], "x"))
+    print("\n".join(r["text"] for r in rows), flush=True)
+    return rows
+
+
+# ---- (c) side-branch cost ----------------------------------------------------------------------
+def part_c(device, dtype):
+    images, masks = inputs(BATCH, SIZE, SIZE, device)
+    models = {"none": model_on(device, ARCH, "none").eval(), "stem": model_on(device, ARCH).eval()}
+    with torch.no_grad():
+        models["stem"].branches["stem"].add.weight.normal_()   # a trained-looking branch
+
+    def forward(model):
+        with torch.inference_mode(), autocast(device, dtype):
+            model(images, masks)
+    times = {k: [] for k in models}
+    for _ in range(3):            # interleaved rounds: a noisy machine hits both alike
+        for k, m in models.items():
+            times[k].append(timed(lambda: forward(m), device, max(STEPS // 2, 3), 1))
+    plain, stem = min(times["none"]), min(times["stem"])
+    rows = [row("c", f"forward {ARCH} {BATCH}x{SIZE}², {precision_name(dtype)}, plain ResNet", BATCH / plain, "img/s"),
+            row("c", f"forward {ARCH} {BATCH}x{SIZE}², {precision_name(dtype)}, stem attention", BATCH / stem, "img/s"),
+            row("c", "  side-branch cost: time(stem) / time(plain)", stem / plain, "x")]
+    print("\n".join(r["text"] for r in rows), flush=True)
+    return rows
+
+
+# ---- (d) evaluation --------------------------------------------------------------------------
+def part_d(device, dtype):
+    dataset = open_dataset("demo", "val", train=False)
+    model = model_on(device, ARCH).eval()
+    batched = predict_dataset(model, dataset, device, dtype, limit=EVAL_IMAGES, progress=False)
+    naive_model = model_on(device, ARCH, channels_last=False).eval()
+    images = ImageBatches(dataset, 640 * 480)
+    count, start = 0, time.perf_counter()
+    with torch.no_grad():          # the original's way: float32, one segment per forward
+        for i in range(min(EVAL_IMAGES, len(images))):
+            batch = images[i]
+            image = batch["image"].to(device)
+            for mask in batch["masks"].to(device):
+                naive_model(image, mask[None]).argmax(1).cpu()
+                count += 1
+    naive = count / (time.perf_counter() - start)
+    h, w = (int(v) for v in EVAL_SIZE.split("x"))
+    full = full_size_eval(device, dtype, h, w)
+    rows = [row("d", f"evaluation, demo images (~200px), {ARCH}: batched ({precision_name(dtype)}, shared stem)",
+                batched["segments_per_s"], "seg/s"),
+            row("d", "evaluation, same images: one segment per forward (float32)", naive, "seg/s"),
+            row("d", "  batched / one per forward", batched["segments_per_s"] / naive, "x"),
+            row("d", f"evaluation {h}x{w}, 8 masks, batched ({precision_name(dtype)})", full["batched"], "seg/s"),
+            row("d", f"evaluation {h}x{w}, 8 masks, one per forward (float32)", full["naive"], "seg/s"),
+            row("d", f"evaluation {h}x{w}, 8 masks, one per forward ({precision_name(dtype)})", full["single"], "seg/s"),
+            row("d", f"  {h}x{w}: batched / one per forward (float32)", full["batched"] / full["naive"], "x")]
+    print("\n".join(r["text"] for r in rows), flush=True)
+    return rows
+
+
+def full_size_eval(device, dtype, h, w):
+    image, _ = inputs(1, h, w, device)
+    _, masks = inputs(8, h, w, device, seed=1)
+    fast, slow = model_on(device, ARCH).eval(), model_on(device, ARCH, channels_last=False).eval()
+
+    def batched():
+        with torch.inference_mode(), autocast(device, dtype):
+            fast(image, masks)
+
+    def one_by_one(model, precision):
+        def run():
+            with torch.inference_mode(), autocast(device, precision):
+                for m in masks:
+                    model(image, m[None])
+        return run
+    repeats = max(STEPS // 4, 2)
+    return {"batched": 8 / timed(batched, device, repeats, 1),
+            "naive": 8 / timed(one_by_one(slow, None), device, repeats, 1),
+            "single": 8 / timed(one_by_one(fast, dtype), device, repeats, 1)}
+
+
+# ---- (e) prediction --------------------------------------------------------------------------
+def part_e(device):
+    from roilib.imageio import read_label_map, write_png
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = os.path.join(tmp, "model.pt")
+        AttentionNet(8, arch=ARCH, attention="stem").save(checkpoint)
+        labels = read_label_map(os.path.join(REPO, "Test", "example_labels.png"))
+        masks = [(labels == v).astype(np.uint8) * 255 for v in np.unique(labels) if v]
+        masks = (masks + [np.fliplr(m).copy() for m in masks])[:8]          # 8 masks
+        paths = []
+        for i, m in enumerate(masks):
+            paths.append(os.path.join(tmp, f"mask{i}.png"))
+            write_png(paths[-1], m)
+        cmd = [sys.executable, os.path.join(REPO, "RunPrediction.py"), f"--CHECKPOINT={checkpoint}",
+               f"--MASKS={','.join(paths)}", f"--DEVICE={device}", "--JSON=True"]
+        totals = []
+        for _ in range(3):
+            start = time.perf_counter()
+            subprocess.run(cmd, cwd=REPO, capture_output=True, check=True)
+            totals.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        model = AttentionNet.from_checkpoint(checkpoint).to(device).eval()
+        load = time.perf_counter() - start
+        image = torch.from_numpy(np.ascontiguousarray(
+            np.repeat(labels[..., None], 3, 2).astype(np.uint8))).permute(2, 0, 1)[None].to(device)
+        batch = torch.from_numpy(np.stack(masks))[:, None].to(device)
+        predict = timed(lambda: model.predict(image, batch), device, 5, 1)
+    rows = [row("e", f"RunPrediction.py, 1 image + 8 masks, {ARCH}: whole command (Python start, load, predict)",
+                1000 * statistics.median(totals), "ms"),
+            row("e", "  model load from checkpoint", 1000 * load, "ms"),
+            row("e", "  predict (8 masks, one batch), model loaded", 1000 * predict, "ms")]
+    print("\n".join(r["text"] for r in rows), flush=True)
+    return rows
+
+
+# ---- report ----------------------------------------------------------------------------------
+def row(part, what, value, unit):
+    return {"part": part, "what": what, "value": float(value), "unit": unit,
+            "text": f"({part}) {what}: {value:.2f} {unit}" if unit == "x" else f"({part}) {what}: {value:.1f} {unit}"}
+
+
+def report(rows, params, name, device):
+    command = " ".join(["python Benchmark.py"] + sys.argv[1:])
+    lines = [f"Benchmark on {name} (torch {torch.__version__}): `{command}`", "",
+             "| part | measurement | value |", "|---|---|---|"]
+    for r in rows:
+        value = f"{r['value']:.2f}×" if r["unit"] == "x" else f"{r['value']:.1f} {r['unit']}"
+        lines.append(f"| {r['part']} | {r['what'].strip()} | {value} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    folder = OUT if os.path.isabs(OUT) else os.path.join(REPO, OUT)
+    os.makedirs(folder, exist_ok=True)
+    stem = "gpu" if device.type == "cuda" else "cpu"
+    with open(os.path.join(folder, f"{stem}.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(folder, f"{stem}.json"), "w") as f:
+        json.dump({"device": name, "torch": torch.__version__, "params": params, "rows": rows}, f, indent=1)
+    print(f"\nwritten to {folder}/{stem}.md and .json")
+
+
+if __name__ == "__main__":
+    cli.run(main)
