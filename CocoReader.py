@@ -29,8 +29,8 @@ from roilib.errors import UserError
 # in each process: harmless, and not the user's business.
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
 
-# RLEs measured per pycocotools call (vectorised C). pycocotools 2.0.11 mask.area fails
-# ("out of bounds for uint8") on lists of more than 255 RLEs.
+# RLEs measured per pycocotools call (vectorised C). pycocotools 2.0.11's mask.area fails
+# ("out of bounds for uint8") on a list of more than 255 RLEs.
 _CHUNK = 255
 
 
@@ -54,7 +54,8 @@ class CocoReader(SegmentDataset):
 
     def _collect(self, min_area, include_crowd):
         label_of = {cat: label for label, cat in enumerate(self.category_ids)}
-        candidates = []  # (image record, annotation, rle), measured in chunks below
+        kept = {}  # image id -> [(annotation, area, bbox)]
+        pending = []  # (image id, annotation, rle) waiting to be measured
         for image_id in sorted(self.coco.imgs):
             record = self.coco.imgs[image_id]
             for ann in sorted(self.coco.imgToAnns.get(image_id, []), key=lambda a: a["id"]):
@@ -68,18 +69,25 @@ class CocoReader(SegmentDataset):
                 if rle is None:
                     self.skipped["degenerate"] += 1
                     continue
-                candidates.append((record, ann, rle))
-        kept = {}  # image id -> [(annotation, area, bbox)]
-        for start in range(0, len(candidates), _CHUNK):
-            chunk = candidates[start:start + _CHUNK]
-            rles = [rle for _, _, rle in chunk]
-            areas, boxes = mask_utils.area(rles), mask_utils.toBbox(rles)
-            for (record, ann, _), area, box in zip(chunk, areas, boxes):
-                if area < max(min_area, 1):
-                    self.skipped["small"] += 1
-                    continue
-                kept.setdefault(record["id"], []).append((ann, int(area), box))
+                pending.append((image_id, ann, rle))
+                if len(pending) == _CHUNK:
+                    self._measure(pending, min_area, kept)
+        self._measure(pending, min_area, kept)
         self._add_images(kept, label_of)
+
+    def _measure(self, pending, min_area, kept):
+        """Area and bbox of the pending RLEs without decoding them; keeps those big enough.
+        (RLEs are measured in chunks and dropped: all of COCO train's would fill memory.)"""
+        if not pending:
+            return
+        rles = [rle for _, _, rle in pending]
+        for (image_id, ann, _), area, box in zip(pending, mask_utils.area(rles),
+                                                 mask_utils.toBbox(rles)):
+            if area < max(min_area, 1):
+                self.skipped["small"] += 1
+                continue
+            kept.setdefault(image_id, []).append((ann, int(area), box))
+        pending.clear()
 
     def _add_images(self, kept, label_of):
         for image_id in sorted(kept):

@@ -154,7 +154,7 @@ def _place(length, start, end, window, rng):
 def crop_sample(sample, out_h, out_w, rng=None, flip=False, scale_jitter=DEFAULT_JITTER):
     """Crop a sample to exactly out_h × out_w (see ``plan_crop``), one warp per array.
     The mask never ends empty; ``area`` keeps the original value."""
-    image, mask = sample["image"], sample["mask"]
+    image, mask = sample["image"], sample["mask"].astype(np.uint8, copy=False)
     bbox = cv2.boundingRect(mask)
     if bbox[2] == 0:
         raise ValueError(f"empty mask for segment {sample['segment_id']!r} of image "
@@ -177,11 +177,13 @@ def _warp(array, scale, x0, y0, out_hw, flip, interpolation, border, dtype=None)
     would alias."""
     out_h, out_w = out_hw
     height, width = array.shape[:2]
-    # Source rows/cols under the window, with a margin for the interpolation kernel.
-    left = min(max(math.floor(x0 / scale) - 2, 0), width - 1)
-    top = min(max(math.floor(y0 / scale) - 2, 0), height - 1)
-    right = max(min(math.ceil((x0 + out_w) / scale) + 2, width), left + 1)
-    bottom = max(min(math.ceil((y0 + out_h) / scale) + 2, height), top + 1)
+    # Source rows/cols under the window, with a margin for the interpolation kernel (two
+    # pixels of the shrunk part, when there is one).
+    margin = 2 + (math.ceil(2 / scale) if scale < 0.5 else 0)
+    left = min(max(math.floor(x0 / scale) - margin, 0), width - 1)
+    top = min(max(math.floor(y0 / scale) - margin, 0), height - 1)
+    right = max(min(math.ceil((x0 + out_w) / scale) + margin, width), left + 1)
+    bottom = max(min(math.ceil((y0 + out_h) / scale) + margin, height), top + 1)
     part = array[top:bottom, left:right]
     if dtype is not None:
         part = part.astype(dtype)
