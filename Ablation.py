@@ -1,7 +1,7 @@
 """Reproduce the paper's comparisons in one command: where and how to merge the ROI mask, and
 the baselines (background blacked out, crop, mask as 4th channel, mask ignored).
 
-    python Ablation.py                       # demo data, ResNet-18, 12 variants x 2 seeds, CPU ~1 h
+    python Ablation.py                       # demo data, ResNet-18, 12 variants x 2 seeds, 2 CPU cores: ~1 h
     python Ablation.py --VARIANTS=stem,blackout --SEEDS=0,1,2 --STEPS=1000
 
 Every variant is trained by Train.py and evaluated by EvaluateAccuracy.py (run as they are, with
@@ -34,10 +34,10 @@ VAL_IMAGES = ""             # evaluation image folder
 VAL_ANNOTATIONS = ""        # evaluation instances JSON or label-map folder
 ARCH = "resnet18"           # backbone of every variant
 WEIGHTS = None              # None | imagenet | path (same start for every variant)
-STEPS = 600                 # training steps per run
+STEPS = 400                 # training steps per run
 LR = 2e-3                   # peak learning rate
 MIN_SIZE = 96               # training crop sizes (see Train.py)
-MAX_SIZE = 128              #
+MAX_SIZE = 160              #   (evaluation then shrinks images to MAX_SIZE², see Train.py)
 MAX_PIXELS = 400000         # pixels per batch
 MAX_BATCH = 32              # samples per batch at most
 WORKERS = 2                 # DataLoader workers per run
@@ -104,7 +104,8 @@ def run_variant(variant, seed, runs):
             return result
     overrides = {name: globals()[name] for name in SHARED}
     overrides.update(VARIANT_TABLE[variant], SEED=seed, RUN=run, LOG_DIR=runs,
-                     VAL_EVERY=STEPS, SAVE_EVERY=max(STEPS // 4, 1), LOG_EVERY=max(STEPS // 10, 1))
+                     VAL_EVERY=STEPS, VAL_MAX_IMAGES=20, SAVE_EVERY=max(STEPS // 4, 1),
+                     LOG_EVERY=max(STEPS // 10, 1))
     call("Train.py", overrides)
     # The final model, not best.pt: picking the best on the evaluation set would flatter it.
     call("EvaluateAccuracy.py", {"CHECKPOINT": os.path.join(run_dir, "last.pt"), "DATASET": DATASET,

@@ -29,7 +29,7 @@ ANNOTATIONS = ""            # instances JSON or label-map folder ("" = the DATAS
 CLASS_NAMES = None          # label maps only: comma-separated names (None = as in training)
 MIN_AREA = 1                # ignore segments smaller than this (pixels)
 OUT = ""                    # output folder ("" = the checkpoint's folder)
-MAX_PIXELS = 307200         # images shrunk to fit this many pixels (640x480), aspect kept
+MAX_PIXELS = 0              # images shrunk to fit this many pixels, aspect kept (0 = as validated in training)
 MAX_BATCH = 32              # segments per forward pass at most
 WORKERS = 2                 # DataLoader worker processes
 LIMIT = 0                   # evaluate the first N images only (0 = all)
@@ -57,19 +57,21 @@ def main():
                            class_names=names, min_area=MIN_AREA)
     check_classes(model, dataset, checkpoint, annotations)
 
+    max_pixels = MAX_PIXELS or int(state.get("eval_max_pixels") or 640 * 480)
     device = resolve_device(DEVICE)
     dtype = amp_dtype(device, AMP)
     model.to(device, memory_format=torch.channels_last)
     cfg = model.config
     print(f"evaluating {checkpoint} ({cfg['arch']}, mode={cfg['mode']}, "
           f"attention={','.join(cfg['attention']) or '-'}, merge={cfg['merge']}) on {annotations}: "
-          f"{len(dataset)} segments in {len(dataset.images)} images, {device}, {precision_name(dtype)}")
-    out = predict_dataset(model, dataset, device, dtype, max_pixels=MAX_PIXELS, max_batch=MAX_BATCH,
+          f"{len(dataset)} segments in {len(dataset.images)} images at <= {max_pixels} pixels, {device}, "
+          f"{precision_name(dtype)}")
+    out = predict_dataset(model, dataset, device, dtype, max_pixels=max_pixels, max_batch=MAX_BATCH,
                           workers=WORKERS, limit=LIMIT or None)
     result = summarize(out["labels"], out["preds"], out["areas"], dataset.class_names, out["topk"])
     result.update({"checkpoint": os.path.abspath(checkpoint), "dataset": dataset_name,
                    "images": os.path.abspath(images), "annotations": os.path.abspath(annotations),
-                   "model": cfg, "step": state.get("step"), "max_pixels": MAX_PIXELS,
+                   "model": cfg, "step": state.get("step"), "max_pixels": max_pixels,
                    "segments_per_s": out["segments_per_s"], "seconds": out["seconds"],
                    "precision": precision_name(dtype), "device": str(device)})
     print(format_report(result))
