@@ -67,6 +67,8 @@ def open_dataset(dataset, split, images="", annotations="", train=True, class_na
     if annotation_format(dataset, annotations) == "labelmap":
         from OpenSurfacesReader import OpenSurfacesReader
         names = class_names.split(",") if isinstance(class_names, str) else class_names
+        if names is None and dataset == "demo":
+            from roilib.demo import CLASS_NAMES as names
         return OpenSurfacesReader(images, annotations, train=train, class_names=names, min_area=min_area)
     from CocoReader import CocoReader
     return CocoReader(images, annotations, train=train, min_area=min_area)

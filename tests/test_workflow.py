@@ -148,3 +148,11 @@ def test_torchrun_two_processes_gloo(data, tmp_path):
     state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert state["step"] == 4
     assert not any(k.startswith("module.") for k in state["model"])
+
+
+def test_demo_label_maps_read_with_demo_names(data):
+    from roilib.datasets import open_dataset
+    coco = open_dataset("demo", "val", f"{data}/val/images", f"{data}/val/instances.json", train=False)
+    maps = open_dataset("demo", "val", f"{data}/val/images", f"{data}/val/labels", train=False)
+    assert maps.class_names == coco.class_names and len(maps) == len(coco)
+    assert sorted(maps.labels.tolist()) == sorted(coco.labels.tolist())
