@@ -34,11 +34,11 @@ VAL_IMAGES = ""             # evaluation image folder
 VAL_ANNOTATIONS = ""        # evaluation instances JSON or label-map folder
 ARCH = "resnet18"           # backbone of every variant
 WEIGHTS = None              # None | imagenet | path (same start for every variant)
-STEPS = 400                 # training steps per run
+STEPS = 300                 # training steps per run
 LR = 2e-3                   # peak learning rate
 MIN_SIZE = 96               # training crop sizes (see Train.py)
-MAX_SIZE = 160              #   (evaluation then shrinks images to MAX_SIZE², see Train.py)
-MAX_PIXELS = 400000         # pixels per batch
+MAX_SIZE = 128              #   (evaluation then shrinks images to MAX_SIZE², see Train.py)
+MAX_PIXELS = 300000         # pixels per batch
 MAX_BATCH = 32              # samples per batch at most
 WORKERS = 2                 # DataLoader workers per run
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
@@ -106,6 +106,7 @@ def run_variant(variant, seed, runs):
     overrides.update(VARIANT_TABLE[variant], SEED=seed, RUN=run, LOG_DIR=runs,
                      VAL_EVERY=STEPS, VAL_MAX_IMAGES=20, SAVE_EVERY=max(STEPS // 4, 1),
                      LOG_EVERY=max(STEPS // 10, 1))
+    check_same_settings(run_dir, overrides)
     call("Train.py", overrides)
     # The final model, not best.pt: picking the best on the evaluation set would flatter it.
     call("EvaluateAccuracy.py", {"CHECKPOINT": os.path.join(run_dir, "last.pt"), "DATASET": DATASET,
@@ -113,6 +114,19 @@ def run_variant(variant, seed, runs):
                                  "OUT": run_dir, "DEVICE": DEVICE, "WORKERS": WORKERS})
     with open(eval_path) as f:
         return json.load(f)
+
+
+def check_same_settings(run_dir, overrides):
+    """A run left by an ablation with other settings must not be resumed or reused silently."""
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        return
+    with open(config_path) as f:
+        before = json.load(f).get("params", {})
+    changed = [k for k, v in overrides.items() if k in before and before[k] != v and k != "LOG_DIR"]
+    if changed:
+        raise UserError(f"{run_dir} was trained with other settings ({', '.join(changed)}); "
+                        "use another --NAME, or delete that folder")
 
 
 def call(script, overrides):

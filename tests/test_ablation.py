@@ -39,3 +39,6 @@ def test_two_variants_table_and_resume(tmp_path):
     assert "| stem |" in summary["table"] and (folder / "results.png").stat().st_size > 1000
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and second.stdout.count("done before") == 4
+    changed = subprocess.run([a if not a.startswith("--STEPS=") else "--STEPS=4" for a in args],
+                             capture_output=True, text=True, timeout=600)
+    assert changed.returncode == 2 and "trained with other settings (STEPS" in changed.stderr
