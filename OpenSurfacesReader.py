@@ -5,7 +5,7 @@
 Each image has a label map: a single-channel PNG with the image's stem in ``label_dir``,
 pixel value = class, ``background`` = unlabelled. Each connected component (8-connectivity)
 of each class is one segment. Labels number the non-background values in order, so for
-OpenSurfaces (background 0) label = value - 1 over its 44 materials. Any other label-map
+OpenSurfaces (background 0) label = value - 1 over its 45 materials. Any other label-map
 dataset works by giving ``class_names`` or ``num_classes``.
 
 All label maps are scanned once at construction (threads: cv2 releases the GIL); for each
@@ -23,7 +23,7 @@ from roilib.data import Segment, SegmentDataset
 from roilib.errors import UserError
 from roilib.imageio import read_label_map
 
-# The 44 OpenSurfaces materials, in the order of the original repository
+# The 45 OpenSurfaces materials, in the order of the original repository
 # (sagieppel/Classification-of-the-material-given-region-of-an-image-using-a-convolutional-
 # neural-net-with-attent, OpenSurfacesClasses.py): label-map value v is material v.
 OPENSURFACES_CLASSES = [
