@@ -1,7 +1,7 @@
 """Reproduce the paper's comparisons in one command: where and how to merge the ROI mask, and
 the baselines (background blacked out, crop, mask as 4th channel, mask ignored).
 
-    python Ablation.py                       # demo data, ResNet-18, 12 variants x 2 seeds, 2 CPU cores: ~1 h
+    python Ablation.py                       # demo data, ResNet-18, 12 variants x 2 seeds, 2 CPU cores: ~30 min
     python Ablation.py --VARIANTS=stem,blackout --SEEDS=0,1,2 --STEPS=1000
 
 Every variant is trained by Train.py and evaluated by EvaluateAccuracy.py (run as they are, with
@@ -34,7 +34,7 @@ VAL_IMAGES = ""             # evaluation image folder
 VAL_ANNOTATIONS = ""        # evaluation instances JSON or label-map folder
 ARCH = "resnet18"           # backbone of every variant
 WEIGHTS = None              # None | imagenet | path (same start for every variant)
-STEPS = 300                 # training steps per run
+STEPS = 200                 # training steps per run
 LR = 2e-3                   # peak learning rate
 MIN_SIZE = 96               # training crop sizes (see Train.py)
 MAX_SIZE = 128              #   (evaluation then shrinks images to MAX_SIZE², see Train.py)
