@@ -14,6 +14,7 @@ The same constructor builds the baselines of the paper's comparison (mode="black
 """
 import os
 import pickle
+import re
 
 import torch
 import torch.nn.functional as F
@@ -300,6 +301,12 @@ def _with_mask_channel(conv):
 
 
 # ---- checkpoint files ----------------------------------------------------------------------
+_TEMPORARY = re.compile(r"^\..+\.tmp\d+$")  # save_checkpoint's .<name>.tmp<pid>
+# How torch's weights-only unpickler words a file that asks to import, call or build Python
+# objects; its other errors are about damaged or foreign files.
+_CODE_SIGNS = ("GLOBAL", "unrecognized function", "allowlisted", "add_safe_globals")
+
+
 def save_checkpoint(state, path):
     """torch.save to a temporary file in the same folder, fsync, then os.replace: readers see
     the old file or the new one, never half of one. Errors (disk full, no permission) become
@@ -324,6 +331,18 @@ def save_checkpoint(state, path):
         raise
 
 
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of saves into `folder` that a killed process left behind
+    (each as large as a checkpoint). Call it before this process saves there, and only where
+    no other process saves into the same folder. Returns the names removed."""
+    if not os.path.isdir(folder):
+        return []
+    stale = [name for name in os.listdir(folder) if _TEMPORARY.match(name)]
+    for name in stale:
+        _remove_quietly(os.path.join(folder, name))
+    return stale
+
+
 def load_checkpoint(path, map_location="cpu"):
     """torch.load with weights_only=True: a checkpoint holds tensors and plain data, and a file
     carrying pickled code is refused instead of run."""
@@ -333,10 +352,12 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if any(sign in str(e) for sign in _CODE_SIGNS):
             raise UserError(f"{path}: refused: the file holds Python objects that could run code, "
                             "not only tensors and plain data; load only checkpoints you trust") from None
-        raise UserError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+        detail = str(e).split("WeightsUnpickler error:")[-1]   # after torch's generic preamble
+        raise UserError(f"{path}: not a readable checkpoint (corrupt, or not a PyTorch file: "
+                        f"{_first_line(detail)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {_first_line(e)})") from None
     if not isinstance(state, dict):

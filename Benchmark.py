@@ -13,6 +13,7 @@ Prints a table and writes it to logs/benchmark/<device>.md and .json.
 import csv
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from AttentionNet import AttentionNet
 from roilib import cli
 from roilib.data import ImageBatches
 from roilib.datasets import REPO, open_dataset
+from roilib.errors import UserError
 from roilib.evaluation import predict_dataset
 from roilib.runtime import amp_dtype, autocast, precision_name, resolve_device
 
@@ -51,6 +53,7 @@ OUT = "logs/benchmark"      # where the table is written
 
 def main():
     params = cli.parse_parameters(globals(), __file__)
+    check_parameters()
     device = resolve_device(DEVICE)
     dtype = amp_dtype(device, AMP)
     torch.backends.cudnn.benchmark = True
@@ -70,6 +73,25 @@ def main():
     if "e" in parts:
         rows += part_e(device)
     report(rows, params, name, device)
+
+
+def check_parameters():
+    """Values only used late, checked before minutes of measuring instead of after."""
+    unknown = {p.strip() for p in PARTS.split(",")} - set("abcde")
+    if unknown:
+        raise UserError(f"--PARTS={PARTS}: unknown part {', '.join(sorted(unknown))}; "
+                        "expected some of a,b,c,d,e")
+    if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", EVAL_SIZE):
+        raise UserError(f"--EVAL_SIZE={EVAL_SIZE}: expected HxW, e.g. 480x640")
+    try:
+        os.makedirs(out_folder(), exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{out_folder()}: cannot create the output folder "
+                        f"({error.strerror or error})") from None
+
+
+def out_folder():
+    return OUT if os.path.isabs(OUT) else os.path.join(REPO, OUT)
 
 
 # ---- timing helpers ------------------------------------------------------------------------
@@ -297,7 +319,7 @@ def report(rows, params, name, device):
         lines.append(f"| {r['part']} | {r['what'].strip()} | {value} |")
     table = "\n".join(lines)
     print("\n" + table)
-    folder = OUT if os.path.isabs(OUT) else os.path.join(REPO, OUT)
+    folder = out_folder()
     os.makedirs(folder, exist_ok=True)
     stem = "gpu" if device.type == "cuda" else "cpu"
     with open(os.path.join(folder, f"{stem}.md"), "w") as f:

@@ -40,6 +40,8 @@ class CocoReader(SegmentDataset):
         super().__init__(train)
         self.image_dir = str(image_dir)
         self.annotation_file = str(annotation_file)
+        if not os.path.isdir(self.image_dir):
+            raise UserError(f"{self.image_dir}: image folder not found")
         self.coco = _load_coco(self.annotation_file)
         self.category_ids = sorted(self.coco.cats)
         if not self.category_ids:

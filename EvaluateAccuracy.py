@@ -46,7 +46,7 @@ def main():
                         "or pass --CHECKPOINT=path")
     state = load_checkpoint(checkpoint)
     model = AttentionNet.from_state(state, checkpoint)
-    trained = state.get("params") or {}
+    trained = state.get("params") if isinstance(state.get("params"), dict) else {}
     dataset_name = DATASET or trained.get("DATASET") or "demo"
     names = CLASS_NAMES if CLASS_NAMES is not None else trained.get("CLASS_NAMES")
     images, annotations = IMAGES, ANNOTATIONS
@@ -56,6 +56,8 @@ def main():
     dataset = open_dataset(dataset_name, "val", images, annotations, train=False,
                            class_names=names, min_area=MIN_AREA)
     check_classes(model, dataset, checkpoint, annotations)
+    folder = OUT or os.path.dirname(os.path.abspath(checkpoint))
+    make_folder(folder)  # before the evaluation, not after it
 
     max_pixels = MAX_PIXELS or int(state.get("eval_max_pixels") or 640 * 480)
     device = resolve_device(DEVICE)
@@ -66,18 +68,30 @@ def main():
           f"attention={','.join(cfg['attention']) or '-'}, merge={cfg['merge']}) on {annotations}: "
           f"{len(dataset)} segments in {len(dataset.images)} images at <= {max_pixels} pixels, {device}, "
           f"{precision_name(dtype)}")
+    print(dataset.summary())
     out = predict_dataset(model, dataset, device, dtype, max_pixels=max_pixels, max_batch=MAX_BATCH,
                           workers=WORKERS, limit=LIMIT or None)
+    report_skipped(out)
     result = summarize(out["labels"], out["preds"], out["areas"], dataset.class_names, out["topk"])
     result.update({"checkpoint": os.path.abspath(checkpoint), "dataset": dataset_name,
                    "images": os.path.abspath(images), "annotations": os.path.abspath(annotations),
                    "model": cfg, "step": state.get("step"), "max_pixels": max_pixels,
                    "segments_per_s": out["segments_per_s"], "seconds": out["seconds"],
-                   "precision": precision_name(dtype), "device": str(device)})
+                   "precision": precision_name(dtype), "device": str(device),
+                   "skipped_images": out["skipped"].as_list()})
     print(format_report(result))
-    folder = OUT or os.path.dirname(os.path.abspath(checkpoint))
     written = write_outputs(result, folder)
     print(f"{out['segments_per_s']:.1f} segments/s ({out['seconds']:.1f} s); wrote {', '.join(written)} in {folder}")
+
+
+def report_skipped(out):
+    """Unreadable images are left out of the figures: say so, and stop if none could be read."""
+    skipped = out["skipped"]
+    if not skipped:
+        return
+    if len(out["labels"]) == 0:
+        raise UserError(f"no image could be read: {skipped.summary()}")
+    print(f"warning: {skipped.summary()}; their segments are left out of the figures")
 
 
 def check_classes(model, dataset, checkpoint, annotations):
@@ -111,8 +125,15 @@ def pct(value):
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def make_folder(folder):
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{folder}: cannot create the output folder ({error.strerror or error})") from None
+
+
 def write_outputs(result, folder):
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder)
     with open(os.path.join(folder, "eval.json"), "w") as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(folder, "eval_by_size.csv"), "w", newline="") as f:

@@ -57,6 +57,9 @@ class OpenSurfacesReader(SegmentDataset):
     # ------------------------------------------------------------------ construction
 
     def _scan(self):
+        for folder in (self.image_dir, self.label_dir):
+            if not os.path.isdir(folder):
+                raise UserError(f"{folder}: folder not found")
         pairs = []
         for name in sorted(os.listdir(self.image_dir)):
             stem, extension = os.path.splitext(name)

@@ -20,9 +20,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from AttentionNet import AttentionNet, load_checkpoint
+from AttentionNet import AttentionNet, load_checkpoint, remove_stale_temporaries
 from roilib import cli
-from roilib.data import VaryingSizeBatchSampler, make_train_loader
+from roilib.data import SkippedFiles, VaryingSizeBatchSampler, make_train_loader
 from roilib.datasets import REPO, open_dataset
 from roilib.errors import UserError
 from roilib.evaluation import predict_dataset
@@ -95,7 +95,7 @@ def train(params, dist, device):
                            class_names=CLASS_NAMES, min_area=MIN_AREA)
     if val_set.class_names != train_set.class_names:
         raise UserError("the validation set's classes differ from the training set's")
-    model = build_model(train_set, state)
+    model = build_model(train_set, state, run_dir)
     dtype = amp_dtype(device, AMP)
     model.to(device, memory_format=torch.channels_last if CHANNELS_LAST else torch.preserve_format)
     optimizer = make_optimizer(model)
@@ -103,10 +103,7 @@ def train(params, dist, device):
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state.get("scaler") or {})
-        step = int(state["step"])
+        step = restore_training_state(state, optimizer, scheduler, scaler, run_dir)
     best = (state or {}).get("best_metric", -1.0)
     net = model
     if dist.enabled:
@@ -136,9 +133,11 @@ def train(params, dist, device):
     loader = iter(make_train_loader(train_set, sampler, WORKERS))
     net.train()
     window = Window()
+    skipped = SkippedFiles()
     stop_at = min(STOP_AT or STEPS, STEPS)
     while step < stop_at:
         batch = next(loader)
+        skipped.add(batch["skipped"])
         images = batch["images"].to(device, non_blocking=True)
         masks = batch["masks"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
@@ -161,6 +160,7 @@ def train(params, dist, device):
                                 f"{step}; lower --LR (now {LR}) or check the data. The checkpoints in "
                                 f"{run_dir} are from before and intact")
             logger.log_train(step, mean_loss, scheduler.get_last_lr()[0], window.rate())
+            logger.log_skipped(skipped)
             window = Window()
         validate_now = step % VAL_EVERY == 0 or step == STEPS
         if validate_now:
@@ -176,13 +176,16 @@ def train(params, dist, device):
             save("last.pt")
         if SNAPSHOT_EVERY and step % SNAPSHOT_EVERY == 0:
             save(f"step_{step}.pt")
-    logger.finish(step, best)
+    logger.finish(step, best, skipped)
 
 
 def find_resume_state(run_dir, dist):
     """The checkpoint to resume from, or None. With RESUME=False an existing run is moved
     aside, never deleted."""
     last = os.path.join(run_dir, "last.pt")
+    if dist.is_main:   # the one process that saves here, before it saves
+        for name in remove_stale_temporaries(run_dir):
+            print(f"removed {name}: a checkpoint write cut off by the interrupted run", flush=True)
     if RESUME and os.path.exists(last):
         return load_checkpoint(last)
     if not RESUME and os.path.isdir(run_dir) and os.listdir(run_dir):
@@ -195,17 +198,35 @@ def find_resume_state(run_dir, dist):
     return None
 
 
-def build_model(train_set, state):
+def build_model(train_set, state, run_dir):
     if state is not None:
-        model = AttentionNet.from_state(state, "last.pt")
+        last = os.path.join(run_dir, "last.pt")
+        model = AttentionNet.from_state(state, last)
         expected = {"arch": ARCH, "mode": MODE, "num_classes": train_set.num_classes}
         found = {k: model.config[k] for k in expected}
         if found != expected:
-            raise UserError(f"logs/{RUN}/last.pt holds a different model ({found}) than asked "
+            raise UserError(f"{last} holds a different model ({found}) than asked "
                             f"({expected}); use another --RUN, or --RESUME=False to start afresh")
         return model
     return AttentionNet(train_set.num_classes, arch=ARCH, mode=MODE, attention=ATTENTION,
                         merge=MERGE, weights=WEIGHTS, class_names=train_set.class_names)
+
+
+def restore_training_state(state, optimizer, scheduler, scaler, run_dir):
+    """Optimiser, schedule and scaler from last.pt; returns its step."""
+    last = os.path.join(run_dir, "last.pt")
+    missing = [key for key in ("optimizer", "scheduler", "step") if key not in state]
+    if missing:
+        raise UserError(f"{last}: no training state ({', '.join(missing)} missing: not written by "
+                        "Train.py); use another --RUN, or --RESUME=False to start afresh")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state.get("scaler") or {})
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{last}: its optimiser state does not fit this model ({error}); use "
+                        "another --RUN, or --RESUME=False to start afresh") from None
+    return int(state["step"])
 
 
 def make_optimizer(model):
@@ -232,6 +253,11 @@ def validate(model, val_set, device, dtype, dist, logger, step):
         out = predict_dataset(model, val_set, device, dtype, max_pixels=eval_pixels(),
                               max_batch=MAX_BATCH, limit=VAL_MAX_IMAGES or None,
                               progress=sys.stderr.isatty())
+        if len(out["labels"]) == 0:
+            raise UserError(f"validation at step {step}: no image could be read "
+                            f"({out['skipped'].summary()}); the checkpoints saved before are intact")
+        if out["skipped"]:
+            logger.print(f"validation: {out['skipped'].summary()}")
         full = summarize(out["labels"], out["preds"], out["areas"], val_set.class_names, out["topk"])
         metrics = {k: full[k] for k in ("accuracy", "mean_class_accuracy", "count")}
         logger.log_val(step, metrics, out["segments_per_s"])
@@ -252,6 +278,24 @@ def check_finite(model, logger, step):
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise UserError(f"the weights hold NaN/inf at step {step}: not saving; lower --LR (now {LR}). "
                         "The checkpoints already written are intact")
+
+
+def trim_log(csv_path, step):
+    """Drop train_log.csv rows after `step` (the step resumed from): a killed run logged
+    them after its last checkpoint, and they are logged again. Torn or malformed rows go
+    too. Rewritten atomically. Returns the number of rows dropped."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0] if rows else CSV_FIELDS  # an empty file: killed before its header
+    kept = [row for row in rows[1:] if len(row) == len(header) and row[0].isdigit()
+            and int(row[0]) <= step]
+    if rows and len(kept) == len(rows) - 1:
+        return 0
+    tmp = f"{csv_path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([header] + kept)
+    os.replace(tmp, csv_path)
+    return max(len(rows) - 1, 0) - len(kept)
 
 
 class Window:
@@ -290,7 +334,11 @@ class RunLogger:
         self.tensorboard = None
         if not self.active:
             return
-        os.makedirs(run_dir, exist_ok=True)
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"{run_dir}: cannot create the run folder ({error.strerror or error}); "
+                            "check --LOG_DIR and --RUN") from None
         config = {"params": params, "num_classes": train_set.num_classes,
                   "class_names": train_set.class_names, "world_size": dist.world_size,
                   "device": str(device), "precision": precision_name(dtype),
@@ -298,7 +346,12 @@ class RunLogger:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         self.csv_path = os.path.join(run_dir, "train_log.csv")
-        if not os.path.exists(self.csv_path):
+        if os.path.exists(self.csv_path):
+            dropped = trim_log(self.csv_path, self.first_step)
+            if dropped:
+                self.print(f"train_log.csv: dropped {dropped} rows logged after step "
+                           f"{self.first_step} by the interrupted run (those steps are done again)")
+        else:
             with open(self.csv_path, "w", newline="") as f:
                 csv.writer(f).writerow(CSV_FIELDS)
         try:
@@ -352,18 +405,28 @@ class RunLogger:
             self.tensorboard.add_scalar("val/accuracy", metrics["accuracy"], step)
             self.tensorboard.add_scalar("val/mean_class_accuracy", metrics["mean_class_accuracy"], step)
 
-    def _csv(self, row):
-        with open(self.csv_path, "a", newline="") as f:
-            csv.writer(f).writerow(row)
+    def log_skipped(self, skipped):
+        """Each image the loader could not read (and replaced), once, when first met."""
+        for reason in skipped.unreported():
+            self.print(f"skipped an unreadable image (another segment used instead): {reason}")
 
-    def finish(self, step, best):
+    def _csv(self, row):
+        try:
+            with open(self.csv_path, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+        except OSError as error:
+            raise UserError(f"{self.csv_path}: cannot write ({error.strerror or error}); the "
+                            "checkpoints saved before are intact") from None
+
+    def finish(self, step, best, skipped):
         if not self.active:
             return
         if self.tensorboard:
             self.tensorboard.close()
         minutes = (time.perf_counter() - self.start) / 60
+        skipped_note = f"; {skipped.summary()}" if skipped else ""
         self.print(f"done: {step} steps in {minutes:.1f} min; best validation mean class accuracy "
-                   f"{best:.4f}; checkpoints in {self.run_dir} (best.pt, last.pt)\n"
+                   f"{best:.4f}{skipped_note}; checkpoints in {self.run_dir} (best.pt, last.pt)\n"
                    f"next: python EvaluateAccuracy.py --CHECKPOINT={os.path.join(self.run_dir, 'best.pt')}")
 
 

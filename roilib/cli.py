@@ -98,8 +98,23 @@ def run(main):
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+# The last line of a formatted traceback: "roilib.errors.UserError: <message>".
+_WRAPPED_USER_ERROR = re.compile(r"^[\w.]*UserError: ")
+
+
+def user_message(error):
+    """A UserError's message. One raised in a DataLoader worker is re-raised by torch with
+    the worker's whole traceback as its message: only the original message is kept."""
+    lines = str(error).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught UserError"):
+        starts = [i for i, line in enumerate(lines) if _WRAPPED_USER_ERROR.match(line)]
+        if starts:
+            return _WRAPPED_USER_ERROR.sub("", "\n".join(lines[starts[-1]:]))
+    return str(error)

@@ -12,6 +12,10 @@ geometry per batch, a pixel budget per batch); ``dataset[item]`` turns each into
 ``collate_batch`` stacks them. Every random choice derives from (seed, step, rank), so a
 batch does not depend on worker count or on where a run was resumed.
 Evaluation: ``ImageBatches`` gives one whole (downscaled) image with all its segments.
+
+Unreadable data files (corrupt image, mask of the wrong size...) do not stop a run: a
+training item takes another segment instead, an evaluation item is empty, and both carry
+``"skipped"``: [(image path, reason)] so that the main process can count and report them.
 """
 import math
 from collections import namedtuple
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from roilib.errors import UserError
 from roilib.imageio import read_image
 
 # bbox = (x, y, w, h) in original image pixels; area = segment pixels in the original image.
@@ -29,6 +34,9 @@ Segment = namedtuple("Segment", "image_index segment_id label area bbox")
 # ImageNet mean colour (RGB, 0..255): padding normalises to ~0, so it reads as "nothing".
 MEAN_COLOUR = (124, 116, 104)
 SIZE_STEP = 32  # ResNet downsamples 32×: sides that are multiples of 32 tile exactly.
+# Unreadable images tried in a row for one training item before giving up: more than a few
+# means a systematic problem (folder gone, wrong format), not a few bad files.
+MAX_SUBSTITUTES = 20
 
 
 class SegmentDataset(Dataset):
@@ -87,14 +95,48 @@ class SegmentDataset(Dataset):
         return make_sample(image, mask, segment, self.images[segment.image_index]["id"])
 
     def __getitem__(self, item):
-        """``int`` -> full sample; ``(index, H, W, seed)`` (from the batch sampler) -> crop."""
+        """``int`` -> full sample; ``(index, H, W, seed)`` (from the batch sampler) -> crop,
+        with "skipped": the unreadable images replaced to make it (see ``readable_sample``)."""
         if isinstance(item, (tuple, list)):
             index, height, width, seed = item
+            sample, skipped = self.readable_sample(index)
             rng = np.random.default_rng(seed)
             flip = self.train and self.flip and rng.random() < 0.5
             jitter = DEFAULT_JITTER if self.train else None
-            return crop_sample(self.sample(index), height, width, rng, flip, jitter)
+            crop = crop_sample(sample, height, width, rng, flip, jitter)
+            crop["skipped"] = skipped
+            return crop
         return self.sample(item)
+
+    def readable_sample(self, index):
+        """(sample, skipped): the sample of segment ``index``, or where its files cannot be
+        read, of a substitute (``substitute_segment``); skipped = [(image path, reason)]."""
+        skipped, tried = [], set()
+        while len(skipped) <= MAX_SUBSTITUTES:
+            try:
+                return self.sample(index), skipped
+            except UserError as error:
+                image_index = int(self.image_of_segment[index])
+                skipped.append((self.images[image_index]["path"], str(error)))
+                tried.add(image_index)
+                index = self.substitute_segment(index, tried)
+                if index is None:
+                    break
+        raise UserError(f"{len(skipped)} images in a row could not be read (first: "
+                        f"{skipped[0][1]}); check the image folder")
+
+    def substitute_segment(self, index, tried_images):
+        """The next segment (cyclically) after ``index`` in an image not tried yet, of the
+        same class where there is one (the balanced sampler's draw keeps its class). Depends
+        on nothing else, so the data order stays reproducible and resumable. None: no image
+        left to try."""
+        untried = ~np.isin(self.image_of_segment, list(tried_images))
+        for candidates in (untried & (self.labels == self.labels[index]), untried):
+            found = np.flatnonzero(candidates)
+            if found.size:
+                later = found[found > index]
+                return int(later[0] if later.size else found[0])
+        return None
 
 
 def make_sample(image, mask, segment, image_id):
@@ -331,14 +373,46 @@ def _class_image_groups(labels, image_of_segment):
 def collate_batch(samples):
     """Samples of one geometry -> {"images" uint8 [B,3,H,W] (channels-last strides),
     "masks" uint8 [B,1,H,W], "labels" int64 [B], "areas" int64 [B], "image_ids",
-    "segment_ids"}."""
+    "segment_ids", "skipped" [(image path, reason)] of all samples}."""
     images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2)
     return {"images": images,
             "masks": torch.from_numpy(np.stack([s["mask"] for s in samples]))[:, None],
             "labels": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
             "areas": torch.tensor([s["area"] for s in samples], dtype=torch.int64),
             "image_ids": [s["image_id"] for s in samples],
-            "segment_ids": [s["segment_id"] for s in samples]}
+            "segment_ids": [s["segment_id"] for s in samples],
+            "skipped": [entry for s in samples for entry in s.get("skipped", ())]}
+
+
+class SkippedFiles:
+    """Unreadable images met so far (each counted once, in order of appearance), for the
+    main process's reports."""
+
+    def __init__(self):
+        self.reasons = {}  # image path -> the first reason it could not be used
+        self.reported = 0
+
+    def __len__(self):
+        return len(self.reasons)
+
+    def add(self, entries):
+        for path, reason in entries:
+            self.reasons.setdefault(path, reason)
+
+    def unreported(self):
+        """Reasons not returned by an earlier call."""
+        fresh = list(self.reasons.values())[self.reported:]
+        self.reported = len(self.reasons)
+        return fresh
+
+    def summary(self):
+        """'skipped N unreadable images (first: reason)', or '' when none was."""
+        if not self.reasons:
+            return ""
+        return f"skipped {len(self)} unreadable images (first: {next(iter(self.reasons.values()))})"
+
+    def as_list(self):
+        return [{"path": path, "reason": reason} for path, reason in self.reasons.items()]
 
 
 def make_train_loader(dataset, sampler, workers):
@@ -353,12 +427,11 @@ def make_train_loader(dataset, sampler, workers):
 # ----------------------------------------------------------------------------- evaluation
 
 def fit_size(image_hw, max_pixels):
-    """(w, h) of an image shrunk (aspect kept, never enlarged) to about ``max_pixels``,
-    each side at least 32 (or its original size if smaller)."""
+    """(w, h) of an image shrunk (aspect kept) to about ``max_pixels``, each side at least
+    32: the net's minimum, to which a smaller side is enlarged."""
     height, width = image_hw
     scale = min(1.0, math.sqrt(max_pixels / (height * width)))
-    return (min(width, max(SIZE_STEP, round(width * scale))),
-            min(height, max(SIZE_STEP, round(height * scale))))
+    return max(SIZE_STEP, round(width * scale)), max(SIZE_STEP, round(height * scale))
 
 
 class ImageBatches(Dataset):
@@ -368,6 +441,8 @@ class ImageBatches(Dataset):
      "areas": int64 [S] (original pixels), "image_ids": [S], "segment_ids": [S]}.
     The image is stored once: the model side expands it to S without copying
     (``image.expand(S, -1, -1, -1)``). Use with ``DataLoader(..., batch_size=None)``.
+    Every item also has "skipped": [(image path, reason)] for an image whose files cannot
+    be read; such an item has no segment (S = 0) and "image" None.
     """
 
     def __init__(self, dataset, max_pixels):
@@ -379,8 +454,11 @@ class ImageBatches(Dataset):
 
     def __getitem__(self, image_index):
         dataset = self.dataset
-        image = dataset.load_image(image_index)
-        masks = dataset.image_masks(image_index, image.shape[:2])
+        try:
+            image = dataset.load_image(image_index)
+            masks = dataset.image_masks(image_index, image.shape[:2])
+        except UserError as error:
+            return skipped_image_item(dataset.images[image_index]["path"], str(error))
         size = fit_size(image.shape[:2], self.max_pixels)
         if size != (image.shape[1], image.shape[0]):
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
@@ -392,4 +470,11 @@ class ImageBatches(Dataset):
                 "labels": torch.tensor([s.label for s in segments], dtype=torch.int64),
                 "areas": torch.tensor([s.area for s in segments], dtype=torch.int64),
                 "image_ids": [image_id] * len(segments),
-                "segment_ids": [s.segment_id for s in segments]}
+                "segment_ids": [s.segment_id for s in segments], "skipped": []}
+
+
+def skipped_image_item(path, reason):
+    """An ``ImageBatches`` item without segments for an image that cannot be read."""
+    return {"image": None, "masks": torch.zeros((0, 1, 1, 1), dtype=torch.uint8),
+            "labels": torch.zeros(0, dtype=torch.int64), "areas": torch.zeros(0, dtype=torch.int64),
+            "image_ids": [], "segment_ids": [], "skipped": [(path, reason)]}

@@ -69,6 +69,11 @@ def open_dataset(dataset, split, images="", annotations="", train=True, class_na
         names = class_names.split(",") if isinstance(class_names, str) else class_names
         if names is None and dataset == "demo":
             from roilib.demo import CLASS_NAMES as names
-        return OpenSurfacesReader(images, annotations, train=train, class_names=names, min_area=min_area)
-    from CocoReader import CocoReader
-    return CocoReader(images, annotations, train=train, min_area=min_area)
+        reader = OpenSurfacesReader(images, annotations, train=train, class_names=names,
+                                    min_area=min_area)
+    else:
+        from CocoReader import CocoReader
+        reader = CocoReader(images, annotations, train=train, min_area=min_area)
+    if len(reader) == 0:
+        raise UserError(f"{annotations}: no usable segment ({reader.summary()})")
+    return reader

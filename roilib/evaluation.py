@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from roilib.data import ImageBatches
+from roilib.data import ImageBatches, SkippedFiles
 from roilib.progress import Progress
 from roilib.runtime import autocast
 
@@ -15,7 +15,8 @@ from roilib.runtime import autocast
 def predict_dataset(model, dataset, device, dtype=None, max_pixels=640 * 480, max_batch=32,
                     workers=0, limit=None, topk=5, progress=True):
     """Predict every segment of `dataset` (a SegmentDataset). Returns a dict of numpy arrays
-    (labels, preds, topk, areas) plus image_ids, segment_ids, seconds and segments/s.
+    (labels, preds, topk, areas) plus image_ids, segment_ids, seconds, segments/s and
+    "skipped" (a SkippedFiles: images that could not be read, whose segments are left out).
     `limit` evaluates only the first N images (quick validation during training)."""
     was_training = model.training
     model.eval()
@@ -28,8 +29,13 @@ def predict_dataset(model, dataset, device, dtype=None, max_pixels=640 * 480, ma
     k = min(topk, model.num_classes)
     labels, preds, tops, areas, image_ids, segment_ids = [], [], [], [], [], []
     bar = Progress(count, "evaluate", unit="segments", enabled=progress)
+    skipped = SkippedFiles()
     start = time.perf_counter()
     for batch in loader:
+        if batch["skipped"]:
+            skipped.add(batch["skipped"])
+            bar.update(1)
+            continue
         image = batch["image"].to(device, non_blocking=True)
         if channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
@@ -50,5 +56,5 @@ def predict_dataset(model, dataset, device, dtype=None, max_pixels=640 * 480, ma
     return {"labels": torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64),
             "preds": top[:, 0], "topk": top,
             "areas": torch.cat(areas).numpy() if areas else np.zeros(0, dtype=np.int64),
-            "image_ids": image_ids, "segment_ids": segment_ids,
+            "image_ids": image_ids, "segment_ids": segment_ids, "skipped": skipped,
             "seconds": seconds, "segments_per_s": n / max(seconds, 1e-9)}

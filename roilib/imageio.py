@@ -6,6 +6,8 @@ every platform (``cv2.imread`` fails silently on them on Windows). Images are de
 stored pixel grid always line up.
 """
 import os
+import sys
+import threading
 import uuid
 
 import cv2
@@ -39,11 +41,54 @@ def _check_jpeg_complete(path, data):
         raise UserError(f"{path}: truncated JPEG (no end-of-image marker)")
 
 
+class _SilencedNativeStderr:
+    """libpng, libjpeg and OpenCV complain about a broken file on file descriptor 2 themselves
+    ("libpng error: ...", "Corrupt JPEG data: ..."), past Python and OpenCV's log level; the
+    UserError says it in one line instead. So fd 2 goes to the null device while files are
+    decoded. Threads may decode at once (the label-map scan): the first in redirects, the
+    last out restores."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = None
+
+    def __enter__(self):
+        with self._lock:
+            if self._users == 0:
+                self._saved = _redirect_fd2(os.devnull)
+            self._users += 1
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._saved is not None:
+                os.dup2(self._saved, 2)
+                os.close(self._saved)
+
+
+def _redirect_fd2(target):
+    """Point fd 2 at ``target``; returns a duplicate of the old fd 2 (None if there is none)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        return None
+    null = os.open(target, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    return saved
+
+
+_quiet_decoding = _SilencedNativeStderr()
+
+
 def _decode(path, flags=cv2.IMREAD_UNCHANGED):
     data = _read_bytes(path)
     _check_jpeg_complete(path, data)
     try:
-        array = cv2.imdecode(data, flags)
+        with _quiet_decoding:
+            array = cv2.imdecode(data, flags)
     except cv2.error:
         array = None
     if array is None:
@@ -121,14 +166,16 @@ def write_png(path, array):
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
         raise UserError(f"{path}: cannot encode {array.dtype} {array.shape} array as PNG")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # A unique sibling name (not mkstemp, which would leave the file mode 0600).
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(tmp, "wb") as file:
             file.write(encoded.tobytes())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(error, OSError):
+            raise UserError(f"{path}: cannot write ({error.strerror or error})") from None
         raise
