@@ -15,7 +15,7 @@ import torch
 
 from AttentionNet import AttentionNet, load_checkpoint
 from roilib import cli
-from roilib.datasets import find_path, open_dataset, resolve_paths
+from roilib.datasets import find_checkpoint, open_dataset, resolve_paths
 from roilib.errors import UserError
 from roilib.evaluation import predict_dataset
 from roilib.metrics import summarize
@@ -40,10 +40,7 @@ AMP = True                  # bf16 where the device runs it natively (else float
 
 def main():
     cli.parse_parameters(globals(), __file__)
-    checkpoint = find_path(CHECKPOINT)
-    if not os.path.exists(checkpoint):
-        raise UserError(f"{CHECKPOINT}: checkpoint not found; train one with `python Train.py` "
-                        "or pass --CHECKPOINT=path")
+    checkpoint = find_checkpoint(CHECKPOINT)
     state = load_checkpoint(checkpoint)
     model = AttentionNet.from_state(state, checkpoint)
     trained = state.get("params") if isinstance(state.get("params"), dict) else {}

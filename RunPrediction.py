@@ -9,7 +9,6 @@ a glob), or one label/instance map where each nonzero value is one segment.
 """
 import glob
 import json
-import os
 
 import cv2
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from AttentionNet import AttentionNet
 from roilib import cli
 from roilib.data import fit_size, resize_mask
-from roilib.datasets import find_path
+from roilib.datasets import find_checkpoint, find_path
 from roilib.errors import UserError
 from roilib.imageio import read_image, read_label_map, read_mask, write_png
 from roilib.runtime import amp_dtype, autocast, resolve_device
@@ -39,10 +38,7 @@ AMP = False                 # bf16 autocast (faster on GPUs; float32 is exact an
 
 def main():
     cli.parse_parameters(globals(), __file__)
-    checkpoint = find_path(CHECKPOINT)
-    if not os.path.exists(checkpoint):
-        raise UserError(f"{CHECKPOINT}: no trained model there; run `python Train.py` first "
-                        "(a few minutes on a CPU with the demo data) or pass --CHECKPOINT=path")
+    checkpoint = find_checkpoint(CHECKPOINT)
     image_path = find_path(IMAGE)
     image = read_image(image_path)
     names, masks = read_segments(image.shape[:2])

@@ -38,6 +38,15 @@ def find_path(path):
     return os.path.join(REPO, path)
 
 
+def find_checkpoint(path):
+    """A trained model's path (see find_path), or one line saying how to get one."""
+    found = find_path(path)
+    if not os.path.exists(found):
+        raise UserError(f"{path}: no trained model there; run `python Train.py` first (a few "
+                        "minutes on a CPU with the demo data) or pass --CHECKPOINT=path")
+    return found
+
+
 def resolve_paths(dataset, split, images="", annotations=""):
     """The (images, annotations) paths to read: the user's, or the dataset's default layout."""
     if dataset not in LAYOUTS:

@@ -27,7 +27,7 @@ def predict_dataset(model, dataset, device, dtype=None, max_pixels=640 * 480, ma
     loader = DataLoader(subset, batch_size=None, num_workers=workers,
                         pin_memory=device.type == "cuda")
     k = min(topk, model.num_classes)
-    labels, preds, tops, areas, image_ids, segment_ids = [], [], [], [], [], []
+    labels, tops, areas, image_ids, segment_ids = [], [], [], [], []
     bar = Progress(count, "evaluate", unit="segments", enabled=progress)
     skipped = SkippedFiles()
     start = time.perf_counter()

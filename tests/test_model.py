@@ -1,7 +1,6 @@
 """The model's properties: zero effect at init, mask dependence, small segments, checkpoints,
 channels_last/bf16, gradients. resnet18 at small sizes keeps the suite fast."""
 import os
-import pickle
 import subprocess
 import sys
 
