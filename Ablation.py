@@ -42,6 +42,7 @@ MAX_PIXELS = 300000         # pixels per batch
 MAX_BATCH = 32              # samples per batch at most
 WORKERS = 2                 # DataLoader workers per run
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
+AMP = True                  # bf16 autocast where the device runs it natively (False: float32)
 CONTEXT_CLASSES = "boat,car"   # the classes that differ only by their surroundings (demo data)
 # ---- end of parameters ----
 
@@ -61,7 +62,7 @@ VARIANT_TABLE = {
     "none": {"MODE": "none"},
 }
 SHARED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS", "ARCH",
-          "WEIGHTS", "STEPS", "LR", "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "WORKERS", "DEVICE")
+          "WEIGHTS", "STEPS", "LR", "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "WORKERS", "DEVICE", "AMP")
 SUMMARY_BINS = ("<1k", "1k-2k", "2k-4k", "4k-8k")
 
 
@@ -111,7 +112,7 @@ def run_variant(variant, seed, runs):
     # The final model, not best.pt: picking the best on the evaluation set would flatter it.
     call("EvaluateAccuracy.py", {"CHECKPOINT": os.path.join(run_dir, "last.pt"), "DATASET": DATASET,
                                  "IMAGES": VAL_IMAGES, "ANNOTATIONS": VAL_ANNOTATIONS,
-                                 "OUT": run_dir, "DEVICE": DEVICE, "WORKERS": WORKERS})
+                                 "OUT": run_dir, "DEVICE": DEVICE, "WORKERS": WORKERS, "AMP": AMP})
     with open(eval_path) as f:
         return json.load(f)
 
