@@ -177,7 +177,7 @@ def part_b(device, rows_a):
     with tempfile.TemporaryDirectory() as logs:
         args = [f"--ARCH={ARCH}", f"--MIN_SIZE={SIZE}", f"--MAX_SIZE={SIZE}", f"--MAX_BATCH={BATCH}",
                 f"--MAX_PIXELS={BATCH * SIZE * SIZE}", f"--STEPS={(windows + 1) * per_window}",
-                f"--LOG_EVERY={per_window}", "--VAL_EVERY=1000000", "--SAVE_EVERY=1000000",
+                f"--LOG_EVERY={per_window}", "--VAL_EVERY=1000000", "--VAL_MAX_IMAGES=1", "--SAVE_EVERY=1000000",
                 f"--LOG_DIR={logs}", "--RUN=bench", f"--WORKERS={WORKERS}", f"--DEVICE={device}",
                 f"--AMP={AMP}", f"--CHANNELS_LAST={CHANNELS_LAST}", f"--COMPILE={COMPILE}", "--WARMUP_STEPS=1"]
         done = subprocess.run([sys.executable, os.path.join(REPO, "Train.py"), *args], cwd=REPO,
