@@ -43,7 +43,8 @@ def read_block(script_path):
 
 def convert(name, text, default):
     """Parse `text` as the type of `default` (bool, int, float, str; None defaults take
-    None/int/float/str). 'None' is accepted for str parameters (e.g. WEIGHTS=None)."""
+    None/int/float/str). The literal None is accepted for str parameters (e.g. WEIGHTS=None);
+    lower-case 'none' stays a string (MODE=none is a mode)."""
     if isinstance(default, bool):
         if text.lower() in TRUE:
             return True
@@ -60,7 +61,7 @@ def convert(name, text, default):
             return float(text)
         except ValueError:
             raise UserError(f"--{name}={text}: expected a number") from None
-    if text in ("None", "none", "null") and (default is None or isinstance(default, str)):
+    if text == "None" and (default is None or isinstance(default, str)):
         return None
     if default is None:
         for cast in (int, float):

@@ -61,3 +61,9 @@ def test_run_turns_user_error_into_exit_2(capsys):
         run(main)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: data/x.png: not an image\n"
+
+
+def test_lowercase_none_stays_a_string():
+    """MODE=none is a mode: only the literal None means None."""
+    assert convert("MODE", "none", "attention") == "none"
+    assert convert("WEIGHTS", "None", "imagenet") is None
