@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from AttentionNet import AttentionNet
+from AttentionNet import AttentionNet, load_checkpoint
 from roilib import cli
 from roilib.data import fit_size, resize_mask
 from roilib.datasets import find_checkpoint, find_path
@@ -30,7 +30,7 @@ LABEL_MAP = ""              # instead of MASKS: a map whose nonzero values are s
 TOPK = 3                    # classes listed per mask
 JSON = False                # print JSON instead of text
 OVERLAY = ""                # write the image with outlined, labelled masks to this PNG ("" = no)
-MAX_PIXELS = 1000000        # larger images are shrunk to this many pixels (aspect kept)
+MAX_PIXELS = 0              # larger images are shrunk to this many pixels, aspect kept (0 = the scale the model was validated at)
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = False                 # bf16 autocast (faster on GPUs; float32 is exact and fast enough for a few masks)
 # ---- end of parameters ----
@@ -43,8 +43,10 @@ def main():
     image = read_image(image_path)
     names, masks = read_segments(image.shape[:2])
     device = resolve_device(DEVICE)
-    model = AttentionNet.from_checkpoint(checkpoint).to(device).eval()
-    results = predict(model, image, masks, device)
+    state = load_checkpoint(checkpoint)
+    model = AttentionNet.from_state(state, checkpoint).to(device).eval()
+    max_pixels = MAX_PIXELS or int(state.get("eval_max_pixels") or 1000000)
+    results = predict(model, image, masks, device, max_pixels)
     for result, name, mask in zip(results, names, masks):
         result["mask"] = name
         result["area"] = int(mask.sum())
@@ -94,9 +96,10 @@ def read_segments(shape):
     return paths, [read_mask(p, shape) for p in paths]
 
 
-def predict(model, image, masks, device):
-    """All masks of the image in one batch; the image is shrunk to MAX_PIXELS if larger."""
-    size = fit_size(image.shape[:2], MAX_PIXELS)
+def predict(model, image, masks, device, max_pixels):
+    """All masks of the image in one batch, the image shrunk to `max_pixels` if larger: a net
+    trained on small crops is most accurate at that scale (see Train.py's VAL_MAX_PIXELS)."""
+    size = fit_size(image.shape[:2], max_pixels)
     if size != (image.shape[1], image.shape[0]):
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         masks = [resize_mask(m, size) for m in masks]
