@@ -216,7 +216,7 @@ def plot_results(table, path):
     ax.set_ylabel("mean class accuracy (mean ± spread over seeds)")
     ax.set_title("ROI-mask variants: overall, by segment size, and on the context-only pair")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=3, loc="lower left")
+    ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: never over bars
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
