@@ -16,7 +16,7 @@ import torch
 
 from AttentionNet import AttentionNet, load_checkpoint
 from roilib import cli
-from roilib.data import fit_size, resize_mask
+from roilib.data import shrink_to_budget
 from roilib.datasets import find_checkpoint, find_path
 from roilib.errors import UserError
 from roilib.imageio import read_image, read_label_map, read_mask, write_png
@@ -99,10 +99,7 @@ def read_segments(shape):
 def predict(model, image, masks, device, max_pixels):
     """All masks of the image in one batch, the image shrunk to `max_pixels` if larger: a net
     trained on small crops is most accurate at that scale (see Train.py's VAL_MAX_PIXELS)."""
-    size = fit_size(image.shape[:2], max_pixels)
-    if size != (image.shape[1], image.shape[0]):
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        masks = [resize_mask(m, size) for m in masks]
+    image, masks = shrink_to_budget(image, masks, max_pixels)
     images = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
     batch = torch.from_numpy(np.stack(masks))[:, None].to(device)
     with autocast(device, amp_dtype(device, AMP)):

@@ -434,6 +434,17 @@ def fit_size(image_hw, max_pixels):
     return max(SIZE_STEP, round(width * scale)), max(SIZE_STEP, round(height * scale))
 
 
+def shrink_to_budget(image, masks, max_pixels):
+    """Image and its masks resized together to fit ``max_pixels`` (see fit_size): the one
+    evaluation-time resize, shared by EvaluateAccuracy and RunPrediction so both see the
+    same scale and interpolation."""
+    size = fit_size(image.shape[:2], max_pixels)
+    if size == (image.shape[1], image.shape[0]):
+        return image, masks
+    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+            [resize_mask(mask, size) for mask in masks])
+
+
 class ImageBatches(Dataset):
     """Deterministic evaluation: item i = image i (resized with INTER_AREA to fit
     ``max_pixels``) with ALL its segments, as
@@ -459,10 +470,7 @@ class ImageBatches(Dataset):
             masks = dataset.image_masks(image_index, image.shape[:2])
         except UserError as error:
             return skipped_image_item(dataset.images[image_index]["path"], str(error))
-        size = fit_size(image.shape[:2], self.max_pixels)
-        if size != (image.shape[1], image.shape[0]):
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            masks = [resize_mask(mask, size) for mask in masks]
+        image, masks = shrink_to_budget(image, masks, self.max_pixels)
         segments = [dataset.segments[i] for i in dataset.image_segments[image_index]]
         image_id = dataset.images[image_index]["id"]
         return {"image": torch.from_numpy(image).permute(2, 0, 1)[None],

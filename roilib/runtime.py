@@ -78,14 +78,6 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
-    def broadcast_flag(self, flag, device):
-        """Rank 0's boolean, known to all ranks (so they stop together)."""
-        if not self.enabled:
-            return flag
-        value = torch.tensor([1 if flag else 0], device=device)
-        dist.broadcast(value, 0)
-        return bool(value.item())
-
     def stop(self):
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
