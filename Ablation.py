@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from roilib import cli
-from roilib.datasets import REPO
+from roilib.paths import REPO
 from roilib.errors import UserError
 
 # ---- parameters: edit here, or override as --NAME=value ----

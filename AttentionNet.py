@@ -13,21 +13,19 @@ The same constructor builds the baselines of the paper's comparison (mode="black
 "channel", "none"), so every variant shares one code path for training and evaluation.
 """
 import os
-import pickle
-import re
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from roilib.checkpoint import CHECKPOINT_FORMAT, first_line, load_checkpoint, save_checkpoint
 from roilib.errors import UserError
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 MODES = ("attention", "blackout", "crop", "channel", "none")
 MERGE_POINTS = ("stem", "layer1", "layer2", "layer3", "layer4")
 MERGES = ("add", "mul", "muladd")
-CHECKPOINT_FORMAT = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -110,7 +108,7 @@ class AttentionNet(nn.Module):
     """ResNet main branch + ROI-mask side branch (or one of the baselines), see module doc."""
 
     def __init__(self, num_classes, arch="resnet50", mode="attention", attention="stem", merge="add",
-                 weights=None, class_names=None, crop_margin=0.5):
+                 weights=None, class_names=None, crop_margin=0.5, category_ids=None):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
@@ -120,10 +118,14 @@ class AttentionNet(nn.Module):
             raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        if category_ids is not None and len(category_ids) != num_classes:
+            raise ValueError(f"{len(category_ids)} category ids for {num_classes} classes")
         points = parse_attention(attention) if mode == "attention" else ()
         self.config = {"arch": arch, "num_classes": int(num_classes), "mode": mode,
                        "attention": list(points), "merge": merge, "crop_margin": float(crop_margin),
-                       "class_names": list(class_names) if class_names is not None else None}
+                       "class_names": list(class_names) if class_names is not None else None,
+                       # the dataset's own ids of the classes (COCO: 1..90; label maps: values)
+                       "category_ids": [int(i) for i in category_ids] if category_ids is not None else None}
         self.backbone = build_backbone(arch, weights)
         self.backbone.fc = nn.Linear(self.backbone.fc.in_features, num_classes)
         if mode == "channel":
@@ -243,12 +245,17 @@ class AttentionNet(nn.Module):
     def from_state(cls, state, path="checkpoint"):
         if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
             raise UserError(f"{path}: not an AttentionNet checkpoint (no 'model' and 'config' entries)")
+        found = state.get("format")
+        if found != CHECKPOINT_FORMAT:
+            age = "a newer" if isinstance(found, int) and found > CHECKPOINT_FORMAT else "an older"
+            raise UserError(f"{path}: checkpoint format {found} is from {age} version of this code "
+                            f"(this one reads format {CHECKPOINT_FORMAT}); use the matching version")
         config = dict(state["config"])
         try:
             model = cls(weights=None, **config)
             model.load_state_dict(state["model"])
         except (TypeError, ValueError, RuntimeError) as e:
-            raise UserError(f"{path}: checkpoint does not match this version of AttentionNet ({_first_line(e)})") from None
+            raise UserError(f"{path}: checkpoint does not match this version of AttentionNet ({first_line(e)})") from None
         return model
 
 
@@ -265,7 +272,7 @@ def build_backbone(arch, weights):
         except Exception as e:  # download errors come from urllib, ssl, http, hashing ...
             url = enum.url
             target = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
-            raise UserError(f"could not get ImageNet weights for {arch} ({_first_line(e)}); "
+            raise UserError(f"could not get ImageNet weights for {arch} ({first_line(e)}); "
                             f"download {url} and put it at {target}, or set WEIGHTS=None") from None
     net = builder(weights=None)
     load_backbone_file(net, weights)
@@ -284,7 +291,7 @@ def load_backbone_file(net, path):
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as e:   # shapes differ: another arch
-        raise UserError(f"{path}: not a ResNet state_dict for this arch ({_first_line(e)})") from None
+        raise UserError(f"{path}: not a ResNet state_dict for this arch ({first_line(e)})") from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise UserError(f"{path}: not a ResNet state_dict for this arch "
@@ -298,93 +305,3 @@ def _with_mask_channel(conv):
         new.weight.zero_()
         new.weight[:, :3] = conv.weight
     return new
-
-
-# ---- checkpoint files ----------------------------------------------------------------------
-_TEMPORARY = re.compile(r"^\..+\.tmp\d+$")  # save_checkpoint's .<name>.tmp<pid>
-# How torch's weights-only unpickler words a file that asks to import, call or build Python
-# objects; its other errors are about damaged or foreign files.
-_CODE_SIGNS = ("GLOBAL", "unrecognized function", "allowlisted", "add_safe_globals")
-
-
-def save_checkpoint(state, path):
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: readers see
-    the old file or the new one, never half of one. Errors (disk full, no permission) become
-    one line, and the previous checkpoint is left as it was."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(folder)
-    except OSError as e:
-        _remove_quietly(tmp)
-        raise UserError(f"{path}: could not write checkpoint ({e.strerror or e}); "
-                        "the previous file there, if any, is intact") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def remove_stale_temporaries(folder):
-    """Delete the temporary files of saves into `folder` that a killed process left behind
-    (each as large as a checkpoint). Call it before this process saves there, and only where
-    no other process saves into the same folder. Returns the names removed."""
-    if not os.path.isdir(folder):
-        return []
-    stale = [name for name in os.listdir(folder) if _TEMPORARY.match(name)]
-    for name in stale:
-        _remove_quietly(os.path.join(folder, name))
-    return stale
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """torch.load with weights_only=True: a checkpoint holds tensors and plain data, and a file
-    carrying pickled code is refused instead of run."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if any(sign in str(e) for sign in _CODE_SIGNS):
-            raise UserError(f"{path}: refused: the file holds Python objects that could run code, "
-                            "not only tensors and plain data; load only checkpoints you trust") from None
-        detail = str(e).split("WeightsUnpickler error:")[-1]   # after torch's generic preamble
-        raise UserError(f"{path}: not a readable checkpoint (corrupt, or not a PyTorch file: "
-                        f"{_first_line(detail)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {_first_line(e)})") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: not a checkpoint (expected a dict, found {type(state).__name__})")
-    return state
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _first_line(error):
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__

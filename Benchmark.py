@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from AttentionNet import AttentionNet
+from Datasets import open_dataset
 from roilib import cli
-from roilib.data import ImageBatches
-from roilib.datasets import REPO, open_dataset
 from roilib.errors import UserError
-from roilib.evaluation import predict_dataset
+from roilib.evaluation import ImageBatches, predict_dataset
+from roilib.paths import REPO
 from roilib.runtime import amp_dtype, autocast, precision_name, resolve_device
 
 # ---- parameters: edit here, or override as --NAME=value ----

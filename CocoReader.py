@@ -22,7 +22,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from roilib.data import Segment, SegmentDataset
+from roilib.dataset import Segment, SegmentDataset
 from roilib.errors import UserError
 
 # pycocotools' decode trips numpy 2's __array__(copy=...) deprecation on every first call

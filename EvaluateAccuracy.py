@@ -13,12 +13,14 @@ import os
 
 import torch
 
-from AttentionNet import AttentionNet, load_checkpoint
+from AttentionNet import AttentionNet
+from Datasets import open_dataset, resolve_paths
+from roilib.checkpoint import load_checkpoint
 from roilib import cli
-from roilib.datasets import find_checkpoint, open_dataset, resolve_paths
 from roilib.errors import UserError
 from roilib.evaluation import predict_dataset
 from roilib.metrics import summarize
+from roilib.paths import find_checkpoint
 from roilib.runtime import amp_dtype, precision_name, resolve_device
 
 # ---- parameters: edit here, or override as --NAME=value ----

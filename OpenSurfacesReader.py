@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from roilib.data import Segment, SegmentDataset
+from roilib.dataset import Segment, SegmentDataset
 from roilib.errors import UserError
 from roilib.imageio import read_label_map
 
@@ -48,6 +48,7 @@ class OpenSurfacesReader(SegmentDataset):
         self.image_dir, self.label_dir = str(image_dir), str(label_dir)
         self.background = background
         self.class_names = _class_names(class_names, num_classes)
+        self.category_ids = [v for v in range(len(self.class_names) + 1) if v != background][:len(self.class_names)]
         self.min_area = max(int(min_area), 1)
         self.missing_labels = 0
         self._components = []  # per segment: (value, seed), to rebuild its mask

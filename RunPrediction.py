@@ -14,11 +14,12 @@ import cv2
 import numpy as np
 import torch
 
-from AttentionNet import AttentionNet, load_checkpoint
+from AttentionNet import AttentionNet
+from roilib.checkpoint import load_checkpoint
 from roilib import cli
-from roilib.data import shrink_to_budget
-from roilib.datasets import find_checkpoint, find_path
+from roilib.paths import find_checkpoint, find_path
 from roilib.errors import UserError
+from roilib.evaluation import shrink_to_budget
 from roilib.imageio import read_image, read_label_map, read_mask, write_png
 from roilib.runtime import amp_dtype, autocast, resolve_device
 

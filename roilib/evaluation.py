@@ -1,14 +1,80 @@
 """Batched, deterministic prediction over a dataset: all segments of an image in one forward
 (the image runs once up to the first merge point; see AttentionNet.forward)."""
+import math
 import time
 
+import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from roilib.data import ImageBatches, SkippedFiles
+from roilib.crops import SIZE_STEP, resize_mask
+from roilib.errors import UserError
+from roilib.skipped import SkippedFiles
 from roilib.progress import Progress
 from roilib.runtime import autocast
+
+
+def fit_size(image_hw, max_pixels):
+    """(w, h) of an image shrunk (aspect kept) to about ``max_pixels``, each side at least
+    32: the net's minimum, to which a smaller side is enlarged."""
+    height, width = image_hw
+    scale = min(1.0, math.sqrt(max_pixels / (height * width)))
+    return max(SIZE_STEP, round(width * scale)), max(SIZE_STEP, round(height * scale))
+
+
+def shrink_to_budget(image, masks, max_pixels):
+    """Image and its masks resized together to fit ``max_pixels`` (see fit_size): the one
+    evaluation-time resize, shared by EvaluateAccuracy and RunPrediction so both see the
+    same scale and interpolation."""
+    size = fit_size(image.shape[:2], max_pixels)
+    if size == (image.shape[1], image.shape[0]):
+        return image, masks
+    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+            [resize_mask(mask, size) for mask in masks])
+
+
+class ImageBatches(Dataset):
+    """Deterministic evaluation: item i = image i (resized with INTER_AREA to fit
+    ``max_pixels``) with ALL its segments, as
+    {"image": uint8 [1,3,H,W], "masks": uint8 [S,1,H,W], "labels": int64 [S],
+     "areas": int64 [S] (original pixels), "image_ids": [S], "segment_ids": [S]}.
+    The image is stored once: the model side expands it to S without copying
+    (``image.expand(S, -1, -1, -1)``). Use with ``DataLoader(..., batch_size=None)``.
+    Every item also has "skipped": [(image path, reason)] for an image whose files cannot
+    be read; such an item has no segment (S = 0) and "image" None.
+    """
+
+    def __init__(self, dataset, max_pixels):
+        self.dataset = dataset
+        self.max_pixels = max_pixels
+
+    def __len__(self):
+        return len(self.dataset.images)
+
+    def __getitem__(self, image_index):
+        dataset = self.dataset
+        try:
+            image = dataset.load_image(image_index)
+            masks = dataset.image_masks(image_index, image.shape[:2])
+        except UserError as error:
+            return skipped_image_item(dataset.images[image_index]["path"], str(error))
+        image, masks = shrink_to_budget(image, masks, self.max_pixels)
+        segments = [dataset.segments[i] for i in dataset.image_segments[image_index]]
+        image_id = dataset.images[image_index]["id"]
+        return {"image": torch.from_numpy(image).permute(2, 0, 1)[None],
+                "masks": torch.from_numpy(np.stack(masks))[:, None],
+                "labels": torch.tensor([s.label for s in segments], dtype=torch.int64),
+                "areas": torch.tensor([s.area for s in segments], dtype=torch.int64),
+                "image_ids": [image_id] * len(segments),
+                "segment_ids": [s.segment_id for s in segments], "skipped": []}
+
+
+def skipped_image_item(path, reason):
+    """An ``ImageBatches`` item without segments for an image that cannot be read."""
+    return {"image": None, "masks": torch.zeros((0, 1, 1, 1), dtype=torch.uint8),
+            "labels": torch.zeros(0, dtype=torch.int64), "areas": torch.zeros(0, dtype=torch.int64),
+            "image_ids": [], "segment_ids": [], "skipped": [(path, reason)]}
 
 
 @torch.inference_mode()

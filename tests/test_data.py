@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from CocoReader import CocoReader  # noqa: E402
-from roilib.data import (MEAN_COLOUR, ImageBatches, VaryingSizeBatchSampler,  # noqa: E402
-                         collate_batch, crop_sample, make_train_loader, plan_crop,
-                         resize_mask)
+from roilib.crops import MEAN_COLOUR, crop_sample, plan_crop, resize_mask  # noqa: E402
+from roilib.evaluation import ImageBatches  # noqa: E402
+from roilib.sampler import VaryingSizeBatchSampler, collate_batch, make_train_loader  # noqa: E402
 from roilib.demo import make_demo  # noqa: E402
 from roilib.errors import UserError  # noqa: E402
 from roilib.imageio import read_image, read_label_map, read_mask, write_png  # noqa: E402

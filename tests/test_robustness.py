@@ -24,11 +24,15 @@ import torch
 from torch.utils.data import DataLoader
 
 import Train
-from AttentionNet import AttentionNet, remove_stale_temporaries, save_checkpoint
+from AttentionNet import AttentionNet
+from roilib.checkpoint import remove_stale_temporaries, save_checkpoint
 from CocoReader import CocoReader
 from OpenSurfacesReader import OpenSurfacesReader
+from roilib import runlog
 from roilib.cli import user_message
-from roilib.data import MAX_SUBSTITUTES, ImageBatches, VaryingSizeBatchSampler, make_train_loader
+from roilib.dataset import MAX_SUBSTITUTES
+from roilib.evaluation import ImageBatches
+from roilib.sampler import VaryingSizeBatchSampler, make_train_loader
 from roilib.demo import CLASS_NAMES, make_demo
 from roilib.errors import UserError
 from roilib.evaluation import predict_dataset
@@ -634,18 +638,18 @@ def test_stale_checkpoint_temporaries_are_removed(tmp_path):
 
 def test_resume_drops_log_rows_after_the_checkpoint(tmp_path):
     log = tmp_path / "train_log.csv"
-    rows = [Train.CSV_FIELDS, [1, 2.5, 1e-3, 10, "", ""], [2, 2.4, 1e-3, 10, "", ""],
+    rows = [runlog.CSV_FIELDS, [1, 2.5, 1e-3, 10, "", ""], [2, 2.4, 1e-3, 10, "", ""],
             [2, "", "", "", 0.5, 0.4], [3, 2.3, 1e-3, 10, "", ""], [10, 2.2, 1e-3, 10, "", ""]]
     with open(log, "w", newline="") as f:
         csv.writer(f).writerows(rows)
     with open(log, "a") as f:
         f.write("11,2.1")                      # torn by the kill
-    assert Train.trim_log(log, 2) == 3
+    assert runlog.trim_log(log, 2) == 3
     assert [r["step"] for r in read_csv(log)] == ["1", "2", "2"]
-    assert Train.trim_log(log, 2) == 0
+    assert runlog.trim_log(log, 2) == 0
     log.write_text("")                         # killed before its header
-    assert Train.trim_log(log, 0) == 0
-    assert log.read_text().splitlines() == [",".join(Train.CSV_FIELDS)]
+    assert runlog.trim_log(log, 0) == 0
+    assert log.read_text().splitlines() == [",".join(runlog.CSV_FIELDS)]
 
 
 class TrainProcess:

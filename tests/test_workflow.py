@@ -151,7 +151,7 @@ def test_torchrun_two_processes_gloo(data, tmp_path):
 
 
 def test_demo_label_maps_read_with_demo_names(data):
-    from roilib.datasets import open_dataset
+    from Datasets import open_dataset
     coco = open_dataset("demo", "val", f"{data}/val/images", f"{data}/val/instances.json", train=False)
     maps = open_dataset("demo", "val", f"{data}/val/images", f"{data}/val/labels", train=False)
     assert maps.class_names == coco.class_names and len(maps) == len(coco)

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from CocoReader import CocoReader  # noqa: E402
 from OpenSurfacesReader import OpenSurfacesReader  # noqa: E402
-from roilib.data import VaryingSizeBatchSampler, make_train_loader  # noqa: E402
+from roilib.sampler import VaryingSizeBatchSampler, make_train_loader  # noqa: E402
 from roilib.demo import CLASS_NAMES, ensure_demo  # noqa: E402
 
 

@@ -2,13 +2,19 @@
 
 Paths left empty ("") in a script take the layout below, relative to the repository; paths
 the user gives are taken as written (relative to the current folder).
+
+An annotation format is one reader class in FORMATS; adding a format is a reader file plus
+one line there (and a layout, if it has a standard one).
 """
-import glob
 import os
 
+from CocoReader import CocoReader
+from OpenSurfacesReader import OpenSurfacesReader
 from roilib.errors import UserError
+from roilib.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# format -> reader class: an instances JSON file (COCO), or a folder of label-map PNGs.
+FORMATS = {"coco": CocoReader, "labelmap": OpenSurfacesReader}
 DEMO_ROOT = os.path.join(REPO, "Test", "demo")
 DATASETS = ("demo", "coco", "opensurfaces")
 
@@ -28,23 +34,6 @@ HOW_TO_GET = {
                     "{images,labels}/ or set the paths",
     "demo": "it is generated automatically: python -m roilib.demo",
 }
-
-
-def find_path(path):
-    """A path as given when it exists (or, for a glob, matches); else relative to the
-    repository, so the scripts' default paths work from any folder."""
-    if os.path.isabs(path) or glob.glob(path):
-        return path
-    return os.path.join(REPO, path)
-
-
-def find_checkpoint(path):
-    """A trained model's path (see find_path), or one line saying how to get one."""
-    found = find_path(path)
-    if not os.path.exists(found):
-        raise UserError(f"{path}: no trained model there; run `python Train.py` first (a few "
-                        "minutes on a CPU with the demo data) or pass --CHECKPOINT=path")
-    return found
 
 
 def resolve_paths(dataset, split, images="", annotations=""):
@@ -73,16 +62,15 @@ def open_dataset(dataset, split, images="", annotations="", train=True, class_na
     for path in (images, annotations):
         if not os.path.exists(path):
             raise UserError(f"{path}: not found ({HOW_TO_GET[dataset]})")
-    if annotation_format(dataset, annotations) == "labelmap":
-        from OpenSurfacesReader import OpenSurfacesReader
+    reader_class = FORMATS[annotation_format(dataset, annotations)]
+    if reader_class is OpenSurfacesReader:
         names = class_names.split(",") if isinstance(class_names, str) else class_names
         if names is None and dataset == "demo":
             from roilib.demo import CLASS_NAMES as names
-        reader = OpenSurfacesReader(images, annotations, train=train, class_names=names,
-                                    min_area=min_area)
+        reader = reader_class(images, annotations, train=train, class_names=names,
+                              min_area=min_area)
     else:
-        from CocoReader import CocoReader
-        reader = CocoReader(images, annotations, train=train, min_area=min_area)
+        reader = reader_class(images, annotations, train=train, min_area=min_area)
     if len(reader) == 0:
         raise UserError(f"{annotations}: no usable segment ({reader.summary()})")
     return reader

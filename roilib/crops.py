@@ -1,0 +1,162 @@
+"""Crop geometry: where a training crop or an evaluation window lies, and the warp that cuts it.
+
+Every crop is one ``cv2.warpAffine`` per array (image, mask) over only the part of the image
+under the window. The whole segment is kept with context whenever it fits; a segment larger
+than the window is scaled down, never cut, and a mask never ends empty.
+"""
+import math
+
+import cv2
+import numpy as np
+
+# ImageNet mean colour (RGB, 0..255): padding normalises to ~0, so it reads as "nothing".
+MEAN_COLOUR = (124, 116, 104)
+SIZE_STEP = 32  # ResNet downsamples 32×: sides that are multiples of 32 tile exactly.
+
+DEFAULT_JITTER = (0.8, 1.25)  # log-uniform scale augmentation around native resolution
+
+
+def plan_crop(image_hw, bbox, out_hw, rng=None, scale_jitter=DEFAULT_JITTER):
+    """Where to crop: returns (scale, x0, y0). The crop is the window
+    [x0, x0 + out_w) × [y0, y0 + out_h) of the image resized by ``scale``.
+
+    The scale starts at 1 (native resolution, as in the original recipe), jittered when an
+    ``rng`` is given; it grows so that the image covers the window, but never so much that
+    the segment's bbox stops fitting; a segment bigger than the window scales it down (it is
+    never cut). The window then contains the whole scaled bbox and as much image as possible;
+    where the image is smaller than the window the rest is padding. Placement is random when
+    ``rng`` is given, centred on the segment otherwise.
+    """
+    height, width = image_hw
+    out_h, out_w = out_hw
+    x, y, box_w, box_h = bbox
+    box_w, box_h = max(box_w, 1), max(box_h, 1)
+    scale = 1.0
+    if rng is not None and scale_jitter is not None:
+        low, high = scale_jitter
+        scale = math.exp(rng.uniform(math.log(low), math.log(high)))
+    scale = max(scale, out_w / width, out_h / height)
+    scale = min(scale, out_w / box_w, out_h / box_h)
+    x0 = _place(width * scale, x * scale, (x + box_w) * scale, out_w, rng)
+    y0 = _place(height * scale, y * scale, (y + box_h) * scale, out_h, rng)
+    return scale, x0, y0
+
+
+def _place(length, start, end, window, rng):
+    """Window start along one axis: contains [start, end], stays inside [0, length] when the
+    image is long enough, else contains the whole image (the rest is padding)."""
+    if length >= window:
+        low, high = max(0.0, end - window), min(length - window, start)
+    else:
+        low, high = length - window, 0.0
+    high = max(high, low)  # float round-off when the segment exactly fills the window
+    if rng is None:
+        offset = min(max((start + end - window) / 2, low), high)
+    else:
+        offset = rng.uniform(low, high)
+    # An integer offset at scale 1 makes the warp an exact copy (no half-pixel blur).
+    rounded = round(offset)
+    return float(rounded) if low <= rounded <= high else offset
+
+
+def crop_sample(sample, out_h, out_w, rng=None, flip=False, scale_jitter=DEFAULT_JITTER):
+    """Crop a sample to exactly out_h × out_w (see ``plan_crop``), one warp per array.
+    The mask never ends empty; ``area`` keeps the original value."""
+    image, mask = sample["image"], sample["mask"].astype(np.uint8, copy=False)
+    bbox = cv2.boundingRect(mask)
+    if bbox[2] == 0:
+        raise ValueError(f"empty mask for segment {sample['segment_id']!r} of image "
+                         f"{sample['image_id']!r}")
+    out_hw = (out_h, out_w)
+    scale, x0, y0 = plan_crop(image.shape[:2], bbox, out_hw, rng, scale_jitter)
+    image = _warp(image, scale, x0, y0, out_hw, flip, cv2.INTER_LINEAR, MEAN_COLOUR)
+    coverage = _warp(mask, scale, x0, y0, out_hw, flip, cv2.INTER_LINEAR, 0, np.float32)
+    centre_x = scale * (bbox[0] + bbox[2] / 2) - x0 - 0.5
+    centre_y = scale * (bbox[1] + bbox[3] / 2) - y0 - 0.5
+    if flip:
+        centre_x = out_w - 1 - centre_x
+    return dict(sample, image=image, mask=_binarize(coverage, centre_x, centre_y))
+
+
+def _warp(array, scale, x0, y0, out_hw, flip, interpolation, border, dtype=None):
+    """Resample ``array`` into the window (x0, y0, out_w, out_h) of the image scaled by
+    ``scale``. Only the part under the window is touched (and converted to ``dtype``);
+    below scale 0.5 that part is first shrunk by area averaging: bilinear sampling alone
+    would alias."""
+    out_h, out_w = out_hw
+    height, width = array.shape[:2]
+    # Source rows/cols under the window, with a margin for the interpolation kernel (two
+    # pixels of the shrunk part, when there is one).
+    margin = 2 + (math.ceil(2 / scale) if scale < 0.5 else 0)
+    left = min(max(math.floor(x0 / scale) - margin, 0), width - 1)
+    top = min(max(math.floor(y0 / scale) - margin, 0), height - 1)
+    right = max(min(math.ceil((x0 + out_w) / scale) + margin, width), left + 1)
+    bottom = max(min(math.ceil((y0 + out_h) / scale) + margin, height), top + 1)
+    part = array[top:bottom, left:right]
+    if dtype is not None:
+        part = part.astype(dtype)
+    step_x = step_y = scale  # output pixels per pixel of ``part``
+    if scale < 0.5:
+        new_w = max(1, round(part.shape[1] * scale))
+        new_h = max(1, round(part.shape[0] * scale))
+        step_x, step_y = scale * part.shape[1] / new_w, scale * part.shape[0] / new_h
+        part = cv2.resize(part, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    # Pixel centres: output index u <-> continuous coordinate (u + 0.5) of the scaled image.
+    shift_x = 0.5 * step_x - 0.5 + scale * left - x0
+    shift_y = 0.5 * step_y - 0.5 + scale * top - y0
+    if flip:
+        matrix = [[-step_x, 0, out_w - 1 - shift_x], [0, step_y, shift_y]]
+    else:
+        matrix = [[step_x, 0, shift_x], [0, step_y, shift_y]]
+    # Replicate, not a constant border: pixels on the image's edge must not be blended with
+    # the padding colour; the padding is painted afterwards, where the image is absent.
+    out = cv2.warpAffine(np.ascontiguousarray(part), np.array(matrix, np.float64),
+                         (out_w, out_h), flags=interpolation,
+                         borderMode=cv2.BORDER_REPLICATE)
+    first, last = _inside(x0, width * scale, out_w)
+    if flip:
+        first, last = out_w - last, out_w - first
+    out[:, :first] = border
+    out[:, last:] = border
+    first, last = _inside(y0, height * scale, out_h)
+    out[:first] = border
+    out[last:] = border
+    return out
+
+
+def _inside(start, length, size):
+    """Output pixels [first, last) whose centres fall on the scaled image [0, length)."""
+    first = min(max(math.ceil(-start - 0.5), 0), size)
+    last = min(max(math.ceil(length - start - 0.5), first), size)
+    return first, last
+
+
+def _binarize(coverage, centre_x, centre_y):
+    """Coverage (0..1) -> {0,1} mask that never vanishes: half coverage; else (a segment
+    thinner than a pixel) the pixels with at least half the best coverage, which keeps its
+    shape without smearing it over every pixel it touches; else the pixel at its centre."""
+    mask = coverage >= 0.5
+    if not mask.any():
+        best = coverage.max()
+        mask = coverage >= 0.5 * best if best > 0 else mask
+    if not mask.any():
+        height, width = coverage.shape
+        mask[min(max(round(centre_y), 0), height - 1),
+             min(max(round(centre_x), 0), width - 1)] = True
+    return mask.astype(np.uint8)
+
+
+def resize_mask(mask, size):
+    """Resize a {0,1} mask to ``size`` = (w, h) so that no segment vanishes (same rule as
+    the crops, see ``_binarize``)."""
+    width, height = size
+    src_h, src_w = mask.shape
+    shrink = width * height < src_w * src_h
+    coverage = cv2.resize(mask.astype(np.float32), (width, height),
+                          interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    x, y, box_w, box_h = cv2.boundingRect(mask.astype(np.uint8))
+    if box_w == 0:
+        return np.zeros((height, width), np.uint8)
+    centre_x = (x + box_w / 2) * width / src_w - 0.5
+    centre_y = (y + box_h / 2) * height / src_h - 0.5
+    return _binarize(coverage, centre_x, centre_y)

@@ -1,0 +1,168 @@
+"""A training run's records: console lines, train_log.csv, config.json, TensorBoard, and
+the loss/throughput window between two progress lines (like torchvision's MetricLogger).
+Only rank 0 writes."""
+import csv
+import json
+import os
+import sys
+import time
+
+import torch
+
+from roilib.errors import UserError
+from roilib.progress import format_seconds
+from roilib.runtime import precision_name
+
+CSV_FIELDS = ["step", "loss", "lr", "img_per_s", "val_accuracy", "val_mean_class_accuracy"]
+
+
+def trim_log(csv_path, step):
+    """Drop train_log.csv rows after `step` (the step resumed from): a killed run logged
+    them after its last checkpoint, and they are logged again. Torn or malformed rows go
+    too. Rewritten atomically. Returns the number of rows dropped."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0] if rows else CSV_FIELDS  # an empty file: killed before its header
+    kept = [row for row in rows[1:] if len(row) == len(header) and row[0].isdigit()
+            and int(row[0]) <= step]
+    if rows and len(kept) == len(rows) - 1:
+        return 0
+    tmp = f"{csv_path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([header] + kept)
+    os.replace(tmp, csv_path)
+    return max(len(rows) - 1, 0) - len(kept)
+
+
+class Window:
+    """Loss and throughput over the steps since the last progress line, without a device
+    sync per step (losses stay on the device until the log step)."""
+
+    def __init__(self):
+        self.losses, self.images, self.steps = [], 0, 0
+        self.restart_clock()
+
+    def restart_clock(self):
+        self.start = time.perf_counter()
+        self.images_since_start = 0
+
+    def add(self, loss, images):
+        self.losses.append(loss)
+        self.images += images
+        self.images_since_start += images
+        self.steps += 1
+
+    def mean_loss(self):
+        return torch.stack(self.losses).float().mean().item()
+
+    def rate(self):
+        return self.images_since_start / max(time.perf_counter() - self.start, 1e-9)
+
+
+class RunLogger:
+    """Console lines, train_log.csv, config.json and TensorBoard; only rank 0 writes."""
+
+    def __init__(self, run_dir, params, train_set, dist, device, dtype, resumed_step):
+        self.run_dir, self.active, self.params = run_dir, dist.is_main, params
+        self.device, self.dtype, self.dist = device, dtype, dist
+        self.start = time.perf_counter()
+        self.first_step = resumed_step or 0
+        self.tensorboard = None
+        if not self.active:
+            return
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"{run_dir}: cannot create the run folder ({error.strerror or error}); "
+                            "check --LOG_DIR and --RUN") from None
+        config = {"params": params, "num_classes": train_set.num_classes,
+                  "class_names": train_set.class_names, "world_size": dist.world_size,
+                  "device": str(device), "precision": precision_name(dtype),
+                  "torch": torch.__version__, "command": sys.argv}
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        self.csv_path = os.path.join(run_dir, "train_log.csv")
+        if os.path.exists(self.csv_path):
+            dropped = trim_log(self.csv_path, self.first_step)
+            if dropped:
+                self.print(f"train_log.csv: dropped {dropped} rows logged after step "
+                           f"{self.first_step} by the interrupted run (those steps are done again)")
+        else:
+            with open(self.csv_path, "w", newline="") as f:
+                csv.writer(f).writerow(CSV_FIELDS)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(run_dir)
+        except ImportError:
+            self.print("TensorBoard is not installed: no event files (pip install tensorboard)")
+
+    def print(self, text):
+        if self.active:
+            print(text, flush=True)
+
+    def announce(self, train_set, val_set, model, step):
+        p = self.params
+        what = f"resuming {self.run_dir} at step {step}" if self.first_step else f"new run in {self.run_dir}"
+        cfg = model.config
+        points = ",".join(cfg["attention"]) if cfg["mode"] == "attention" else "-"
+        self.print(f"{what}\n"
+                   f"data: {len(train_set)} training segments in {len(train_set.images)} images, "
+                   f"{len(val_set)} validation segments, {train_set.num_classes} classes\n"
+                   f"model: {cfg['arch']} mode={cfg['mode']} attention={points} merge={cfg['merge']} "
+                   f"weights={p['WEIGHTS']}\n"
+                   f"device: {self.device} x{self.dist.world_size}, {precision_name(self.dtype)}, "
+                   f"{'channels_last' if p['CHANNELS_LAST'] else 'contiguous'}, {p['WORKERS']} workers; "
+                   f"{p['STEPS']} steps, crops {p['MIN_SIZE']}-{p['MAX_SIZE']}px, <= {p['MAX_BATCH']} per batch")
+        summary = getattr(train_set, "summary", None)
+        if callable(summary) and summary():
+            self.print(summary())
+
+    def log_train(self, step, loss, lr, rate):
+        if not self.active:
+            return
+        done = step - self.first_step
+        elapsed = time.perf_counter() - self.start
+        steps = self.params["STEPS"]
+        eta = elapsed / max(done, 1) * (steps - step)
+        self.print(f"step {step:>6}/{steps} | loss {loss:.4f} | lr {lr:.2e} | {rate:7.1f} img/s | "
+                   f"ETA {format_seconds(eta)}")
+        self._csv([step, f"{loss:.5f}", f"{lr:.3e}", f"{rate:.1f}", "", ""])
+        if self.tensorboard:
+            self.tensorboard.add_scalar("train/loss", loss, step)
+            self.tensorboard.add_scalar("train/lr", lr, step)
+            self.tensorboard.add_scalar("train/img_per_s", rate, step)
+
+    def log_val(self, step, metrics, segments_per_s):
+        if not self.active:
+            return
+        self.print(f"validation at step {step}: accuracy {metrics['accuracy']:.4f}, mean class accuracy "
+                   f"{metrics['mean_class_accuracy']:.4f} ({metrics['count']} segments, "
+                   f"{segments_per_s:.0f} segments/s)")
+        self._csv([step, "", "", "", f"{metrics['accuracy']:.5f}", f"{metrics['mean_class_accuracy']:.5f}"])
+        if self.tensorboard:
+            self.tensorboard.add_scalar("val/accuracy", metrics["accuracy"], step)
+            self.tensorboard.add_scalar("val/mean_class_accuracy", metrics["mean_class_accuracy"], step)
+
+    def log_skipped(self, skipped):
+        """Each image the loader could not read (and replaced), once, when first met."""
+        for reason in skipped.unreported():
+            self.print(f"skipped an unreadable image (another segment used instead): {reason}")
+
+    def _csv(self, row):
+        try:
+            with open(self.csv_path, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+        except OSError as error:
+            raise UserError(f"{self.csv_path}: cannot write ({error.strerror or error}); the "
+                            "checkpoints saved before are intact") from None
+
+    def finish(self, step, best, skipped):
+        if not self.active:
+            return
+        if self.tensorboard:
+            self.tensorboard.close()
+        minutes = (time.perf_counter() - self.start) / 60
+        skipped_note = f"; {skipped.summary()}" if skipped else ""
+        self.print(f"done: {step} steps in {minutes:.1f} min; best validation mean class accuracy "
+                   f"{best:.4f}{skipped_note}; checkpoints in {self.run_dir} (best.pt, last.pt)\n"
+                   f"next: python EvaluateAccuracy.py --CHECKPOINT={os.path.join(self.run_dir, 'best.pt')}")
