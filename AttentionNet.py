@@ -82,15 +82,10 @@ class MaskAttention(nn.Module):
 def masks_to_boxes_with_context(masks, margin, out_hw):
     """Bounding box of each mask, grown by `margin` of its size on every side and widened to the
     output's aspect ratio (no distortion). Returns [B,5] rows (batch index, x0, y0, x1, y1)."""
-    b, _, h, w = masks.shape
-    rows = masks[:, 0].amax(dim=2) > 0   # [B,H]: rows that hold ROI pixels
-    cols = masks[:, 0].amax(dim=1) > 0   # [B,W]
-    ar_h = torch.arange(h, device=masks.device)
-    ar_w = torch.arange(w, device=masks.device)
-    y0 = torch.where(rows, ar_h, h).amin(1).float()
-    y1 = torch.where(rows, ar_h, -1).amax(1).float() + 1
-    x0 = torch.where(cols, ar_w, w).amin(1).float()
-    x1 = torch.where(cols, ar_w, -1).amax(1).float() + 1
+    b = masks.shape[0]
+    # masks_to_boxes gives inclusive pixel indices; +1 makes x1, y1 the far edges.
+    x0, y0, x1, y1 = torchvision.ops.masks_to_boxes(masks[:, 0] > 0).float().unbind(1)
+    x1, y1 = x1 + 1, y1 + 1
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     bw = ((x1 - x0) * (1 + 2 * margin)).clamp(min=8)
     bh = ((y1 - y0) * (1 + 2 * margin)).clamp(min=8)

@@ -28,9 +28,10 @@ from AttentionNet import AttentionNet
 from Datasets import open_dataset
 from roilib import cli
 from roilib.errors import UserError
-from roilib.evaluation import ImageBatches, predict_dataset
+from roilib.evaluation import SegmentWindows, forward_windows, predict_dataset
 from roilib.paths import REPO
 from roilib.runtime import amp_dtype, autocast, precision_name, resolve_device
+from roilib.windows import cut_windows, parse_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
 PARTS = "a,b,c,d,e"         # which measurements to run
@@ -42,6 +43,7 @@ STEPS = 8                   # timed steps in (a) (after WARMUP); (b) runs 4 * ST
 WARMUP = 3                  # untimed steps first (allocations, autotuning)
 EVAL_IMAGES = 24            # demo validation images used in (d)
 EVAL_SIZE = "480x640"       # also time (d) at this HxW with 8 masks on one image (synthetic)
+EVAL_WINDOW = "160x160"     # evaluation window in (d) (the demo run's: Train.py's MAX_SIZE)
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = True                  # bf16 where the device runs it natively (the scripts' default)
 CHANNELS_LAST = True        # channels-last memory format (the scripts' default)
@@ -221,47 +223,56 @@ def part_c(device, dtype):
 # ---- (d) evaluation --------------------------------------------------------------------------
 def part_d(device, dtype):
     dataset = open_dataset("demo", "val", train=False)
+    window = parse_window(EVAL_WINDOW, "EVAL_WINDOW")
     model = model_on(device, ARCH).eval()
-    batched = predict_dataset(model, dataset, device, dtype, limit=EVAL_IMAGES, progress=False)
+    batched = predict_dataset(model, dataset, device, dtype, window=window, limit=EVAL_IMAGES,
+                              progress=False)
     naive_model = model_on(device, ARCH, channels_last=False).eval()
-    images = ImageBatches(dataset, 640 * 480)
+    windows = SegmentWindows(dataset, window, images=range(min(EVAL_IMAGES, len(dataset.images))))
     count, start = 0, time.perf_counter()
     with torch.no_grad():          # the original's way: float32, one segment per forward
-        for i in range(min(EVAL_IMAGES, len(images))):
-            batch = images[i]
-            image = batch["image"].to(device)
-            for mask in batch["masks"].to(device):
-                naive_model(image, mask[None]).argmax(1).cpu()
+        for item in windows:
+            for image, mask in zip(item["images"], item["masks"]):
+                naive_model(image[None].to(device), mask[None].to(device)).argmax(1).cpu()
                 count += 1
     naive = count / (time.perf_counter() - start)
     h, w = (int(v) for v in EVAL_SIZE.split("x"))
-    full = full_size_eval(device, dtype, h, w)
-    rows = [row("d", f"evaluation, demo images (~200px), {ARCH}: batched ({precision_name(dtype)}, shared stem)",
+    full = full_size_eval(device, dtype, h, w, window)
+    size = f"{window[0]}x{window[1]} windows"
+    rows = [row("d", f"evaluation, demo images, {size}, {ARCH}: batched ({precision_name(dtype)})",
                 batched["segments_per_s"], "seg/s"),
-            row("d", "evaluation, same images: one segment per forward (float32)", naive, "seg/s"),
+            row("d", "evaluation, same windows: one segment per forward (float32)", naive, "seg/s"),
             row("d", "  batched / one per forward", batched["segments_per_s"] / naive, "x"),
-            row("d", f"evaluation {h}x{w}, 8 masks, batched ({precision_name(dtype)})", full["batched"], "seg/s"),
-            row("d", f"evaluation {h}x{w}, 8 masks, one per forward (float32)", full["naive"], "seg/s"),
-            row("d", f"evaluation {h}x{w}, 8 masks, one per forward ({precision_name(dtype)})", full["single"], "seg/s"),
+            row("d", f"{h}x{w} image, 8 masks, {size}: batched ({precision_name(dtype)}), cutting included", full["batched"], "seg/s"),
+            row("d", f"{h}x{w} image, 8 masks: one per forward (float32)", full["naive"], "seg/s"),
+            row("d", f"{h}x{w} image, 8 masks: one per forward ({precision_name(dtype)})", full["single"], "seg/s"),
             row("d", f"  {h}x{w}: batched / one per forward (float32)", full["batched"] / full["naive"], "x")]
     print("\n".join(r["text"] for r in rows), flush=True)
     return rows
 
 
-def full_size_eval(device, dtype, h, w):
-    image, _ = inputs(1, h, w, device)
-    _, masks = inputs(8, h, w, device, seed=1)
+def full_size_eval(device, dtype, h, w, window):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    masks = []
+    for _ in range(8):
+        mask = np.zeros((h, w), np.uint8)
+        y, x = rng.integers(0, h - 40), rng.integers(0, w - 40)
+        mask[y:y + rng.integers(8, 40), x:x + rng.integers(8, 40)] = 1
+        masks.append(mask)
     fast, slow = model_on(device, ARCH).eval(), model_on(device, ARCH, channels_last=False).eval()
+    cut, cut_masks = cut_windows(image, masks, window)
 
     def batched():
-        with torch.inference_mode(), autocast(device, dtype):
-            fast(image, masks)
+        images, window_masks = cut_windows(image, masks, window)
+        with torch.inference_mode():
+            forward_windows(fast, images, window_masks, device, dtype)
 
     def one_by_one(model, precision):
         def run():
-            with torch.inference_mode(), autocast(device, precision):
-                for m in masks:
-                    model(image, m[None])
+            with torch.inference_mode():
+                for i in range(len(masks)):
+                    forward_windows(model, cut[i:i + 1], cut_masks[i:i + 1], device, precision)
         return run
     repeats = max(STEPS // 4, 2)
     return {"batched": 8 / timed(batched, device, repeats, 1),

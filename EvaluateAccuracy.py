@@ -5,7 +5,8 @@
 
 Prints a table and writes eval.json, eval_by_size.csv, eval_by_class.csv,
 eval_accuracy_by_size.png and eval_confusion.png next to the checkpoint (or into --OUT).
-Deterministic: every segment once, each image with all its segments in one batch.
+Deterministic and scale-true: every segment once, in the window the model was trained with
+(native scale, centred on the segment; see roilib/windows.py), windows of many images batched.
 """
 import csv
 import json
@@ -22,6 +23,7 @@ from roilib.evaluation import predict_dataset
 from roilib.metrics import summarize
 from roilib.paths import find_checkpoint
 from roilib.runtime import amp_dtype, precision_name, resolve_device
+from roilib.windows import WINDOW_RULE, model_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # checkpoint to evaluate (relative paths: to this repository)
@@ -31,8 +33,8 @@ ANNOTATIONS = ""            # instances JSON or label-map folder ("" = the DATAS
 CLASS_NAMES = None          # label maps only: comma-separated names (None = as in training)
 MIN_AREA = 1                # ignore segments smaller than this (pixels)
 OUT = ""                    # output folder ("" = the checkpoint's folder)
-MAX_PIXELS = 0              # images shrunk to fit this many pixels, aspect kept (0 = as validated in training)
-MAX_BATCH = 32              # segments per forward pass at most
+WINDOW = ""                 # evaluation window HxW around each segment ("" = the one stored in the checkpoint by Train.py)
+MAX_BATCH = 32              # windows per forward pass
 WORKERS = 2                 # DataLoader worker processes
 LIMIT = 0                   # evaluate the first N images only (0 = all)
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
@@ -58,23 +60,23 @@ def main():
     folder = OUT or os.path.dirname(os.path.abspath(checkpoint))
     make_folder(folder)  # before the evaluation, not after it
 
-    max_pixels = MAX_PIXELS or int(state.get("eval_max_pixels") or 640 * 480)
+    window = model_window(state, WINDOW)
     device = resolve_device(DEVICE)
     dtype = amp_dtype(device, AMP)
     model.to(device, memory_format=torch.channels_last)
     cfg = model.config
     print(f"evaluating {checkpoint} ({cfg['arch']}, mode={cfg['mode']}, "
           f"attention={','.join(cfg['attention']) or '-'}, merge={cfg['merge']}) on {annotations}: "
-          f"{len(dataset)} segments in {len(dataset.images)} images at <= {max_pixels} pixels, {device}, "
+          f"{len(dataset)} segments in {len(dataset.images)} images, windows of {window[0]}x{window[1]}, {device}, "
           f"{precision_name(dtype)}")
     print(dataset.summary())
-    out = predict_dataset(model, dataset, device, dtype, max_pixels=max_pixels, max_batch=MAX_BATCH,
+    out = predict_dataset(model, dataset, device, dtype, window=window, max_batch=MAX_BATCH,
                           workers=WORKERS, limit=LIMIT or None)
     report_skipped(out)
     result = summarize(out["labels"], out["preds"], out["areas"], dataset.class_names, out["topk"])
     result.update({"checkpoint": os.path.abspath(checkpoint), "dataset": dataset_name,
                    "images": os.path.abspath(images), "annotations": os.path.abspath(annotations),
-                   "model": cfg, "step": state.get("step"), "max_pixels": max_pixels,
+                   "model": cfg, "step": state.get("step"), "window": list(window), "window_rule": WINDOW_RULE,
                    "segments_per_s": out["segments_per_s"], "seconds": out["seconds"],
                    "precision": precision_name(dtype), "device": str(device),
                    "skipped_images": out["skipped"].as_list()})

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
+from roilib.crops import BoxMask
 from roilib.dataset import Segment, SegmentDataset
 from roilib.errors import UserError
 from roilib.imageio import read_label_map
@@ -117,15 +118,20 @@ class OpenSurfacesReader(SegmentDataset):
                 f"{image_shape[1]}x{image_shape[0]}")
         return label_map
 
-    def _mask_from(self, label_map, segment_index):
-        """Rebuild a component: connected components of its value inside its bbox, keep
-        the one holding its seed pixel (a component stays connected inside its bbox)."""
+    def _box_mask_from(self, label_map, segment_index):
+        """Rebuild a component over its bbox: connected components of its value inside the
+        bbox, keep the one holding its seed pixel (a component stays connected inside it)."""
         value, (seed_x, seed_y) = self._components[segment_index]
         x, y, w, h = self.segments[segment_index].bbox
         inside = (label_map[y:y + h, x:x + w] == value).astype(np.uint8)
         _, ids = cv2.connectedComponents(inside, connectivity=8)
+        return BoxMask((ids == ids[seed_y - y, seed_x - x]).astype(np.uint8), x, y)
+
+    def _mask_from(self, label_map, segment_index):
+        box = self._box_mask_from(label_map, segment_index)
         mask = np.zeros(label_map.shape, np.uint8)
-        mask[y:y + h, x:x + w] = ids == ids[seed_y - y, seed_x - x]
+        h, w = box.mask.shape
+        mask[box.y:box.y + h, box.x:box.x + w] = box.mask
         return mask
 
     def segment_mask(self, segment_index, image_shape):
@@ -135,6 +141,13 @@ class OpenSurfacesReader(SegmentDataset):
     def image_masks(self, image_index, image_shape):
         label_map = self._label_map(image_index, image_shape)  # read once for all segments
         return [self._mask_from(label_map, i) for i in self.image_segments[image_index]]
+
+    def box_masks(self, segment_indices, image_shape):
+        if not len(segment_indices):
+            return []
+        image_index = self.segments[segment_indices[0]].image_index
+        label_map = self._label_map(image_index, image_shape)  # read once for all segments
+        return [self._box_mask_from(label_map, i) for i in segment_indices]
 
     def summary(self):
         return (f"{self.label_dir}: {len(self.images)} images, {len(self)} segments, "

@@ -2,10 +2,14 @@
 
     python RunPrediction.py                                        # Test/example.png + its masks
     python RunPrediction.py --IMAGE=photo.jpg --MASKS=roi1.png,roi2.png --OVERLAY=out.png
-    python RunPrediction.py --IMAGE=photo.jpg --LABEL_MAP=instances.png --JSON=True
+    python RunPrediction.py --IMAGE=photo.jpg --INSTANCE_MAP=instances.png --JSON=True
 
 Masks: PNGs with 0 outside and 1 or 255 inside, the image's size (several comma-separated, or
-a glob), or one label/instance map where each nonzero value is one segment.
+a glob), or one instance map where each nonzero value is one segment. Each segment is shown
+to the net the way training showed it: in a window of the model's training geometry, centred
+on it, at the photo's native scale (roilib/windows.py), so a 4000x3000 photo is not shrunk as
+a whole. Windows go through the net MAX_BATCH at a time: memory does not grow with the number
+of masks or the size of the photo beyond the photo and the masks themselves.
 """
 import glob
 import json
@@ -15,23 +19,25 @@ import numpy as np
 import torch
 
 from AttentionNet import AttentionNet
-from roilib.checkpoint import load_checkpoint
 from roilib import cli
-from roilib.paths import find_checkpoint, find_path
+from roilib.checkpoint import load_checkpoint
+from roilib.crops import BoxMask, box_mask
 from roilib.errors import UserError
-from roilib.evaluation import shrink_to_budget
 from roilib.imageio import read_image, read_label_map, read_mask, write_png
+from roilib.paths import find_checkpoint, find_path
 from roilib.runtime import amp_dtype, autocast, resolve_device
+from roilib.windows import cut_windows, model_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # trained model (relative paths: to this repository if not found here)
 IMAGE = "Test/example.png"         # the image
 MASKS = "Test/example_mask*.png"   # ROI mask PNG(s): one path, comma-separated paths, or a glob
-LABEL_MAP = ""              # instead of MASKS: a map whose nonzero values are segments ("" = use MASKS)
+INSTANCE_MAP = ""           # instead of MASKS: an instance map whose nonzero values are segments ("" = use MASKS)
 TOPK = 3                    # classes listed per mask
 JSON = False                # print JSON instead of text
 OVERLAY = ""                # write the image with outlined, labelled masks to this PNG ("" = no)
-MAX_PIXELS = 0              # larger images are shrunk to this many pixels, aspect kept (0 = the scale the model was validated at)
+WINDOW = ""                 # window HxW around each segment ("" = the one the model was trained and validated with)
+MAX_BATCH = 32              # windows per forward pass (bounds memory for maps with many instances)
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = False                 # bf16 autocast (faster on GPUs; float32 is exact and fast enough for a few masks)
 # ---- end of parameters ----
@@ -46,13 +52,14 @@ def main():
     device = resolve_device(DEVICE)
     state = load_checkpoint(checkpoint)
     model = AttentionNet.from_state(state, checkpoint).to(device).eval()
-    max_pixels = MAX_PIXELS or int(state.get("eval_max_pixels") or 1000000)
-    results = predict(model, image, masks, device, max_pixels)
+    window = model_window(state, WINDOW)
+    results = predict(model, image, masks, device, window, MAX_BATCH, TOPK)
     for result, name, mask in zip(results, names, masks):
         result["mask"] = name
-        result["area"] = int(mask.sum())
+        result["area"] = int(mask.mask.sum())
     if JSON:
-        print(json.dumps({"image": image_path, "checkpoint": checkpoint, "segments": results}, indent=1))
+        print(json.dumps({"image": image_path, "checkpoint": checkpoint, "window": list(window),
+                          "segments": results}, indent=1))
     else:
         print(f"{image_path} ({image.shape[1]}x{image.shape[0]}), model {checkpoint}:")
         for r in results:
@@ -77,52 +84,77 @@ def mask_paths():
         else:
             paths.append(part)
     if not paths:
-        raise UserError("no masks given: set --MASKS=path[,path...] or --LABEL_MAP=path")
+        raise UserError("no masks given: set --MASKS=path[,path...] or --INSTANCE_MAP=path")
     return paths
 
 
 def read_segments(shape):
-    """(names, masks): from the label map (one segment per nonzero value) or the mask files."""
-    if LABEL_MAP:
-        path = find_path(LABEL_MAP)
-        label_map = read_label_map(path)
-        if label_map.shape[:2] != tuple(shape):
-            raise UserError(f"{path}: label map is {label_map.shape[1]}x{label_map.shape[0]} but the "
-                            f"image is {shape[1]}x{shape[0]}")
-        values = [int(v) for v in np.unique(label_map) if v != 0]
+    """(names, BoxMasks): from the instance map (one segment per nonzero value) or the mask
+    files. Each mask is kept over its bounding box only."""
+    if INSTANCE_MAP:
+        path = find_path(INSTANCE_MAP)
+        instance_map = read_label_map(path)
+        if instance_map.shape[:2] != tuple(shape):
+            raise UserError(f"{path}: instance map is {instance_map.shape[1]}x{instance_map.shape[0]} "
+                            f"but the image is {shape[1]}x{shape[0]}")
+        values, masks = instance_box_masks(instance_map)
         if not values:
-            raise UserError(f"{path}: label map has no nonzero value (no segment)")
-        return [f"segment {v}" for v in values], [(label_map == v).astype(np.uint8) for v in values]
+            raise UserError(f"{path}: instance map has no nonzero value (no segment)")
+        return [f"segment {v}" for v in values], masks
     paths = mask_paths()
-    return paths, [read_mask(p, shape) for p in paths]
+    return paths, [box_mask(read_mask(p, shape)) for p in paths]
 
 
-def predict(model, image, masks, device, max_pixels):
-    """All masks of the image in one batch, the image shrunk to `max_pixels` if larger: a net
-    trained on small crops is most accurate at that scale (see Train.py's VAL_MAX_PIXELS)."""
-    image, masks = shrink_to_budget(image, masks, max_pixels)
-    images = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
-    batch = torch.from_numpy(np.stack(masks))[:, None].to(device)
-    with autocast(device, amp_dtype(device, AMP)):
-        out = model.predict(images, batch, topk=TOPK)
+def instance_box_masks(instance_map):
+    """(values, BoxMasks) of every nonzero value of an instance map, in one sort of its
+    pixels: no full-size mask per instance, whatever their number."""
+    flat = instance_map.ravel()
+    order = np.argsort(flat, kind="stable")
+    values, starts = np.unique(flat[order], return_index=True)
+    ends = np.append(starts[1:], flat.size)
+    width = instance_map.shape[1]
+    found, masks = [], []
+    for value, start, end in zip(values.tolist(), starts, ends):
+        if value == 0:
+            continue
+        ys, xs = np.divmod(order[start:end], width)
+        x, y = int(xs.min()), int(ys.min())
+        mask = np.zeros((int(ys.max()) - y + 1, int(xs.max()) - x + 1), np.uint8)
+        mask[ys - y, xs - x] = 1
+        found.append(value)
+        masks.append(BoxMask(mask, x, y))
+    return found, masks
+
+
+def predict(model, image, masks, device, window, max_batch, topk):
+    """Class, probability and top-k of each mask, each seen in its window (the evaluation
+    rule), at most `max_batch` windows per forward."""
+    dtype = amp_dtype(device, AMP)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     results = []
-    for probs, indices in zip(out["topk_probs"].tolist(), out["topk_indices"].tolist()):
-        top = [{"class": names[i], "index": i, "probability": round(p, 4)} for p, i in zip(probs, indices)]
-        results.append({"class": top[0]["class"], "probability": top[0]["probability"], "topk": top})
+    for first in range(0, len(masks), max_batch):
+        images, window_masks = cut_windows(image, masks[first:first + max_batch], window)
+        if model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, dtype):
+            out = model.predict(images.to(device), window_masks.to(device), topk=topk)
+        for probs, indices in zip(out["topk_probs"].tolist(), out["topk_indices"].tolist()):
+            top = [{"class": names[i], "index": i, "probability": round(p, 4)} for p, i in zip(probs, indices)]
+            results.append({"class": top[0]["class"], "probability": top[0]["probability"], "topk": top})
     return results
 
 
 def draw_overlay(image, masks, labels):
-    """The image with each mask outlined in its own colour and labelled at its top."""
+    """The image with each mask (BoxMask) outlined in its own colour and labelled at its top."""
     canvas = image.copy()
     for i, (mask, label) in enumerate(zip(masks, labels)):
         colour = tuple(int(c) for c in cv2.cvtColor(
             np.uint8([[[(i * 47) % 180, 230, 255]]]), cv2.COLOR_HSV2RGB)[0, 0])
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        contours, _ = cv2.findContours(mask.mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                       offset=(mask.x, mask.y))
         cv2.drawContours(canvas, contours, -1, colour, 2)
-        ys, xs = np.nonzero(mask)
-        x, y = int(xs.min()), max(int(ys.min()) - 4, 10)
+        ys = np.flatnonzero(mask.mask.any(axis=1))
+        x, y = mask.x + int(np.flatnonzero(mask.mask[ys[0]])[0]), max(mask.y + int(ys[0]) - 4, 10)
         cv2.putText(canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
     return canvas

@@ -16,7 +16,7 @@ from collections import namedtuple
 import numpy as np
 from torch.utils.data import Dataset
 
-from roilib.crops import DEFAULT_JITTER, crop_sample
+from roilib.crops import DEFAULT_JITTER, box_mask, crop_sample
 from roilib.errors import UserError
 from roilib.imageio import read_image
 
@@ -80,6 +80,12 @@ class SegmentDataset(Dataset):
     def image_masks(self, image_index, image_shape):
         """Masks of all segments of one image, in ``image_segments`` order."""
         return [self.segment_mask(i, image_shape) for i in self.image_segments[image_index]]
+
+    def box_masks(self, segment_indices, image_shape):
+        """BoxMasks (masks over their bounding boxes only) of some segments of ONE image: what
+        evaluation windows are cut from. A reader overrides it where it can build them without
+        full-size masks (a label map with thousands of segments)."""
+        return [box_mask(self.segment_mask(i, image_shape)) for i in segment_indices]
 
     def sample(self, index):
         """The full, unresized sample of segment ``index``."""

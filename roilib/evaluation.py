@@ -1,126 +1,148 @@
-"""Batched, deterministic prediction over a dataset: all segments of an image in one forward
-(the image runs once up to the first merge point; see AttentionNet.forward)."""
-import math
+"""Deterministic, scale-true prediction over a dataset: every segment once, cut to its
+evaluation window (see roilib.windows), windows of many images batched together and built by
+DataLoader workers. Train.py's validation, EvaluateAccuracy.py and Benchmark.py share it."""
 import time
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from roilib.crops import SIZE_STEP, resize_mask
 from roilib.errors import UserError
-from roilib.skipped import SkippedFiles
-from roilib.progress import Progress
+from roilib.progress import progress_bar
 from roilib.runtime import autocast
+from roilib.skipped import SkippedFiles
+from roilib.windows import cut_windows
 
 
-def fit_size(image_hw, max_pixels):
-    """(w, h) of an image shrunk (aspect kept) to about ``max_pixels``, each side at least
-    32: the net's minimum, to which a smaller side is enlarged."""
-    height, width = image_hw
-    scale = min(1.0, math.sqrt(max_pixels / (height * width)))
-    return max(SIZE_STEP, round(width * scale)), max(SIZE_STEP, round(height * scale))
+class SegmentWindows(Dataset):
+    """Item k = the windows of up to ``chunk`` segments of one image (an image with more
+    segments gives several items, so memory stays bounded whatever the segment count):
+    {"images": uint8 [S,3,H,W], "masks": uint8 [S,1,H,W], "labels": int64 [S],
+     "areas": int64 [S] (pixels in the original image), "segments": int64 [S] (dataset
+     indices), "skipped": [(image path, reason)]}. An image that cannot be read gives S = 0
+    and its reason in "skipped". ``images``: the image indices to cover (default all)."""
 
-
-def shrink_to_budget(image, masks, max_pixels):
-    """Image and its masks resized together to fit ``max_pixels`` (see fit_size): the one
-    evaluation-time resize, shared by EvaluateAccuracy and RunPrediction so both see the
-    same scale and interpolation."""
-    size = fit_size(image.shape[:2], max_pixels)
-    if size == (image.shape[1], image.shape[0]):
-        return image, masks
-    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
-            [resize_mask(mask, size) for mask in masks])
-
-
-class ImageBatches(Dataset):
-    """Deterministic evaluation: item i = image i (resized with INTER_AREA to fit
-    ``max_pixels``) with ALL its segments, as
-    {"image": uint8 [1,3,H,W], "masks": uint8 [S,1,H,W], "labels": int64 [S],
-     "areas": int64 [S] (original pixels), "image_ids": [S], "segment_ids": [S]}.
-    The image is stored once: the model side expands it to S without copying
-    (``image.expand(S, -1, -1, -1)``). Use with ``DataLoader(..., batch_size=None)``.
-    Every item also has "skipped": [(image path, reason)] for an image whose files cannot
-    be read; such an item has no segment (S = 0) and "image" None.
-    """
-
-    def __init__(self, dataset, max_pixels):
-        self.dataset = dataset
-        self.max_pixels = max_pixels
+    def __init__(self, dataset, window, chunk=32, images=None):
+        self.dataset, self.window, self.chunk = dataset, tuple(window), int(chunk)
+        images = range(len(dataset.images)) if images is None else images
+        starts = [(i, s) for i in images for s in range(0, len(dataset.image_segments[i]), self.chunk)]
+        self.chunks = np.array(starts, dtype=np.int64).reshape(-1, 2)
 
     def __len__(self):
-        return len(self.dataset.images)
+        return len(self.chunks)
 
-    def __getitem__(self, image_index):
+    def __getitem__(self, k):
+        image_index, start = (int(v) for v in self.chunks[k])
         dataset = self.dataset
+        segments = np.asarray(dataset.image_segments[image_index][start:start + self.chunk], np.int64)
         try:
             image = dataset.load_image(image_index)
-            masks = dataset.image_masks(image_index, image.shape[:2])
+            masks = dataset.box_masks(segments, image.shape[:2])
         except UserError as error:
-            return skipped_image_item(dataset.images[image_index]["path"], str(error))
-        image, masks = shrink_to_budget(image, masks, self.max_pixels)
-        segments = [dataset.segments[i] for i in dataset.image_segments[image_index]]
-        image_id = dataset.images[image_index]["id"]
-        return {"image": torch.from_numpy(image).permute(2, 0, 1)[None],
-                "masks": torch.from_numpy(np.stack(masks))[:, None],
-                "labels": torch.tensor([s.label for s in segments], dtype=torch.int64),
-                "areas": torch.tensor([s.area for s in segments], dtype=torch.int64),
-                "image_ids": [image_id] * len(segments),
-                "segment_ids": [s.segment_id for s in segments], "skipped": []}
+            return _empty_item(dataset.images[image_index]["path"], str(error))
+        images, window_masks = cut_windows(image, masks, self.window)
+        return {"images": images, "masks": window_masks,
+                "labels": torch.as_tensor(dataset.labels[segments], dtype=torch.int64),
+                "areas": torch.tensor([dataset.segments[s].area for s in segments], dtype=torch.int64),
+                "segments": torch.from_numpy(segments), "skipped": []}
 
 
-def skipped_image_item(path, reason):
-    """An ``ImageBatches`` item without segments for an image that cannot be read."""
-    return {"image": None, "masks": torch.zeros((0, 1, 1, 1), dtype=torch.uint8),
-            "labels": torch.zeros(0, dtype=torch.int64), "areas": torch.zeros(0, dtype=torch.int64),
-            "image_ids": [], "segment_ids": [], "skipped": [(path, reason)]}
+def _empty_item(path, reason):
+    return {"images": None, "masks": None, "labels": torch.zeros(0, dtype=torch.int64),
+            "areas": torch.zeros(0, dtype=torch.int64), "segments": torch.zeros(0, dtype=torch.int64),
+            "skipped": [(path, reason)]}
+
+
+def shard(count, rank=0, world_size=1):
+    """The image indices one process of `world_size` covers: every world_size-th one."""
+    return range(rank, count, world_size)
+
+
+class WindowBatcher:
+    """Regroups items of any size into forward batches of exactly ``max_batch`` windows (the
+    last one smaller), so that images with few segments still fill a batch."""
+
+    def __init__(self, max_batch):
+        self.max_batch, self.pending, self.count = int(max_batch), [], 0
+
+    def add(self, item):
+        """Queue an item's windows; yields the full batches now ready."""
+        if item["images"] is not None and len(item["labels"]):
+            self.pending.append(item)
+            self.count += len(item["labels"])
+        while self.count >= self.max_batch:
+            yield self._take(self.max_batch)
+
+    def flush(self):
+        if self.count:
+            yield self._take(self.count)
+
+    def _take(self, n):
+        keys = ("images", "masks", "labels", "areas", "segments")
+        joined = {key: torch.cat([item[key] for item in self.pending]) for key in keys}
+        batch = {key: value[:n] for key, value in joined.items()}
+        rest = {key: value[n:] for key, value in joined.items()}
+        self.count -= n
+        self.pending = [rest] if self.count else []
+        return batch
+
+
+def forward_windows(model, images, masks, device, dtype=None):
+    """float32 logits for a batch of windows (uint8, as cut_windows gives them)."""
+    images = images.to(device, non_blocking=True)
+    if model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast(device, dtype):
+        return model(images, masks.to(device, non_blocking=True)).float()
 
 
 @torch.inference_mode()
-def predict_dataset(model, dataset, device, dtype=None, max_pixels=640 * 480, max_batch=32,
-                    workers=0, limit=None, topk=5, progress=True):
-    """Predict every segment of `dataset` (a SegmentDataset). Returns a dict of numpy arrays
-    (labels, preds, topk, areas) plus image_ids, segment_ids, seconds, segments/s and
-    "skipped" (a SkippedFiles: images that could not be read, whose segments are left out).
-    `limit` evaluates only the first N images (quick validation during training)."""
+def predict_dataset(model, dataset, device, dtype=None, window=(224, 224), max_batch=32,
+                    workers=0, limit=None, topk=5, progress=True, rank=0, world_size=1):
+    """Predict every segment of `dataset` (a SegmentDataset) in its window. Returns numpy
+    arrays labels, preds, topk, topk_probs, areas, segments (dataset indices), plus
+    image_ids, segment_ids, seconds, segments_per_s and "skipped" (a SkippedFiles: images
+    that could not be read, whose segments are left out). `limit`: the first N images only;
+    `rank`/`world_size`: this process's share of the images (see ``shard``)."""
     was_training = model.training
     model.eval()
-    channels_last = model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    images = ImageBatches(dataset, max_pixels)
-    count = len(images) if limit is None else min(limit, len(images))
-    subset = torch.utils.data.Subset(images, range(count))
-    loader = DataLoader(subset, batch_size=None, num_workers=workers,
+    count = len(dataset.images) if limit is None else min(limit, len(dataset.images))
+    windows = SegmentWindows(dataset, window, max_batch, shard(count, rank, world_size))
+    loader = DataLoader(windows, batch_size=None, num_workers=workers,
                         pin_memory=device.type == "cuda")
     k = min(topk, model.num_classes)
-    labels, tops, areas, image_ids, segment_ids = [], [], [], [], []
-    bar = Progress(count, "evaluate", unit="segments", enabled=progress)
-    skipped = SkippedFiles()
+    out = {key: [] for key in ("labels", "topk", "topk_probs", "areas", "segments")}
+    skipped, batcher = SkippedFiles(), WindowBatcher(max_batch)
+    bar = progress_bar(len(windows), "evaluate", enabled=progress)
     start = time.perf_counter()
-    for batch in loader:
-        if batch["skipped"]:
-            skipped.add(batch["skipped"])
-            bar.update(1)
-            continue
-        image = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        masks = batch["masks"].to(device, non_blocking=True)
-        for i in range(0, masks.shape[0], max_batch):
-            with autocast(device, dtype):
-                logits = model(image, masks[i:i + max_batch])
-            tops.append(logits.float().topk(k, dim=1).indices.cpu())
-        labels.append(batch["labels"])
-        areas.append(batch["areas"])
-        image_ids += batch["image_ids"]
-        segment_ids += batch["segment_ids"]
-        bar.update(1, counted=masks.shape[0])
+
+    def run(batch):
+        probs = forward_windows(model, batch["images"], batch["masks"], device, dtype).softmax(1)
+        top_p, top_i = probs.topk(k, dim=1)
+        for key, value in (("topk", top_i), ("topk_probs", top_p), ("labels", batch["labels"]),
+                           ("areas", batch["areas"]), ("segments", batch["segments"])):
+            out[key].append(value.cpu())
+        bar.set_postfix_str(f"{sum(len(x) for x in out['labels'])} segments", refresh=False)
+
+    for item in loader:
+        skipped.add(item["skipped"])
+        for batch in batcher.add(item):
+            run(batch)
+        bar.update(1)
+    for batch in batcher.flush():
+        run(batch)
+    bar.close()
     seconds = time.perf_counter() - start
     model.train(was_training)
-    top = torch.cat(tops).numpy() if tops else np.zeros((0, k), dtype=np.int64)
-    n = len(image_ids)
-    return {"labels": torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64),
-            "preds": top[:, 0], "topk": top,
-            "areas": torch.cat(areas).numpy() if areas else np.zeros(0, dtype=np.int64),
-            "image_ids": image_ids, "segment_ids": segment_ids, "skipped": skipped,
-            "seconds": seconds, "segments_per_s": n / max(seconds, 1e-9)}
+    result = {key: torch.cat(value).numpy() if value else np.zeros((0, k) if "topk" in key else 0)
+              for key, value in out.items()}
+    result["labels"] = result["labels"].astype(np.int64)
+    result["areas"] = result["areas"].astype(np.int64)
+    result["segments"] = result["segments"].astype(np.int64)
+    result["topk"] = result["topk"].astype(np.int64)
+    result["preds"] = result["topk"][:, 0]
+    result["image_ids"] = [dataset.images[dataset.segments[s].image_index]["id"] for s in result["segments"]]
+    result["segment_ids"] = [dataset.segments[s].segment_id for s in result["segments"]]
+    n = len(result["labels"])
+    result.update(skipped=skipped, seconds=seconds, segments_per_s=n / max(seconds, 1e-9))
+    return result

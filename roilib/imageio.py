@@ -6,7 +6,9 @@ every platform (``cv2.imread`` fails silently on them on Windows). Images are de
 stored pixel grid always line up.
 """
 import os
+import re
 import sys
+import tempfile
 import threading
 import uuid
 
@@ -44,19 +46,23 @@ def _check_jpeg_complete(path, data):
 class _SilencedNativeStderr:
     """libpng, libjpeg and OpenCV complain about a broken file on file descriptor 2 themselves
     ("libpng error: ...", "Corrupt JPEG data: ..."), past Python and OpenCV's log level; the
-    UserError says it in one line instead. So fd 2 goes to the null device while files are
-    decoded. Threads may decode at once (the label-map scan): the first in redirects, the
-    last out restores."""
+    UserError says it in one line instead. So while files are decoded, fd 2 goes to a
+    temporary file; afterwards the codecs' own lines are dropped and anything else written
+    meanwhile (another thread's warning, a native library's message) is passed on to the real
+    stderr. Threads may decode at once (the label-map scan): the first in redirects, the last
+    out restores."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._users = 0
         self._saved = None
+        self._capture = None
 
     def __enter__(self):
         with self._lock:
             if self._users == 0:
-                self._saved = _redirect_fd2(os.devnull)
+                self._capture = tempfile.TemporaryFile()
+                self._saved = _redirect_fd2(self._capture.fileno())
             self._users += 1
 
     def __exit__(self, *exc_info):
@@ -65,18 +71,33 @@ class _SilencedNativeStderr:
             if self._users == 0 and self._saved is not None:
                 os.dup2(self._saved, 2)
                 os.close(self._saved)
+                self._saved = None
+                self._pass_on(self._capture)
+                self._capture = None
+
+    @staticmethod
+    def _pass_on(capture):
+        capture.seek(0)
+        kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+                if not _CODEC_NOISE.match(line)]
+        capture.close()
+        if kept:
+            os.write(2, "".join(kept).encode())
 
 
-def _redirect_fd2(target):
-    """Point fd 2 at ``target``; returns a duplicate of the old fd 2 (None if there is none)."""
+# Lines the image codecs write about a damaged or unusual file.
+_CODEC_NOISE = re.compile(r"^\s*(libpng|libjpeg|libtiff|libwebp|Corrupt JPEG|Premature end of JPEG|"
+                          r"Invalid SOS|Bogus|Not a JPEG|JPEG|\[ WARN:|\[ERROR:|.*imgcodecs)", re.I)
+
+
+def _redirect_fd2(target_fd):
+    """Point fd 2 at ``target_fd``; returns a duplicate of the old fd 2 (None if there is none)."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError, AttributeError):
         return None
-    null = os.open(target, os.O_WRONLY)
-    os.dup2(null, 2)
-    os.close(null)
+    os.dup2(target_fd, 2)
     return saved
 
 

@@ -1,6 +1,7 @@
-"""Progress for long loops: a live bar on a terminal, a line every ~10% in a log file."""
+"""Progress for long loops (tqdm): a live bar on a terminal, a line every ~10% in a log file."""
 import sys
-import time
+
+from tqdm import tqdm
 
 
 def format_seconds(seconds):
@@ -10,35 +11,27 @@ def format_seconds(seconds):
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-class Progress:
-    def __init__(self, total, label, unit="items", stream=None, enabled=True):
-        self.total, self.label, self.unit = total, label, unit
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and total > 0
-        self.live = self.enabled and self.stream.isatty()
-        self.start = time.perf_counter()
-        self.done = 0
-        self.counted = 0          # e.g. segments, for the rate
-        self.next_report = 0.1
+class _Lines:
+    """A stream for tqdm where stderr is not a terminal: each refresh becomes one line, not
+    a carriage-return update that piles up in a log file."""
 
-    def update(self, done=1, counted=0):
-        self.done += done
-        self.counted += counted
-        if not self.enabled:
-            return
-        fraction = self.done / self.total
-        if self.live or fraction >= self.next_report or self.done == self.total:
-            self.next_report = fraction + 0.1
-            self._print(fraction)
+    def __init__(self, stream):
+        self.stream = stream
 
-    def rate(self):
-        return self.counted / max(time.perf_counter() - self.start, 1e-9)
+    def write(self, text):
+        text = text.replace("\r", "").strip()
+        if text:
+            self.stream.write(text + "\n")
 
-    def _print(self, fraction):
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed * (1 - fraction) / max(fraction, 1e-9)
-        bar = "#" * int(20 * fraction)
-        text = (f"{self.label} [{bar:<20}] {self.done}/{self.total}  "
-                f"{self.rate():.1f} {self.unit}/s  ETA {format_seconds(eta)}")
-        end = "\r" if self.live and self.done < self.total else "\n"
-        print(text, end=end, file=self.stream, flush=True)
+    def flush(self):
+        self.stream.flush()
+
+
+def progress_bar(total, label, unit="it", enabled=True, stream=None):
+    """A tqdm bar over `total` steps; in a log (no terminal) one line per ~10%."""
+    stream = stream or sys.stderr
+    if enabled and total and not stream.isatty():
+        return tqdm(total=total, desc=label, unit=unit, file=_Lines(stream), ascii=True,
+                    mininterval=0, maxinterval=float("inf"), miniters=max(1, total // 10),
+                    dynamic_ncols=False, ncols=100)
+    return tqdm(total=total, desc=label, unit=unit, file=stream, disable=not enabled or not total)

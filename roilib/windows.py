@@ -13,6 +13,9 @@ The window is stored in the checkpoint ("window": [H, W]), so every script follo
 model's own training unless told otherwise (--WINDOW=HxW). Whatever the photo's size, the net
 sees segments at the scale it learnt them: a 4000x3000 photo is not shrunk as a whole.
 """
+import numpy as np
+import torch
+
 from roilib.crops import SIZE_STEP, crop_sample
 from roilib.errors import UserError
 
@@ -61,3 +64,15 @@ def window_sample(sample, window):
     """A sample (image + mask of one segment) cut to its evaluation window: the rule above."""
     height, width = window
     return crop_sample(sample, height, width, rng=None, flip=False, scale_jitter=None)
+
+
+def cut_windows(image, masks, window):
+    """One image's segments (full-size masks or BoxMasks) -> their windows as uint8 tensors:
+    images [S,3,H,W] and masks [S,1,H,W]. Memory: S windows, whatever the image's size."""
+    height, width = window
+    images = np.empty((len(masks), height, width, 3), np.uint8)
+    window_masks = np.empty((len(masks), 1, height, width), np.uint8)
+    for i, mask in enumerate(masks):
+        crop = window_sample({"image": image, "mask": mask, "segment_id": i, "image_id": None}, window)
+        images[i], window_masks[i, 0] = crop["image"], crop["mask"]
+    return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(window_masks)

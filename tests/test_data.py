@@ -14,9 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from CocoReader import CocoReader  # noqa: E402
 from roilib.crops import MEAN_COLOUR, crop_sample, plan_crop, resize_mask  # noqa: E402
-from roilib.evaluation import ImageBatches  # noqa: E402
+from roilib.evaluation import SegmentWindows, WindowBatcher  # noqa: E402
+from roilib.windows import model_window, parse_window, window_sample  # noqa: E402
 from roilib.sampler import VaryingSizeBatchSampler, collate_batch, make_train_loader  # noqa: E402
-from roilib.demo import make_demo  # noqa: E402
 from roilib.errors import UserError  # noqa: E402
 from roilib.imageio import read_image, read_label_map, read_mask, write_png  # noqa: E402
 
@@ -25,10 +25,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo") / "demo"
-    make_demo(root, seed=3, n_train=12, n_val=4)
-    return root
+def demo(make_demo_data):
+    return make_demo_data(3, 12, 4)
 
 
 def _write(path, array):
@@ -363,19 +361,80 @@ def test_training_items_and_collate(demo):
     assert (dataset[items[0]]["image"] == expected["image"]).all()
 
 
-def test_image_batches(demo):
+def test_segment_windows(demo):
+    """Every segment once, in order, each window of the asked size with a nonempty mask;
+    an image with more segments than a chunk gives several items."""
     dataset = CocoReader(demo / "val" / "images", demo / "val" / "instances.json",
                          train=False)
-    batches = ImageBatches(dataset, max_pixels=80 * 80)
-    assert len(batches) == len(dataset.images)
-    for index, batch in enumerate(DataLoader(batches, batch_size=None)):
-        count = len(dataset.image_segments[index])
-        _, channels, height, width = batch["image"].shape
-        assert batch["image"].shape[0] == 1 and channels == 3
-        assert height * width <= 80 * 80 * 1.05 and min(height, width) >= 32
-        assert batch["masks"].shape == (count, 1, height, width)
-        assert (batch["masks"].flatten(1).sum(1) > 0).all()
-        assert batch["labels"].tolist() == dataset.labels[dataset.image_segments[index]].tolist()
-        assert len(batch["image_ids"]) == len(batch["segment_ids"]) == count
-    whole = ImageBatches(dataset, max_pixels=10 ** 7)[0]
-    assert whole["masks"].flatten(1).sum(1).tolist() == whole["areas"].tolist()
+    windows = SegmentWindows(dataset, (64, 96), chunk=2)
+    seen = []
+    for item in DataLoader(windows, batch_size=None):
+        count = len(item["labels"])
+        assert 1 <= count <= 2
+        assert item["images"].shape == (count, 3, 64, 96) and item["images"].dtype == torch.uint8
+        assert item["masks"].shape == (count, 1, 64, 96)
+        assert (item["masks"].flatten(1).sum(1) > 0).all()
+        assert item["labels"].tolist() == dataset.labels[item["segments"].numpy()].tolist()
+        assert item["areas"].tolist() == [dataset.segments[s].area for s in item["segments"].tolist()]
+        seen += item["segments"].tolist()
+    assert seen == list(range(len(dataset)))
+
+
+def test_window_batcher_fills_batches_across_images():
+    def item(n, first):
+        return {"images": torch.zeros(n, 3, 32, 32, dtype=torch.uint8), "masks": torch.ones(n, 1, 32, 32, dtype=torch.uint8),
+                "labels": torch.arange(first, first + n), "areas": torch.ones(n, dtype=torch.int64),
+                "segments": torch.arange(first, first + n)}
+    batcher = WindowBatcher(4)
+    batches = []
+    for n, first in ((3, 0), (2, 3), (0, 5), (6, 5)):
+        batches += list(batcher.add(item(n, first)))
+    batches += list(batcher.flush())
+    assert [len(b["labels"]) for b in batches] == [4, 4, 3]
+    assert torch.cat([b["segments"] for b in batches]).tolist() == list(range(11))
+
+
+def test_window_is_scale_true():
+    """A segment in an image and in the same image enlarged k times: at native scale in
+    both (the window is not shrunk with the image), so the enlarged segment fills k times
+    more of its window, exactly as training crops would show it."""
+    image = np.full((120, 160, 3), 90, np.uint8)
+    mask = np.zeros((120, 160), np.uint8)
+    mask[50:60, 70:78] = 1                                     # 10 x 8 px
+    for k in (1, 3, 4):
+        big = {"image": cv2.resize(image, None, fx=k, fy=k, interpolation=cv2.INTER_NEAREST),
+               "mask": cv2.resize(mask, None, fx=k, fy=k, interpolation=cv2.INTER_NEAREST),
+               "segment_id": 0, "image_id": 0}
+        window = window_sample(big, (96, 96))
+        assert window["image"].shape == (96, 96, 3)
+        rows, cols = np.nonzero(window["mask"])
+        assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (10 * k, 8 * k)
+        # centred on the segment
+        assert abs((rows.min() + rows.max()) / 2 - 47.5) <= 1 and abs((cols.min() + cols.max()) / 2 - 47.5) <= 1
+    # a segment larger than the window is scaled down to fit, never cut
+    mask[:] = 0
+    mask[10:110, 20:140] = 1
+    window = window_sample({"image": image, "mask": mask, "segment_id": 0, "image_id": 0}, (64, 64))
+    rows, cols = np.nonzero(window["mask"])
+    assert cols.max() - cols.min() + 1 == 64 and rows.max() - rows.min() + 1 <= 64
+
+
+def test_window_from_checkpoint_and_override():
+    assert model_window({"window": [128, 96]}) == (128, 96)
+    assert model_window({"window": [128, 96]}, "64x32") == (64, 32)
+    assert model_window({"params": {"MAX_SIZE": 170}}) == (160, 160)   # older checkpoints
+    assert model_window({}) == (224, 224)
+    assert parse_window("96") == (96, 96)
+    for bad in ("100x96", "0x64", "abc", "64x64x64", "16"):
+        with pytest.raises(UserError):
+            parse_window(bad)
+
+
+def test_decoding_silences_only_the_codecs(capfd):
+    """While a file decodes, the codecs' own complaints are dropped; anything else written to
+    fd 2 meanwhile (another thread, a native library) still reaches stderr."""
+    from roilib import imageio
+    with imageio._quiet_decoding:
+        os.write(2, b"libpng error: IDAT: CRC error\nCorrupt JPEG data: 12 extraneous bytes\n")
+        os.write(2, b"a native library's message\n")
+    assert capfd.readouterr().err == "a native library's message\n"

@@ -27,10 +27,8 @@ def _files(root):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo") / "demo"
-    make_demo(root, seed=0, n_train=20, n_val=5)
-    return root
+def demo(make_demo_data):
+    return make_demo_data(0, 20, 5)
 
 
 def _readers(split):

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from CocoReader import CocoReader  # noqa: E402
 from OpenSurfacesReader import OPENSURFACES_CLASSES, OpenSurfacesReader  # noqa: E402
-from roilib.demo import CLASS_NAMES, make_demo  # noqa: E402
+from roilib.demo import CLASS_NAMES  # noqa: E402
 from roilib.errors import UserError  # noqa: E402
 
 # pycocotools trips numpy 2's __array__(copy=...) deprecation: not ours to fix
@@ -244,10 +244,8 @@ def test_label_map_errors(label_files, tmp_path):
 # ----------------------------------------------------------------------------- both
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo") / "demo"
-    make_demo(root, seed=1, n_train=6, n_val=3)
-    return root
+def demo(make_demo_data):
+    return make_demo_data(1, 6, 3)
 
 
 def test_readers_agree_on_sample_format(demo):

@@ -23,7 +23,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import Train
 from AttentionNet import AttentionNet
 from roilib.checkpoint import remove_stale_temporaries, save_checkpoint
 from CocoReader import CocoReader
@@ -31,13 +30,13 @@ from OpenSurfacesReader import OpenSurfacesReader
 from roilib import runlog
 from roilib.cli import user_message
 from roilib.dataset import MAX_SUBSTITUTES
-from roilib.evaluation import ImageBatches
+from roilib.evaluation import SegmentWindows
 from roilib.sampler import VaryingSizeBatchSampler, make_train_loader
-from roilib.demo import CLASS_NAMES, make_demo
+from roilib.demo import CLASS_NAMES
 from roilib.errors import UserError
 from roilib.evaluation import predict_dataset
 from roilib.imageio import read_image, read_label_map, write_png
-from test_workflow import ROOT, TINY, read_csv, run_script
+from helpers import ROOT, TINY, read_csv, run_script
 
 # pycocotools trips numpy 2's __array__(copy=...) deprecation: not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
@@ -47,13 +46,6 @@ CODE = "__import__('os').system('touch {}')"   # what an eval() of a name would 
 
 
 # ----------------------------------------------------------------------------- data
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo(root, seed=3, n_train=24, n_val=6)
-    return root
-
 
 def encode(path, array):
     """Write `array` (BGR/BGRA/gray, 8 or 16 bit) in the format of `path`'s suffix."""
@@ -212,7 +204,7 @@ PREDICT = ("RunPrediction.py", "--CHECKPOINT={checkpoint}", "--IMAGE={image}", "
            "--DEVICE=cpu", "--JSON=True")
 EVALUATE = ("EvaluateAccuracy.py", "--CHECKPOINT={checkpoint}", "--DATASET=demo",
             "--IMAGES={val_images}", "--ANNOTATIONS={val_json}", "--OUT={dir}/eval",
-            "--WORKERS=0", "--DEVICE=cpu", "--MAX_PIXELS=20000")
+            "--WORKERS=0", "--DEVICE=cpu", "--WINDOW=64x64")
 TRAIN = ("Train.py", *TINY, "--TRAIN_IMAGES={train_images}", "--TRAIN_ANNOTATIONS={train_json}",
          "--VAL_IMAGES={val_images}", "--VAL_ANNOTATIONS={val_json}", "--LOG_DIR={dir}/logs",
          "--RUN=r", "--STEPS=2", "--DEVICE=cpu")
@@ -512,11 +504,11 @@ def test_loader_carries_skipped_files_from_workers(broken_train):
 def test_evaluation_batches_skip_an_unreadable_image(data, tmp_path):
     folder, broken = damaged_split(data, "val", tmp_path / "val", ["wrong size", "truncated png"])
     reader = CocoReader(folder / "images", folder / "instances.json", train=False)
-    item = ImageBatches(reader, 20000)[0]
-    assert item["masks"].shape[0] == 0 and item["image_ids"] == []
+    item = SegmentWindows(reader, (64, 64))[0]
+    assert item["images"] is None and len(item["labels"]) == 0
     assert item["skipped"][0][0] == str(folder / "images" / "00001.png")
     model = AttentionNet(8, arch="resnet18")
-    out = predict_dataset(model, reader, torch.device("cpu"), max_pixels=20000, progress=False)
+    out = predict_dataset(model, reader, torch.device("cpu"), window=(64, 64), progress=False)
     assert set(out["skipped"].reasons) == set(broken)
     counts = segments_per_image(folder)
     assert len(out["labels"]) == sum(counts.values()) - sum(counts[path] for path in broken)

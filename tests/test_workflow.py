@@ -1,6 +1,5 @@
 """End to end: a tiny Train.py -> EvaluateAccuracy.py -> RunPrediction.py on generated demo
 data, with resume after an interrupted run, and a 2-process torchrun (gloo, CPU) run."""
-import csv
 import json
 import os
 import subprocess
@@ -11,37 +10,12 @@ import pytest
 import torch
 
 from CocoReader import CocoReader
-from roilib.demo import make_demo
+from helpers import ROOT, TINY, read_csv, run_script
 from roilib.imageio import read_image, read_label_map
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--ARCH=resnet18", "--MIN_SIZE=64", "--MAX_SIZE=96", "--MAX_BATCH=6", "--MAX_PIXELS=40000",
-        "--WORKERS=0", "--LOG_EVERY=2", "--VAL_MAX_PIXELS=20000", "--WARMUP_STEPS=2"]
-
-
-def run_script(script, *args, check=True, env=None):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True,
-                            text=True, cwd=ROOT, timeout=600, env=env)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo(root, seed=3, n_train=24, n_val=6)
-    return root
-
 
 def data_args(root):
     return [f"--TRAIN_IMAGES={root}/train/images", f"--TRAIN_ANNOTATIONS={root}/train/instances.json",
             f"--VAL_IMAGES={root}/val/images", f"--VAL_ANNOTATIONS={root}/val/instances.json"]
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_train_evaluate_predict(data, tmp_path):
@@ -62,12 +36,14 @@ def test_train_evaluate_predict(data, tmp_path):
     assert last["step"] == 6 and best["step"] in (3, 6)
     assert best["metrics"]["mean_class_accuracy"] == best["best_metric"]
     assert set(last) >= {"model", "config", "optimizer", "scheduler", "step", "params"}
+    assert last["window"] == [96, 96]          # the training geometry (MAX_SIZE=96) is stored
 
     # evaluation: every validation segment once, per size and per class consistent
     val = CocoReader(data / "val" / "images", data / "val" / "instances.json", train=False)
     run_script("EvaluateAccuracy.py", f"--CHECKPOINT={run / 'best.pt'}", "--WORKERS=0", f"--OUT={tmp_path / 'eval'}",
                "--DATASET=demo", f"--IMAGES={data}/val/images", f"--ANNOTATIONS={data}/val/instances.json")
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["window"] == [96, 96]        # the checkpoint's window, with no parameter given
     assert result["count"] == len(val)
     assert sum(r["count"] for r in result["by_size"]) == len(val)
     assert sum(r["count"] for r in result["coco_size"]) == len(val)
@@ -86,8 +62,9 @@ def test_train_evaluate_predict(data, tmp_path):
     labels = data / "val" / "labels" / first
     overlay = tmp_path / "overlay.png"
     out = run_script("RunPrediction.py", f"--CHECKPOINT={run / 'best.pt'}", f"--IMAGE={image}",
-                     f"--LABEL_MAP={labels}", "--JSON=True", "--TOPK=3", f"--OVERLAY={overlay}").stdout
+                     f"--INSTANCE_MAP={labels}", "--JSON=True", "--TOPK=3", f"--OVERLAY={overlay}").stdout
     answer = json.loads(out)
+    assert answer["window"] == [96, 96]
     values = [v for v in np.unique(read_label_map(labels)) if v]
     assert len(answer["segments"]) == len(values)
     for seg in answer["segments"]:
