@@ -21,26 +21,29 @@ import numpy as np
 from roilib import cli
 from roilib.paths import REPO
 from roilib.errors import UserError
+from roilib.outputs import atomic_write, save_figure
+from roilib.runtime import resolve_device
+from roilib.sampler import check_sizes
 
 # ---- parameters: edit here, or override as --NAME=value ----
-NAME = "demo"               # results go to LOG_DIR/<NAME>/
-LOG_DIR = "logs/ablation"   # folder of all ablations (relative paths: to this repository)
+NAME = "demo"               # [nonempty] results go to LOG_DIR/<NAME>/
+LOG_DIR = "logs/ablation"   # [nonempty] folder of all ablations (relative paths: to this repository)
 VARIANTS = "all"            # comma-separated names from the table below, or all
-SEEDS = "0,1"               # seeds: each variant is trained once per seed
-DATASET = "demo"            # demo | coco | opensurfaces (with the paths below, "" = default layout)
+SEEDS = "0,1"               # [nonempty] seeds: each variant is trained once per seed
+DATASET = "demo"            # [demo|coco|opensurfaces] dataset (with the paths below, "" = default layout)
 TRAIN_IMAGES = ""           # training image folder
 TRAIN_ANNOTATIONS = ""      # training instances JSON or label-map folder
 VAL_IMAGES = ""             # evaluation image folder
 VAL_ANNOTATIONS = ""        # evaluation instances JSON or label-map folder
 ARCH = "resnet18"           # backbone of every variant
 WEIGHTS = None              # None | imagenet | path (same start for every variant)
-STEPS = 200                 # training steps per run
-LR = 2e-3                   # peak learning rate
-MIN_SIZE = 96               # training crop sizes (see Train.py)
-MAX_SIZE = 128              #   (evaluation then uses MAX_SIZExMAX_SIZE windows, see Train.py)
-MAX_PIXELS = 300000         # pixels per batch
-MAX_BATCH = 32              # samples per batch at most
-WORKERS = 2                 # DataLoader workers per run
+STEPS = 200                 # [>=1] training steps per run
+LR = 2e-3                   # [>0] peak learning rate
+MIN_SIZE = 96               # [>=32] training crop sizes (see Train.py)
+MAX_SIZE = 128              # [>=32]   (evaluation then uses MAX_SIZExMAX_SIZE windows, see Train.py)
+MAX_PIXELS = 300000         # [>=1024] pixels per batch
+MAX_BATCH = 32              # [>=1] samples per batch at most
+WORKERS = 2                 # [>=0] DataLoader workers per run
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = True                  # bf16 autocast where the device runs it natively (False: float32)
 CONTEXT_CLASSES = "boat,car"   # the classes that differ only by their surroundings (demo data)
@@ -76,6 +79,8 @@ def main():
         seeds = [int(s) for s in str(SEEDS).split(",")]
     except ValueError:
         raise UserError(f"--SEEDS={SEEDS}: expected comma-separated integers") from None
+    resolve_device(DEVICE)   # a wrong device stops here, not in the first of many runs
+    check_sizes(MIN_SIZE, MAX_SIZE)
     folder = os.path.join(REPO, LOG_DIR, NAME)   # an absolute LOG_DIR stays as it is
     runs = os.path.join(folder, "runs")
     start = time.perf_counter()
@@ -182,7 +187,7 @@ def format_table(table):
 def write_results(table, results, folder):
     os.makedirs(folder, exist_ok=True)
     keys = list(next(iter(table.values())).keys())
-    with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
+    with atomic_write(os.path.join(folder, "results.csv"), newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["variant"] + [f"{k} {part}" for k in keys for part in ("mean", "spread")] + ["seeds"])
         for variant, row in table.items():
@@ -192,7 +197,7 @@ def write_results(table, results, folder):
                "variants": {v: {k: {"mean": m, "spread": s, "per_seed": vals} for k, (m, s, vals) in row.items()}
                             for v, row in table.items()},
                "table": format_table(table)}
-    with open(os.path.join(folder, "results.json"), "w") as f:
+    with atomic_write(os.path.join(folder, "results.json")) as f:
         json.dump(summary, f, indent=1)
     plot_results(table, os.path.join(folder, "results.png"))
 
@@ -218,7 +223,7 @@ def plot_results(table, path):
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: never over bars
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

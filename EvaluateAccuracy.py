@@ -18,25 +18,27 @@ from AttentionNet import AttentionNet
 from Datasets import open_dataset, resolve_paths
 from roilib.checkpoint import load_checkpoint
 from roilib import cli
-from roilib.errors import UserError
+from roilib.errors import UserError, one_line
 from roilib.evaluation import predict_dataset
 from roilib.metrics import summarize
+from roilib.outputs import atomic_write, check_writable_folder
 from roilib.paths import find_checkpoint
 from roilib.runtime import amp_dtype, precision_name, resolve_device
 from roilib.windows import WINDOW_RULE, model_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
-CHECKPOINT = "logs/demo/best.pt"   # checkpoint to evaluate (relative paths: to this repository)
-DATASET = ""                # demo | coco | opensurfaces ("" = the dataset the checkpoint was trained on)
+CHECKPOINT = "logs/demo/best.pt"   # [nonempty] checkpoint to evaluate (relative paths: to this repository)
+DATASET = ""                # [""|demo|coco|opensurfaces] dataset ("" = the one the checkpoint was trained on)
 IMAGES = ""                 # image folder ("" = the DATASET's validation images)
 ANNOTATIONS = ""            # instances JSON or label-map folder ("" = the DATASET's validation set)
 CLASS_NAMES = None          # label maps only: comma-separated names (None = as in training)
-MIN_AREA = 1                # ignore segments smaller than this (pixels)
+MIN_AREA = 1                # [>=1] ignore segments smaller than this (pixels)
 OUT = ""                    # output folder ("" = the checkpoint's folder)
-WINDOW = ""                 # evaluation window HxW around each segment ("" = the one stored in the checkpoint by Train.py)
-MAX_BATCH = 32              # windows per forward pass
-WORKERS = 2                 # DataLoader worker processes
-LIMIT = 0                   # evaluate the first N images only (0 = all)
+WINDOW = ""                 # [""|HxW] evaluation window HxW around each segment ("" = the one stored in the checkpoint by Train.py)
+MAX_BATCH = 32              # [>=1] windows per forward pass
+WORKERS = 2                 # [>=0] DataLoader worker processes
+LIMIT = 0                   # [>=0] evaluate the first N images only (0 = all)
+MATCH_BY_INDEX = False      # evaluate a checkpoint whose class names differ from the dataset's, matching classes by index
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = True                  # bf16 where the device runs it natively (else float32)
 # ---- end of parameters ----
@@ -44,6 +46,7 @@ AMP = True                  # bf16 where the device runs it natively (else float
 
 def main():
     cli.parse_parameters(globals(), __file__)
+    device = resolve_device(DEVICE)
     checkpoint = find_checkpoint(CHECKPOINT)
     state = load_checkpoint(checkpoint)
     model = AttentionNet.from_state(state, checkpoint)
@@ -56,12 +59,11 @@ def main():
     images, annotations = resolve_paths(dataset_name, "val", images, annotations)
     dataset = open_dataset(dataset_name, "val", images, annotations, train=False,
                            class_names=names, min_area=MIN_AREA)
-    check_classes(model, dataset, checkpoint, annotations)
+    check_classes(model, dataset, checkpoint, annotations, MATCH_BY_INDEX)
     folder = OUT or os.path.dirname(os.path.abspath(checkpoint))
-    make_folder(folder)  # before the evaluation, not after it
+    check_writable_folder(folder)  # before the evaluation, not after it
 
     window = model_window(state, WINDOW)
-    device = resolve_device(DEVICE)
     dtype = amp_dtype(device, AMP)
     model.to(device, memory_format=torch.channels_last)
     cfg = model.config
@@ -73,6 +75,9 @@ def main():
     out = predict_dataset(model, dataset, device, dtype, window=window, max_batch=MAX_BATCH,
                           workers=WORKERS, limit=LIMIT or None)
     report_skipped(out)
+    if len(out["labels"]) == 0:
+        raise UserError(f"no segment was evaluated (LIMIT={LIMIT}); the results already in {folder} "
+                        "are left as they were")
     result = summarize(out["labels"], out["preds"], out["areas"], dataset.class_names, out["topk"])
     result.update({"checkpoint": os.path.abspath(checkpoint), "dataset": dataset_name,
                    "images": os.path.abspath(images), "annotations": os.path.abspath(annotations),
@@ -95,19 +100,28 @@ def report_skipped(out):
     print(f"warning: {skipped.summary()}; their segments are left out of the figures")
 
 
-def check_classes(model, dataset, checkpoint, annotations):
+def check_classes(model, dataset, checkpoint, annotations, by_index=False):
+    """The model's classes must be the dataset's, in the same order: figures for a mismatched
+    mapping would look plausible and mean nothing."""
     if model.num_classes != dataset.num_classes:
         raise UserError(f"{checkpoint}: the model has {model.num_classes} classes but {annotations} "
                         f"has {dataset.num_classes}; evaluate on the dataset it was trained for")
-    if model.class_names and model.class_names != dataset.class_names:
-        print(f"warning: class names differ between {checkpoint} and {annotations}; "
-              "matching classes by index")
+    if not model.class_names or model.class_names == dataset.class_names:
+        return
+    index = next(i for i, (a, b) in enumerate(zip(model.class_names, dataset.class_names)) if a != b)
+    difference = (f"class {index} is {model.class_names[index]!r} in the model but "
+                  f"{dataset.class_names[index]!r} in {annotations}")
+    if not by_index:
+        raise UserError(f"{checkpoint}: {difference}; evaluate on the dataset it was trained for, "
+                        "or pass --MATCH_BY_INDEX=True to match classes by index")
+    print(f"warning: {difference}; matching classes by index (--MATCH_BY_INDEX=True)")
 
 
 def format_report(result):
+    topk = next((key for key in result if key.startswith("top") and key.endswith("_accuracy")), None)
+    top_text = f"   top-{topk[3:-9]} {pct(result[topk])}" if topk else ""
     lines = [f"overall accuracy {pct(result['accuracy'])}   mean class accuracy "
-             f"{pct(result['mean_class_accuracy'])}   top-5 {pct(result.get('top5_accuracy'))}   "
-             f"({result['count']} segments)", "",
+             f"{pct(result['mean_class_accuracy'])}{top_text}   ({result['count']} segments)", "",
              "by segment size (pixels in the original image)",
              f"  {'size':<11}{'segments':>9}{'accuracy':>10}{'mean class':>12}"]
     for row in result["by_size"] + [None] + result["coco_size"]:
@@ -118,7 +132,7 @@ def format_report(result):
                          f"{pct(row['mean_class_accuracy']):>12}")
     lines += ["", "by class", f"  {'class':<24}{'segments':>9}{'accuracy':>10}"]
     for row in result["per_class"]:
-        lines.append(f"  {row['class'][:23]:<24}{row['count']:>9}{pct(row['accuracy']):>10}")
+        lines.append(f"  {one_line(row['class'])[:23]:<24}{row['count']:>9}{pct(row['accuracy']):>10}")
     return "\n".join(lines)
 
 
@@ -126,24 +140,16 @@ def pct(value):
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def make_folder(folder):
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"{folder}: cannot create the output folder ({error.strerror or error})") from None
-
-
 def write_outputs(result, folder):
-    make_folder(folder)
-    with open(os.path.join(folder, "eval.json"), "w") as f:
+    with atomic_write(os.path.join(folder, "eval.json")) as f:
         json.dump(result, f, indent=1)
-    with open(os.path.join(folder, "eval_by_size.csv"), "w", newline="") as f:
+    with atomic_write(os.path.join(folder, "eval_by_size.csv"), newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["bin", "min_area", "max_area", "count", "accuracy", "mean_class_accuracy"])
         for row in result["by_size"] + result["coco_size"]:
             writer.writerow([row["bin"], row["min_area"], row["max_area"], row["count"],
                              row["accuracy"], row["mean_class_accuracy"]])
-    with open(os.path.join(folder, "eval_by_class.csv"), "w", newline="") as f:
+    with atomic_write(os.path.join(folder, "eval_by_class.csv"), newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "count", "accuracy"])
         for row in result["per_class"]:

@@ -13,6 +13,7 @@ of masks or the size of the photo beyond the photo and the masks themselves.
 """
 import glob
 import json
+import os
 
 import cv2
 import numpy as np
@@ -22,22 +23,23 @@ from AttentionNet import AttentionNet
 from roilib import cli
 from roilib.checkpoint import load_checkpoint
 from roilib.crops import BoxMask, box_mask
-from roilib.errors import UserError
-from roilib.imageio import read_image, read_label_map, read_mask, write_png
+from roilib.errors import UserError, one_line
+from roilib.imageio import check_image_extension, read_image, read_label_map, read_mask, write_image
+from roilib.outputs import check_writable_folder, refuse_input_as_output
 from roilib.paths import find_checkpoint, find_path
 from roilib.runtime import amp_dtype, autocast, resolve_device
 from roilib.windows import cut_windows, model_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
-CHECKPOINT = "logs/demo/best.pt"   # trained model (relative paths: to this repository if not found here)
-IMAGE = "Test/example.png"         # the image
+CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model (relative paths: to this repository if not found here)
+IMAGE = "Test/example.png"         # [nonempty] the image
 MASKS = "Test/example_mask*.png"   # ROI mask PNG(s): one path, comma-separated paths, or a glob
 INSTANCE_MAP = ""           # instead of MASKS: an instance map whose nonzero values are segments ("" = use MASKS)
-TOPK = 3                    # classes listed per mask
+TOPK = 3                    # [>=1] classes listed per mask
 JSON = False                # print JSON instead of text
-OVERLAY = ""                # write the image with outlined, labelled masks to this PNG ("" = no)
-WINDOW = ""                 # window HxW around each segment ("" = the one the model was trained and validated with)
-MAX_BATCH = 32              # windows per forward pass (bounds memory for maps with many instances)
+OVERLAY = ""                # write the image with outlined, labelled masks to this file, .png or .jpg ("" = no)
+WINDOW = ""                 # [""|HxW] window HxW around each segment ("" = the one the model was trained and validated with)
+MAX_BATCH = 32              # [>=1] windows per forward pass (bounds memory for maps with many instances)
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = False                 # bf16 autocast (faster on GPUs; float32 is exact and fast enough for a few masks)
 # ---- end of parameters ----
@@ -45,11 +47,16 @@ AMP = False                 # bf16 autocast (faster on GPUs; float32 is exact an
 
 def main():
     cli.parse_parameters(globals(), __file__)
+    device = resolve_device(DEVICE)
     checkpoint = find_checkpoint(CHECKPOINT)
     image_path = find_path(IMAGE)
+    sources = [find_path(INSTANCE_MAP)] if INSTANCE_MAP else mask_paths()
+    if OVERLAY:   # before any work: never over an input, in a known format, somewhere writable
+        refuse_input_as_output(OVERLAY, [image_path, checkpoint, *sources], "OVERLAY")
+        check_image_extension(OVERLAY)
+        check_writable_folder(os.path.dirname(os.path.abspath(OVERLAY)), "OVERLAY's folder")
     image = read_image(image_path)
-    names, masks = read_segments(image.shape[:2])
-    device = resolve_device(DEVICE)
+    names, masks = read_segments(image.shape[:2], sources)
     state = load_checkpoint(checkpoint)
     model = AttentionNet.from_state(state, checkpoint).to(device).eval()
     window = model_window(state, WINDOW)
@@ -63,11 +70,11 @@ def main():
     else:
         print(f"{image_path} ({image.shape[1]}x{image.shape[0]}), model {checkpoint}:")
         for r in results:
-            others = ", ".join(f"{t['class']} {t['probability']:.2f}" for t in r["topk"][1:])
-            print(f"  {r['mask']}: {r['class']} ({r['probability']:.2f})"
+            others = ", ".join(f"{one_line(t['class'])} {t['probability']:.2f}" for t in r["topk"][1:])
+            print(f"  {r['mask']}: {one_line(r['class'])} ({r['probability']:.2f})"
                   + (f"   then {others}" if others else ""))
     if OVERLAY:
-        write_png(OVERLAY, draw_overlay(image, masks, [f"{r['class']} {r['probability']:.2f}" for r in results]))
+        write_image(OVERLAY, draw_overlay(image, masks, [f"{r['class']} {r['probability']:.2f}" for r in results]))
         if not JSON:
             print(f"overlay written to {OVERLAY}")
 
@@ -88,11 +95,11 @@ def mask_paths():
     return paths
 
 
-def read_segments(shape):
+def read_segments(shape, sources):
     """(names, BoxMasks): from the instance map (one segment per nonzero value) or the mask
     files. Each mask is kept over its bounding box only."""
     if INSTANCE_MAP:
-        path = find_path(INSTANCE_MAP)
+        path = sources[0]
         instance_map = read_label_map(path)
         if instance_map.shape[:2] != tuple(shape):
             raise UserError(f"{path}: instance map is {instance_map.shape[1]}x{instance_map.shape[0]} "
@@ -101,8 +108,7 @@ def read_segments(shape):
         if not values:
             raise UserError(f"{path}: instance map has no nonzero value (no segment)")
         return [f"segment {v}" for v in values], masks
-    paths = mask_paths()
-    return paths, [box_mask(read_mask(p, shape)) for p in paths]
+    return sources, [box_mask(read_mask(p, shape)) for p in sources]
 
 
 def instance_box_masks(instance_map):

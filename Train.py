@@ -29,51 +29,51 @@ from roilib.metrics import summarize
 from roilib.paths import REPO
 from roilib.runlog import RunLogger, Window
 from roilib.runtime import Distributed, amp_dtype, autocast, resolve_device
-from roilib.sampler import VaryingSizeBatchSampler, make_train_loader
+from roilib.sampler import VaryingSizeBatchSampler, check_sizes, make_train_loader
 from roilib.skipped import SkippedFiles
 from roilib.windows import WINDOW_RULE, parse_window, training_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
-DATASET = "demo"            # demo | coco | opensurfaces
+DATASET = "demo"            # [demo|coco|opensurfaces] which default layout and class names to use (see README)
 TRAIN_IMAGES = ""           # training image folder ("" = the DATASET's default layout, see README)
 TRAIN_ANNOTATIONS = ""      # coco: instances JSON; opensurfaces: label-map folder ("" = default)
 VAL_IMAGES = ""             # validation image folder ("" = default)
 VAL_ANNOTATIONS = ""        # validation instances JSON or label-map folder ("" = default)
 CLASS_NAMES = None          # label maps only: comma-separated names in value order (None = the 45 OpenSurfaces materials)
-MIN_AREA = 1                # segments smaller than this (pixels) are not used
-ARCH = "resnet18"           # resnet18 | resnet34 | resnet50 (the paper's) | resnet101 | resnet152
+MIN_AREA = 1                # [>=1] segments smaller than this (pixels) are not used
+ARCH = "resnet18"           # [resnet18|resnet34|resnet50|resnet101|resnet152] backbone (resnet50: the paper's)
 WEIGHTS = None              # None (random init) | imagenet | path to a torchvision ResNet state_dict
-MODE = "attention"          # attention | blackout | crop | channel | none (baselines)
-ATTENTION = "stem"          # merge points: stem, layer1..layer4, comma-separated, or all
-MERGE = "add"               # add | mul | muladd
-RUN = "demo"                # run name: outputs go to LOG_DIR/RUN/
-LOG_DIR = "logs"            # folder of all runs (relative paths: to this repository)
+MODE = "attention"          # [attention|blackout|crop|channel|none] attention, or one of the paper's baselines
+ATTENTION = "stem"          # [list of stem|layer1|layer2|layer3|layer4|all] merge points of the attention branch
+MERGE = "add"               # [add|mul|muladd] how attention maps merge with the feature map
+RUN = "demo"                # [nonempty] run name: outputs go to LOG_DIR/RUN/
+LOG_DIR = "logs"            # [nonempty] folder of all runs (relative paths: to this repository)
 RESUME = True               # resume from LOG_DIR/RUN/last.pt if it exists
-STEPS = 1200                # optimiser steps in total (the learning-rate schedule spans them)
-STOP_AT = 0                 # stop (with last.pt saved) after this step, e.g. to fit a job's time limit; 0 = STEPS
-LR = 2e-3                   # peak learning rate (AdamW)
-WEIGHT_DECAY = 0.05         # AdamW weight decay (not applied to norms and biases)
-WARMUP_STEPS = 100          # linear warm-up, then cosine decay to 1% of LR
-MIN_SIZE = 96               # training crops: height and width drawn in [MIN_SIZE, MAX_SIZE],
-MAX_SIZE = 160              #   rounded to multiples of 32
-MAX_PIXELS = 400000         # pixels per batch (batch size = MAX_PIXELS // (H*W), at most MAX_BATCH)
-MAX_BATCH = 32              # samples per batch at most (per process)
+STEPS = 1200                # [>=1] optimiser steps in total (the learning-rate schedule spans them)
+STOP_AT = 0                 # [>=0] stop (with last.pt saved) after this step, e.g. to fit a job's time limit; 0 = STEPS
+LR = 2e-3                   # [>0] peak learning rate (AdamW)
+WEIGHT_DECAY = 0.05         # [>=0] AdamW weight decay (not applied to norms and biases)
+WARMUP_STEPS = 100          # [>=0] linear warm-up, then cosine decay to 1% of LR
+MIN_SIZE = 96               # [>=32] training crops: height and width drawn in [MIN_SIZE, MAX_SIZE],
+MAX_SIZE = 160              # [>=32]   rounded to multiples of 32
+MAX_PIXELS = 400000         # [>=1024] pixels per batch (batch size = MAX_PIXELS // (H*W), at most MAX_BATCH)
+MAX_BATCH = 32              # [>=1] samples per batch at most (per process)
 JITTER = "0.8,1.25"         # training scale jitter: native scale times a log-uniform factor in [low,high] ("1,1" = none)
-CROP_MARGIN = 0.5           # MODE=crop: context around the mask's box, as a fraction of its size on each side
+CROP_MARGIN = 0.5           # [>=0] MODE=crop: context around the mask's box, as a fraction of its size on each side
 BALANCED = True             # class-balanced sampling (class -> image -> segment) or by frequency
 FLIP = True                 # random horizontal flips
-WORKERS = 2                 # DataLoader worker processes (training and validation)
+WORKERS = 2                 # [>=0] DataLoader worker processes (training and validation)
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = True                  # bf16 autocast on GPUs and on CPUs with native bf16 (else float32)
 CHANNELS_LAST = True        # channels-last memory format (faster convolutions)
 COMPILE = False             # torch.compile the model (GPU; slow first steps)
-SEED = 0                    # seeds the weights and the data order
-LOG_EVERY = 20              # progress line and train_log.csv row every N steps
-VAL_EVERY = 400             # validate (and update best.pt) every N steps and at the end
-VAL_MAX_IMAGES = 0          # validate on the first N images only (0 = all)
-WINDOW = ""                 # evaluation window HxW, stored in the checkpoint for EvaluateAccuracy/RunPrediction ("" = MAX_SIZExMAX_SIZE)
-SAVE_EVERY = 200            # write last.pt every N steps
-SNAPSHOT_EVERY = 0          # keep step_N.pt every N steps (0 = never)
+SEED = 0                    # [>=0] seeds the weights and the data order
+LOG_EVERY = 20              # [>=1] progress line and train_log.csv row every N steps
+VAL_EVERY = 400             # [>=1] validate (and update best.pt) every N steps and at the end
+VAL_MAX_IMAGES = 0          # [>=0] validate on the first N images only (0 = all)
+WINDOW = ""                 # [""|HxW] evaluation window HxW, stored in the checkpoint for EvaluateAccuracy/RunPrediction ("" = MAX_SIZExMAX_SIZE)
+SAVE_EVERY = 200            # [>=1] write last.pt every N steps
+SNAPSHOT_EVERY = 0          # [>=0] keep step_N.pt every N steps (0 = never)
 # ---- end of parameters ----
 
 
@@ -82,6 +82,10 @@ def main():
     params = cli.parse_parameters(globals(), __file__)
     cfg = SimpleNamespace(**params)
     jitter = parse_jitter(cfg.JITTER)
+    check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE)
+    if cfg.WEIGHTS not in (None, "none", "imagenet") and not os.path.isfile(cfg.WEIGHTS):
+        raise UserError(f"--WEIGHTS={cfg.WEIGHTS}: expected None, imagenet or the path of a ResNet "
+                        "state_dict (no such file)")
     window = parse_window(cfg.WINDOW) if cfg.WINDOW else training_window(cfg.MAX_SIZE)
     dist = Distributed()
     device = resolve_device(cfg.DEVICE, dist.local_rank)

@@ -6,10 +6,20 @@ Each script opens with a block of UPPER_CASE parameters between two marker comme
     STEPS = 1000        # training steps
     # ---- end of parameters ----
 
+A comment may open with the parameter's valid values in brackets, declared once, next to
+the default; every value (the default edited in the block too) is checked against it before
+the script does any work, and `--help` shows it:
+
+    MODE = "attention"   # [attention|blackout|none] choices ("" or None may be among them)
+    ATTENTION = "stem"   # [list of stem|layer1|all] comma-separated choices
+    STEPS = 1000         # [>=1]  also >N, <=N, <N, and N..M (inclusive)
+    WINDOW = ""          # [""|HxW] a window geometry (roilib.windows.parse_window)
+    RUN = "demo"         # [nonempty]
+
 `parse_parameters(globals(), __file__)` reads the block's names and comments from the source,
-applies the command line (types checked against the defaults), updates the script's globals
-and returns the parameters as a dict (saved with the run). `run(main)` turns a UserError into
-one line on stderr and exit code 2 instead of a traceback.
+applies the command line (types checked against the defaults), checks every value, updates the
+script's globals and returns the parameters as a dict (saved with the run). `run(main)` turns
+a UserError into one line on stderr and exit code 2 instead of a traceback.
 """
 import difflib
 import re
@@ -20,6 +30,7 @@ from roilib.errors import UserError
 BLOCK_START = re.compile(r"^# -+ parameters")
 BLOCK_END = re.compile(r"^# -+ end of parameters")
 ASSIGNMENT = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
+SPEC = re.compile(r"^\[([^\]]*)\]")
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off")
 
@@ -39,6 +50,86 @@ def read_block(script_path):
         if match:
             block.append((match.group(1), line))
     raise RuntimeError(f"{script_path}: parameter block has no end marker")
+
+
+def read_specs(script_path):
+    """{name: spec text} of the parameters whose comment opens with '[spec]'."""
+    specs = {}
+    for name, line in read_block(script_path):
+        comment = ASSIGNMENT.match(line).group(3) or ""
+        match = SPEC.match(comment)
+        if match:
+            specs[name] = match.group(1).strip()
+    return specs
+
+
+def check_value(name, value, spec):
+    """Raise a one-line UserError unless `value` is valid under `spec` (see the module doc)."""
+    problem = _spec_problem(value, spec)
+    if problem:
+        shown = "" if value is None else value
+        raise UserError(f"--{name}={shown}: expected {problem}")
+
+
+def _spec_problem(value, spec):
+    """What `value` should have been under `spec`, or None when it is valid."""
+    if spec == "nonempty":
+        return None if value not in ("", None) else "a non-empty value"
+    if spec.startswith("list of "):
+        choices = spec[len("list of "):].split("|")
+        items = [item.strip() for item in str(value).split(",") if item.strip()]
+        ok = items and all(item in choices for item in items)
+        return None if ok else f"a comma-separated list of {', '.join(choices)}"
+    if spec in ("HxW", '""|HxW'):
+        if value in ("", None) and spec.startswith('""'):
+            return None
+        from roilib.windows import parse_window
+        try:
+            parse_window(value)
+            return None
+        except UserError:
+            return "HxW with both sides multiples of 32 (e.g. 160x160)"
+    bound = re.fullmatch(r"(>=|>|<=|<)\s*(-?[\d.e+-]+)|(-?[\d.e+-]+)\.\.(-?[\d.e+-]+)", spec)
+    if bound:
+        return None if _in_range(value, bound) else _describe_range(bound)
+    choices = [_choice(c.strip()) for c in spec.split("|")]
+    return None if value in choices else "one of " + ", ".join(
+        '""' if c == "" else str(c) for c in choices)
+
+
+def _in_range(value, bound):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    op, limit, low, high = bound.groups()
+    if op is None:
+        return float(low) <= value <= float(high)
+    limit = float(limit)
+    return {">=": value >= limit, ">": value > limit, "<=": value <= limit, "<": value < limit}[op]
+
+
+def _describe_range(bound):
+    op, limit, low, high = bound.groups()
+    return f"a number in [{low}, {high}]" if op is None else f"a number {op} {limit}"
+
+
+def _choice(text):
+    return {'""': "", "None": None}.get(text, text)
+
+
+def invalid_example(spec, default):
+    """A value that `spec` refuses, of the default's type (for tests of every constraint)."""
+    if spec == "nonempty":
+        return ""
+    if spec.startswith("list of ") or "|" in spec and not spec.endswith("HxW"):
+        return "no-such-choice"
+    if spec.endswith("HxW"):
+        return "100x7"
+    bound = re.fullmatch(r"(>=|>|<=|<)\s*(-?[\d.e+-]+)|(-?[\d.e+-]+)\.\.(-?[\d.e+-]+)", spec)
+    op, limit, low, high = bound.groups()
+    step = 1 if isinstance(default, int) else 0.5
+    value = {">=": lambda v: v - step, ">": lambda v: v, "<=": lambda v: v + step,
+             "<": lambda v: v}[op](float(limit)) if op else float(high) + step
+    return int(value) if isinstance(default, int) else value
 
 
 def convert(name, text, default):
@@ -91,6 +182,8 @@ def parse_parameters(namespace, script_path, argv=None):
             hint = f" (did you mean --{close[0]}?)" if close else ""
             raise UserError(f"unknown parameter --{name}{hint}; valid: {', '.join(names)}")
         namespace[name] = convert(name, text, namespace[name])
+    for name, spec in read_specs(script_path).items():
+        check_value(name, namespace[name], spec)
     return {name: namespace[name] for name in names}
 
 

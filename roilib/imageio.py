@@ -10,12 +10,12 @@ import re
 import sys
 import tempfile
 import threading
-import uuid
 
 import cv2
 import numpy as np
 
 from roilib.errors import UserError
+from roilib.outputs import atomic_write
 
 _JPEG_START = b"\xff\xd8"
 _JPEG_END = b"\xff\xd9"
@@ -152,16 +152,32 @@ def _single_channel(array):
 
 
 def read_mask(path, shape=None):
-    """Mask file -> uint8 H×W in {0, 1}: any nonzero pixel is inside (0/1 and 0/255 both work).
+    """Mask file -> uint8 H×W in {0, 1}. Two values (0/1, 0/255, 0/65535): nonzero is inside.
+    An 8-bit mask with more than two values is a lossy save (JPEG blurs the edge and sprinkles
+    low values around it): pixels above half its maximum are inside, with a one-line notice.
     ``shape`` (H, W): the image's size, which the mask must match."""
-    mask = (_single_channel(_decode(path)) > 0).astype(np.uint8)
+    values = _single_channel(_decode(path))
+    mask = values > 0
+    if values.dtype == np.uint8 and np.unique(values).size > 2:
+        threshold = int(values.max()) / 2
+        mask = values > threshold
+        print(f"notice: {path}: mask has {np.unique(values).size} grey levels (a lossy JPEG?); "
+              f"pixels above {threshold:g} count as inside", file=sys.stderr)
+    mask = mask.astype(np.uint8)
     if shape is not None and tuple(mask.shape) != tuple(shape[:2]):
-        raise UserError(
-            f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) "
-            f"but the image is {shape[1]}x{shape[0]}")
+        raise UserError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but the image is "
+                        f"{shape[1]}x{shape[0]}{_orientation_hint(mask.shape, shape)}")
     if not mask.any():
         raise UserError(f"{path}: mask is empty (no nonzero pixel)")
     return mask
+
+
+def _orientation_hint(found_hw, expected_hw):
+    """Where the sizes are swapped, the usual cause: a photo rotated by its EXIF tag."""
+    if tuple(found_hw[:2]) == tuple(expected_hw[:2])[::-1]:
+        return (" (width and height swapped: the photo probably carries an EXIF rotation, which "
+                "this project does not apply; save the image and mask with the same orientation)")
+    return ""
 
 
 def read_label_map(path):
@@ -178,25 +194,35 @@ def read_label_map(path):
     return np.ascontiguousarray(array)
 
 
-def write_png(path, array):
-    """Write a 2D (gray, 8/16 bit) or H×W×3 RGB array as PNG, atomically: a temporary file
-    in the same folder is renamed over ``path``, so a killed run never leaves half a file."""
+# The formats write_image writes, by extension (cv2 picks the encoder from it).
+IMAGE_WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def check_image_extension(path):
+    """The extension of an image to write (see write_image); one line for an unknown one."""
+    extension = os.path.splitext(str(path))[1].lower()
+    if extension not in IMAGE_WRITE_EXTENSIONS:
+        raise UserError(f"{path}: unknown image extension {extension or '(none)'}; "
+                        f"use one of {', '.join(IMAGE_WRITE_EXTENSIONS)}")
+    return extension
+
+
+def write_image(path, array):
+    """Write a 2D (gray) or H×W×3 RGB array in the format its extension names, atomically (a
+    killed run never leaves half a file). An unknown extension is refused."""
+    extension = check_image_extension(path)
     array = np.asarray(array)
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", array)
+    ok, encoded = cv2.imencode(extension, array)
     if not ok:
-        raise UserError(f"{path}: cannot encode {array.dtype} {array.shape} array as PNG")
-    # A unique sibling name (not mkstemp, which would leave the file mode 0600).
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(tmp, "wb") as file:
-            file.write(encoded.tobytes())
-        os.replace(tmp, path)
-    except BaseException as error:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(error, OSError):
-            raise UserError(f"{path}: cannot write ({error.strerror or error})") from None
-        raise
+        raise UserError(f"{path}: cannot encode {array.dtype} {array.shape} array as {extension}")
+    with atomic_write(path, "wb") as file:
+        file.write(encoded.tobytes())
+
+
+def write_png(path, array):
+    """Write a 2D (gray, 8/16 bit) or H×W×3 RGB array as PNG, atomically."""
+    if os.path.splitext(str(path))[1].lower() != ".png":
+        raise UserError(f"{path}: expected a .png file name")
+    write_image(path, array)

@@ -1,6 +1,8 @@
 """PNG plots: accuracy per segment size (one or several models) and the confusion matrix."""
 import numpy as np
 
+from roilib.outputs import save_figure
+
 
 def pyplot():
     import matplotlib
@@ -30,7 +32,7 @@ def plot_accuracy_by_size(series, path, metric="mean_class_accuracy", title=None
     if len(series) > 1:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -57,5 +59,5 @@ def plot_confusion(confusion, class_names, path):
     ax.set_ylabel("true")
     ax.set_title("confusion (row-normalised)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)

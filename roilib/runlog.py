@@ -10,6 +10,7 @@ import time
 import torch
 
 from roilib.errors import UserError
+from roilib.outputs import atomic_write
 from roilib.progress import format_seconds
 from roilib.runtime import precision_name
 
@@ -27,10 +28,8 @@ def trim_log(csv_path, step):
             and int(row[0]) <= step]
     if rows and len(kept) == len(rows) - 1:
         return 0
-    tmp = f"{csv_path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(csv_path, newline="") as f:
         csv.writer(f).writerows([header] + kept)
-    os.replace(tmp, csv_path)
     return max(len(rows) - 1, 0) - len(kept)
 
 
@@ -79,7 +78,7 @@ class RunLogger:
                   "class_names": train_set.class_names, "world_size": dist.world_size,
                   "device": str(device), "precision": precision_name(dtype),
                   "torch": torch.__version__, "command": sys.argv}
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
+        with atomic_write(os.path.join(run_dir, "config.json")) as f:
             json.dump(config, f, indent=2)
         self.csv_path = os.path.join(run_dir, "train_log.csv")
         if os.path.exists(self.csv_path):
@@ -163,6 +162,13 @@ class RunLogger:
             self.tensorboard.close()
         minutes = (time.perf_counter() - self.start) / 60
         skipped_note = f"; {skipped.summary()}" if skipped else ""
-        self.print(f"done: {step} steps in {minutes:.1f} min; best validation mean class accuracy "
-                   f"{best:.4f}{skipped_note}; checkpoints in {self.run_dir} (best.pt, last.pt)\n"
-                   f"next: python EvaluateAccuracy.py --CHECKPOINT={os.path.join(self.run_dir, 'best.pt')}")
+        best_path = os.path.join(self.run_dir, "best.pt")
+        if os.path.exists(best_path):
+            saved = (f"best validation mean class accuracy {best:.4f}{skipped_note}; checkpoints in "
+                     f"{self.run_dir} (best.pt, last.pt)")
+            evaluate = best_path
+        else:   # stopped (STOP_AT) before the first validation
+            saved = f"not validated yet{skipped_note}; checkpoint {os.path.join(self.run_dir, 'last.pt')}"
+            evaluate = os.path.join(self.run_dir, "last.pt")
+        self.print(f"done: {step} steps in {minutes:.1f} min; {saved}\n"
+                   f"next: python EvaluateAccuracy.py --CHECKPOINT={evaluate}")

@@ -24,12 +24,17 @@ def resolve_device(name="auto", local_rank=0):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--DEVICE={name}: expected auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise UserError(f"--DEVICE={name}: expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"--DEVICE={name}: no CUDA GPU is visible to PyTorch here; use --DEVICE=cpu")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
+        if device.index >= torch.cuda.device_count():
+            raise UserError(f"--DEVICE={name}: there is no GPU {device.index} "
+                            f"(this machine has {torch.cuda.device_count()})")
     return device
 
 

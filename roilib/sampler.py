@@ -11,6 +11,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from roilib.crops import SIZE_STEP
+from roilib.errors import UserError
+
+def check_sizes(min_size, max_size):
+    """One-line error unless [min_size, max_size] holds a multiple of 32 (the crop sides)."""
+    if math.ceil(min_size / SIZE_STEP) > max_size // SIZE_STEP:
+        raise UserError(f"--MIN_SIZE={min_size} --MAX_SIZE={max_size}: expected MIN_SIZE <= MAX_SIZE "
+                        f"with a multiple of {SIZE_STEP} between them")
+
 
 class VaryingSizeBatchSampler:
     """Infinite batches of ``(index, H, W, item_seed)`` items, one geometry per batch.

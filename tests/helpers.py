@@ -1,6 +1,7 @@
 """Helpers of the script-level tests (not fixtures: plain functions and constants)."""
 import csv
 import os
+import runpy
 import subprocess
 import sys
 
@@ -22,3 +23,15 @@ def run_script(script, *args, check=True, env=None):
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def run_in_process(script, args, capsys, monkeypatch):
+    """(exit code, captured output) of a script run in this process: quick, since the checks
+    under test come before any work."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    try:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    return code, capsys.readouterr()

@@ -1,0 +1,89 @@
+"""Every parameter with declared valid values is checked before any work, in every script:
+one `error: --NAME=value: expected ...` line, exit code 2, no traceback. The cases are made
+from the declarations themselves, so a new parameter is covered by construction."""
+import os
+
+import pytest
+
+from helpers import ROOT, run_in_process
+from roilib import cli
+
+SCRIPTS = ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py", "Ablation.py", "Benchmark.py"]
+
+
+def declared_cases():
+    cases = []
+    for script in SCRIPTS:
+        path = os.path.join(ROOT, script)
+        defaults = {}
+        for name, line in cli.read_block(path):
+            defaults[name] = eval(cli.ASSIGNMENT.match(line).group(2))   # the block's literal
+        for name, spec in cli.read_specs(path).items():
+            cases.append((script, name, cli.invalid_example(spec, defaults[name])))
+    return cases
+
+
+CASES = declared_cases()
+# Rules that involve more than one parameter, or the machine.
+CROSS_CASES = [
+    ("Train.py", ["--MIN_SIZE=160", "--MAX_SIZE=96"], "MIN_SIZE"),
+    ("Train.py", ["--MIN_SIZE=100", "--MAX_SIZE=120"], "MIN_SIZE"),
+    ("Train.py", ["--JITTER=1.25,0.8"], "JITTER"),
+    ("Train.py", ["--JITTER=fast"], "JITTER"),
+    ("Train.py", ["--DEVICE=mps"], "DEVICE"),
+    ("Train.py", ["--WEIGHTS=/no/such/file.pth"], "WEIGHTS"),
+    ("Train.py", ["--DEVICE=cuda:7"], "DEVICE"),
+    ("EvaluateAccuracy.py", ["--DEVICE=tpu"], "DEVICE"),
+    ("RunPrediction.py", ["--DEVICE=cpu:1"], "DEVICE"),
+    ("Ablation.py", ["--MIN_SIZE=200", "--MAX_SIZE=100"], "MIN_SIZE"),
+    ("Ablation.py", ["--DEVICE=mps"], "DEVICE"),
+]
+
+
+def test_every_script_declares_constraints():
+    counts = {script: sum(1 for case in CASES if case[0] == script) for script in SCRIPTS}
+    assert all(count >= 3 for count in counts.values()), counts
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("script,name,value", CASES, ids=[f"{s}-{n}" for s, n, _ in CASES])
+def test_invalid_value_is_refused_before_any_work(script, name, value, capsys, monkeypatch):
+    code, out = run_in_process(script, [f"--{name}={value}"], capsys, monkeypatch)
+    assert code == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --{name}="), out.err
+    assert "expected" in lines[0] and "Traceback" not in out.err and out.out == ""
+
+
+@pytest.mark.parametrize("script,args,name", CROSS_CASES, ids=[" ".join(c[1]) for c in CROSS_CASES])
+def test_cross_parameter_and_device_rules(script, args, name, capsys, monkeypatch):
+    code, out = run_in_process(script, args, capsys, monkeypatch)
+    assert code == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and f"--{name}=" in lines[0], out.err
+    assert "Traceback" not in out.err
+
+
+def test_a_default_edited_in_the_block_is_checked_too(tmp_path):
+    script = tmp_path / "Script.py"
+    script.write_text("# ---- parameters: edit here ----\nSTEPS = 0    # [>=1] steps\n# ---- end of parameters ----\n")
+    with pytest.raises(cli.UserError, match=r"--STEPS=0: expected a number >= 1"):
+        cli.parse_parameters({"STEPS": 0}, script, [])
+
+
+@pytest.mark.parametrize("spec,good,bad", [
+    ("demo|coco", ["demo", "coco"], ["", "COCO"]),
+    ('""|demo', ["", "demo"], ["x"]),
+    ("list of stem|layer1|all", ["stem", "stem,layer1", "all"], ["", "stem,layer5"]),
+    (">=1", [1, 5, 2.5], [0, -1, "1"]),
+    (">0", [1e-9, 3], [0, -1]),
+    ("0..1", [0, 0.5, 1], [-0.1, 1.5]),
+    ('""|HxW', ["", "160x160", "96", "64x128"], ["100x96", "abc", "0x0"]),
+    ("nonempty", ["x"], ["", None]),
+])
+def test_spec_language(spec, good, bad):
+    for value in good:
+        cli.check_value("X", value, spec)
+    for value in bad:
+        with pytest.raises(cli.UserError, match="^--X=.*: expected "):
+            cli.check_value("X", value, spec)
