@@ -8,6 +8,7 @@ first convolution), so the net looks at the region but still sees its surroundin
     model = AttentionNet(num_classes=80, arch="resnet50", weights="imagenet")
     logits = model(images, masks)       # images [B,3,H,W] RGB 0..255, masks [B,1,H,W] in {0,1}
     model.save("model.pt"); model = AttentionNet.from_checkpoint("model.pt")
+    model = AttentionNet.from_pretrained("release/")   # Export.py --FORMAT=safetensors
 
 The same constructor builds the baselines of the paper's comparison (mode="blackout", "crop",
 "channel", "none"), so every variant shares one code path for training and evaluation.
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from roilib.checkpoint import CHECKPOINT_FORMAT, first_line, load_checkpoint, save_checkpoint
+from roilib.checkpoint import (CHECKPOINT_FORMAT, first_line, load_checkpoint, load_model_state,
+                               load_released_folder, save_checkpoint)
 from roilib.errors import UserError
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -270,8 +272,17 @@ class AttentionNet(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu"):
         """Rebuild the model from a checkpoint alone (architecture, classes, names, mode, merge
-        points all come from the file)."""
-        return cls.from_state(load_checkpoint(path, map_location), path)
+        points all come from the file), or from a released folder (see from_pretrained)."""
+        return cls.from_state(load_model_state(path, map_location), path)
+
+    @classmethod
+    def from_pretrained(cls, folder, map_location="cpu"):
+        """Rebuild the model from a folder written by `Export.py --FORMAT=safetensors`
+        (model.safetensors + config.json): no pickle is read, so any such folder is safe to load."""
+        if not os.path.isdir(folder):
+            raise UserError(f"{folder}: not a folder; from_pretrained reads model.safetensors and "
+                            "config.json from one (use from_checkpoint for a .pt file)")
+        return cls.from_state(load_released_folder(folder, map_location), folder)
 
     @classmethod
     def from_state(cls, state, path="checkpoint"):

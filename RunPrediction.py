@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from AttentionNet import AttentionNet
-from roilib.checkpoint import load_checkpoint
+from roilib.checkpoint import load_model_state
 from roilib import cli
 from roilib.paths import find_checkpoint, find_path
 from roilib.errors import UserError
@@ -44,7 +44,7 @@ def main():
     image = read_image(image_path)
     names, masks = read_segments(image.shape[:2])
     device = resolve_device(DEVICE)
-    state = load_checkpoint(checkpoint)
+    state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint).to(device).eval()
     max_pixels = MAX_PIXELS or int(state.get("eval_max_pixels") or 1000000)
     results = predict(model, image, masks, device, max_pixels)
