@@ -147,7 +147,18 @@ def write_safetensors(tensors, path, metadata=None):
     safetensors_torch = require("safetensors.torch", "safetensors")
     # safetensors stores dense row-major data: channels-last weights are made contiguous.
     tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
-    write_atomically(path, lambda tmp: safetensors_torch.save_file(tensors, tmp, metadata=metadata))
+
+    def save(tmp):
+        safetensors_torch.save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, _default_file_mode())   # safetensors creates it readable by its owner only
+
+    write_atomically(path, save)
+
+
+def _default_file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_json(value, path):

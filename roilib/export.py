@@ -10,6 +10,8 @@ and the checkpoint's plain data), read by roilib.checkpoint.load_model_state wit
 """
 import json
 import os
+import re
+import warnings
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ MIN_SIDE = 32            # AttentionNet refuses smaller images
 TOLERANCE = 1e-3         # max abs difference of the logits, onnxruntime vs PyTorch float32
 INPUTS_DOC = ("images: uint8 [B,3,H,W] RGB 0..255; masks: uint8 [B,1,H,W], nonzero = ROI; "
               f"any B >= 1 and H, W >= {MIN_SIDE}; one window per mask (see window, window_rule)")
+ANSI_COLOUR = r"\x1b\[[0-9;]*m"   # the exporter colours its messages
 OUTPUT_DOC = "logits: float32 [B,K] (softmax over K gives the class probabilities)"
 
 
@@ -70,6 +73,9 @@ def export_onnx(model, path, window, metadata, opset=18):
     """Export the float32 CPU `model` (eval mode) with dynamic batch, height and width to
     `path` (one file, written atomically) with `metadata` as metadata_props."""
     require("onnxscript", "onnxscript")
+    if model.config["mode"] == "crop":
+        raise UserError("mode=crop cannot be exported to ONNX with dynamic sizes: ONNX RoiAlign needs "
+                        "a fixed output size (the crop is the input's); the other modes can")
     height, width = window
     # Batch 2 and unequal sides: torch.export would fix a dim whose example is 1, and could
     # tie height to width if the example had them equal.
@@ -80,12 +86,16 @@ def export_onnx(model, path, window, metadata, opset=18):
     sides = {0: batch, 2: torch.export.Dim("height", min=MIN_SIDE + 1),
              3: torch.export.Dim("width", min=MIN_SIDE + 1)}
     try:
-        program = torch.onnx.export(model, (images, masks), dynamo=True, input_names=INPUT_NAMES,
-                                    output_names=OUTPUT_NAMES, opset_version=opset, verbose=False,
-                                    dynamic_shapes={"images": sides, "masks": sides})
+        with warnings.catch_warnings():
+            # images and masks share their dims on purpose; the exporter warns that it names
+            # each dim once.
+            warnings.filterwarnings("ignore", message=".*shares the same shape constraints")
+            program = torch.onnx.export(model, (images, masks), dynamo=True, input_names=INPUT_NAMES,
+                                        output_names=OUTPUT_NAMES, opset_version=opset, verbose=False,
+                                        dynamic_shapes={"images": sides, "masks": sides})
     except Exception as e:  # the exporter raises many types; the first line names the op
         raise UserError(f"ONNX export failed for this model (mode={model.config['mode']}): "
-                        f"{type(e).__name__}: {first_line(e)}") from None
+                        f"{type(e).__name__}: {re.sub(ANSI_COLOUR, '', first_line(e))}") from None
     program.model.metadata_props.update(metadata)
     write_atomically(path, lambda tmp: program.save(tmp, external_data=False))
 
