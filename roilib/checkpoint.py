@@ -8,6 +8,7 @@ A released model is a folder (``Export.py --FORMAT=safetensors``): model.safeten
 weights) and config.json (everything else in the checkpoint that is plain data). It is read
 with no pickle at all. ``load_model_state`` reads either kind into the same dict.
 """
+import importlib
 import json
 import os
 import pickle
@@ -185,7 +186,6 @@ def write_atomically(path, write):
 
 def require(module, package):
     """Import an optional dependency, or say in one line how to install it."""
-    import importlib
     try:
         return importlib.import_module(module)
     except ImportError:
