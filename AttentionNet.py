@@ -8,6 +8,7 @@ first convolution), so the net looks at the region but still sees its surroundin
     model = AttentionNet(num_classes=80, arch="resnet50", weights="imagenet")
     logits = model(images, masks)       # images [B,3,H,W] RGB 0..255, masks [B,1,H,W] in {0,1}
     model.save("model.pt"); model = AttentionNet.from_checkpoint("model.pt")
+    model = AttentionNet.from_pretrained("release/")   # Export.py --FORMAT=safetensors
 
 The same constructor builds the baselines of the paper's comparison (mode="blackout", "crop",
 "channel", "none"), so every variant shares one code path for training and evaluation.
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from roilib.checkpoint import CHECKPOINT_FORMAT, first_line, load_checkpoint, save_checkpoint
+from roilib.checkpoint import (CHECKPOINT_FORMAT, first_line, load_checkpoint, load_model_state,
+                               load_released_folder, save_checkpoint)
 from roilib.errors import UserError
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -45,9 +47,33 @@ def mask_pyramid_level(masks, size):
     """Resize [B,1,H,W] masks to a feature map's size as two channels: coverage (the fraction of
     each cell inside the ROI) and presence (any ROI pixel in the cell). Presence keeps a 2x2-pixel
     segment visible even at stride 32, where bilinear sampling would simply miss it."""
+    if torch.compiler.is_exporting():
+        return _mask_pyramid_level_by_matmul(masks, size)
     coverage = F.adaptive_avg_pool2d(masks, size)
     presence = F.adaptive_max_pool2d(masks, size)
     return torch.cat([coverage, presence], dim=1)
+
+
+def _mask_pyramid_level_by_matmul(masks, size):
+    """mask_pyramid_level for binary masks as two matrix products over the same bins as adaptive
+    pooling. torch.export cannot keep adaptive pooling to a size that depends on the input's
+    height and width (it fixes them at the example's), so an exported graph would run at one
+    image size only; this form stays dynamic."""
+    rows = _pooling_bins(masks.shape[-2], size[0], masks.device)
+    cols = _pooling_bins(masks.shape[-1], size[1], masks.device)
+    sums = rows @ masks @ cols.T
+    cells = rows.sum(1, keepdim=True) * cols.sum(1)
+    return torch.cat([sums / cells, (sums > 0).to(masks.dtype)], dim=1)
+
+
+def _pooling_bins(n_in, n_out, device):
+    """[n_out, n_in] 0/1 matrix: input index j lies in output bin i. Bins span
+    [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out)), as in F.adaptive_avg_pool2d."""
+    i = torch.arange(n_out, device=device).unsqueeze(1)
+    j = torch.arange(n_in, device=device).unsqueeze(0)
+    start = i * n_in // n_out
+    end = ((i + 1) * n_in + n_out - 1) // n_out
+    return ((j >= start) & (j < end)).float()
 
 
 class MaskAttention(nn.Module):
@@ -147,8 +173,10 @@ class AttentionNet(nn.Module):
         batch = masks.shape[0]
         x = self.normalize(images)
         mode = self.config["mode"]
-        # In eval mode an image shared by many masks runs once up to the first merge point.
-        share = x.shape[0] == 1 and batch > 1 and not self.training and mode in ("attention", "none")
+        # In eval mode an image shared by many masks runs once up to the first merge point. Not
+        # in an exported graph: the test on the batch size would fix it at the example's.
+        share = (not torch.compiler.is_exporting() and x.shape[0] == 1 and batch > 1
+                 and not self.training and mode in ("attention", "none"))
         if not share:
             x = x.expand(batch, -1, -1, -1)
         if mode == "blackout":
@@ -166,8 +194,14 @@ class AttentionNet(nn.Module):
         for i in range(1, 5):
             name = f"layer{i}"
             x = self._merge(name, getattr(net, name)(x), masks, batch)
-        x = torch.flatten(net.avgpool(x), 1)
-        return net.fc(x).expand(batch, -1)
+        return net.fc(self._global_pool(x)).expand(batch, -1)
+
+    def _global_pool(self, x):
+        # An exported graph takes the mean: adaptive pooling would make torch.export demand
+        # that the last feature map is larger than 1x1, i.e. images larger than 32 pixels.
+        if torch.compiler.is_exporting():
+            return x.mean(dim=(2, 3))
+        return torch.flatten(self.backbone.avgpool(x), 1)
 
     def _merge(self, point, x, masks, batch):
         if point not in self.branches:
@@ -233,8 +267,17 @@ class AttentionNet(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu"):
         """Rebuild the model from a checkpoint alone (architecture, classes, names, mode, merge
-        points all come from the file)."""
-        return cls.from_state(load_checkpoint(path, map_location), path)
+        points all come from the file), or from a released folder (see from_pretrained)."""
+        return cls.from_state(load_model_state(path, map_location), path)
+
+    @classmethod
+    def from_pretrained(cls, folder, map_location="cpu"):
+        """Rebuild the model from a folder written by `Export.py --FORMAT=safetensors`
+        (model.safetensors + config.json): no pickle is read, so any such folder is safe to load."""
+        if not os.path.isdir(folder):
+            raise UserError(f"{folder}: not a folder; from_pretrained reads model.safetensors and "
+                            "config.json from one (use from_checkpoint for a .pt file)")
+        return cls.from_state(load_released_folder(folder, map_location), folder)
 
     @classmethod
     def from_state(cls, state, path="checkpoint"):

@@ -16,7 +16,7 @@ import torch
 
 from AttentionNet import AttentionNet
 from Datasets import open_dataset, resolve_paths
-from roilib.checkpoint import load_checkpoint
+from roilib.checkpoint import load_model_state
 from roilib import cli
 from roilib.errors import UserError, one_line
 from roilib.evaluation import predict_dataset
@@ -48,7 +48,7 @@ def main():
     cli.parse_parameters(globals(), __file__)
     device = resolve_device(DEVICE)
     checkpoint = find_checkpoint(CHECKPOINT)
-    state = load_checkpoint(checkpoint)
+    state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint)
     trained = state.get("params") if isinstance(state.get("params"), dict) else {}
     dataset_name = DATASET or trained.get("DATASET") or "demo"

@@ -21,7 +21,7 @@ import torch
 
 from AttentionNet import AttentionNet
 from roilib import cli
-from roilib.checkpoint import load_checkpoint
+from roilib.checkpoint import load_model_state
 from roilib.crops import BoxMask, box_mask
 from roilib.errors import UserError, one_line
 from roilib.imageio import check_image_extension, read_image, read_label_map, read_mask, write_image
@@ -57,7 +57,7 @@ def main():
         check_writable_folder(os.path.dirname(os.path.abspath(OVERLAY)), "OVERLAY's folder")
     image = read_image(image_path)
     names, masks = read_segments(image.shape[:2], sources)
-    state = load_checkpoint(checkpoint)
+    state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint).to(device).eval()
     window = model_window(state, WINDOW)
     results = predict(model, image, masks, device, window, MAX_BATCH, TOPK)

@@ -3,7 +3,13 @@
 A checkpoint is a dict of tensors and plain data (``torch.load(weights_only=True)`` reads it,
 and a file that would run code is refused). Writes go to a temporary file that replaces the
 old one only when complete, so a crash or a full disk never costs the previous checkpoint.
+
+A released model is a folder (``Export.py --FORMAT=safetensors``): model.safetensors (the
+weights) and config.json (everything else in the checkpoint that is plain data). It is read
+with no pickle at all. ``load_model_state`` reads either kind into the same dict.
 """
+import importlib
+import json
 import os
 import pickle
 import re
@@ -14,6 +20,9 @@ from roilib.errors import UserError
 
 # The layout of the dict that AttentionNet.save writes; from_state refuses other versions.
 CHECKPOINT_FORMAT = 1
+# A released model folder (see the module doc).
+RELEASE_WEIGHTS = "model.safetensors"
+RELEASE_CONFIG = "config.json"
 _TEMPORARY = re.compile(r"^\..+\.tmp\d+$")  # save_checkpoint's .<name>.tmp<pid>
 # How torch's weights-only unpickler words a file that asks to import, call or build Python
 # objects; its other errors are about damaged or foreign files.
@@ -85,6 +94,102 @@ def load_checkpoint(path, map_location="cpu"):
     if not isinstance(state, dict):
         raise UserError(f"{path}: not a checkpoint (expected a dict, found {type(state).__name__})")
     return state
+
+
+def load_model_state(path, map_location="cpu"):
+    """A trained model's state from a .pt checkpoint or a released folder, as one dict shape:
+    {"format", "model" (the state_dict), "config", and where known "window", "params",
+    "step"}; AttentionNet.from_state builds the model from it."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return load_released_folder(path, map_location)
+    return load_checkpoint(path, map_location)
+
+
+def load_released_folder(folder, map_location="cpu"):
+    """Read RELEASE_CONFIG and RELEASE_WEIGHTS from `folder`: JSON and safetensors, no pickle."""
+    config_path = os.path.join(folder, RELEASE_CONFIG)
+    weights_path = os.path.join(folder, RELEASE_WEIGHTS)
+    for name, file in ((RELEASE_CONFIG, config_path), (RELEASE_WEIGHTS, weights_path)):
+        if not os.path.isfile(file):
+            raise UserError(f"{folder}: not a released model ({name} missing); "
+                            "`python Export.py --FORMAT=safetensors` writes one")
+    state = read_release_config(config_path)
+    state["model"] = read_safetensors(weights_path, map_location)
+    return state
+
+
+def read_release_config(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except ValueError as e:   # JSONDecodeError and UnicodeDecodeError
+        raise UserError(f"{path}: not a readable model config (corrupt JSON: {first_line(e)})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the model config ({e.strerror or first_line(e)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise UserError(f"{path}: not an AttentionNet model config (no 'config' entry)")
+    return state
+
+
+def read_safetensors(path, map_location="cpu"):
+    safetensors_torch = require("safetensors.torch", "safetensors")
+    try:
+        return safetensors_torch.load_file(path, device=str(map_location))
+    except MemoryError:
+        raise UserError(f"{path}: out of memory while loading the weights") from None
+    except Exception as e:  # safetensors' own SafetensorError, or OSError from the mmap
+        raise UserError(f"{path}: not readable safetensors weights (truncated or corrupt: "
+                        f"{first_line(e)})") from None
+
+
+def write_safetensors(tensors, path, metadata=None):
+    """Weights as safetensors, atomically (temporary file, then os.replace)."""
+    safetensors_torch = require("safetensors.torch", "safetensors")
+    # safetensors stores dense row-major data: channels-last weights are made contiguous.
+    tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
+
+    def save(tmp):
+        safetensors_torch.save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, _default_file_mode())   # safetensors creates it readable by its owner only
+
+    write_atomically(path, save)
+
+
+def _default_file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_json(value, path):
+    def dump(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=1)
+    write_atomically(path, dump)
+
+
+def write_atomically(path, write):
+    """Call write(temporary path), then os.replace it onto `path`: readers never see half a file."""
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise UserError(f"{path}: could not write ({e.strerror or first_line(e)})") from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def require(module, package):
+    """Import an optional dependency, or say in one line how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{package} is not installed: pip install {package}") from None
 
 
 def _fsync_dir(folder):
