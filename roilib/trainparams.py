@@ -1,0 +1,84 @@
+"""Train.py's parameters: checked before the first step, and on resume compared with those
+stored in last.pt, so that no parameter is ever ignored silently.
+
+- FIXED parameters define the model, the data or the schedule's shape: a resumed run must
+  use the checkpoint's values, or it stops with one line listing the differences.
+- CHANGEABLE ones (learning rate, length, cadences, speed settings) take effect on resume, and
+  each change is announced.
+- The folder itself (LOG_DIR, RUN, RESUME) is not compared.
+"""
+import os
+
+from roilib.errors import UserError
+
+FIXED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS",
+         "CLASS_NAMES", "MIN_AREA", "ARCH", "WEIGHTS", "MODE", "ATTENTION", "MERGE", "WARMUP_STEPS",
+         "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "JITTER", "CROP_MARGIN", "BALANCED",
+         "FLIP", "SEED", "WINDOW")
+CHANGEABLE = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "WORKERS", "DEVICE", "AMP", "CHANNELS_LAST",
+              "COMPILE", "LOG_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
+FOLDER = ("LOG_DIR", "RUN", "RESUME")
+PATHS = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")
+
+
+def check_parameters(cfg):
+    """One-line errors for values that would fail later (a bad validation setting after hours
+    of training, a cadence of 0 dividing by zero). Cadences: 0 = never."""
+    rules = [("STEPS", cfg.STEPS >= 1, ">= 1"), ("STOP_AT", cfg.STOP_AT >= 0, ">= 0 (0 = STEPS)"),
+             ("LR", cfg.LR > 0, "> 0"), ("WEIGHT_DECAY", cfg.WEIGHT_DECAY >= 0, ">= 0"),
+             ("WARMUP_STEPS", cfg.WARMUP_STEPS >= 0, ">= 0"), ("MIN_AREA", cfg.MIN_AREA >= 1, ">= 1"),
+             ("MIN_SIZE", 32 <= cfg.MIN_SIZE <= cfg.MAX_SIZE, "in [32, MAX_SIZE]"),
+             ("MAX_PIXELS", cfg.MAX_PIXELS >= 1, ">= 1"), ("MAX_BATCH", cfg.MAX_BATCH >= 1, ">= 1"),
+             ("CROP_MARGIN", cfg.CROP_MARGIN >= 0, ">= 0"), ("WORKERS", cfg.WORKERS >= 0, ">= 0"),
+             ("VAL_MAX_IMAGES", cfg.VAL_MAX_IMAGES >= 0, ">= 0 (0 = all)")]
+    rules += [(name, getattr(cfg, name) >= 0, ">= 0 (0 = never)")
+              for name in ("LOG_EVERY", "VAL_EVERY", "SAVE_EVERY", "SNAPSHOT_EVERY")]
+    for name, ok, expected in rules:
+        if not ok:
+            raise UserError(f"--{name}={getattr(cfg, name)}: expected {expected}")
+
+
+def parse_jitter(text):
+    """'low,high' -> (low, high) scale factors, 0 < low <= high; '1,1' -> None (native)."""
+    try:
+        low, high = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise UserError(f"--JITTER={text}: expected low,high (e.g. 0.8,1.25)") from None
+    if not 0 < low <= high:
+        raise UserError(f"--JITTER={text}: expected 0 < low <= high")
+    return None if low == high == 1 else (low, high)
+
+
+def due(step, every):
+    """Whether a cadence of `every` steps (0 = never) falls on `step`."""
+    return every > 0 and step % every == 0
+
+
+def resume_changes(stored, params, checkpoint, resolve):
+    """Compare this run's parameters with those stored in `checkpoint`. A FIXED difference ->
+    UserError listing all of them; returns ["NAME: old -> new", ...] of the CHANGEABLE ones.
+    `resolve(params)` -> the four data paths as read (defaults filled in), so that "" and the
+    default path it stands for count as the same."""
+    if not isinstance(stored, dict):
+        raise UserError(f"{checkpoint}: no parameters stored (not written by Train.py); use "
+                        "another --RUN, or --RESUME=False to start afresh")
+    old, new = dict(stored), dict(params)
+    for values in (old, new):
+        values.update(zip(PATHS, (os.path.abspath(p) for p in resolve(values))))
+    fixed = [f"{name}: {old.get(name)!r} -> {new[name]!r}" for name in FIXED
+             if name in new and old.get(name) != new[name]]
+    if fixed:
+        raise UserError(f"{checkpoint} was trained with other settings ({'; '.join(fixed)}); resume "
+                        "with the stored values, or start afresh with --RESUME=False (the old run "
+                        "is moved aside) or another --RUN")
+    return [f"{name}: {old.get(name)!r} -> {new[name]!r}" for name in CHANGEABLE
+            if name in new and old.get(name) != new[name]]
+
+
+def check_class_names(found, expected, checkpoint):
+    """The classes (and their order) are part of the model."""
+    if list(found or []) != list(expected):
+        raise UserError(f"{checkpoint} was trained on other classes ({len(found or [])}: "
+                        f"{', '.join(map(str, (found or [])[:5]))}...) than this data has "
+                        f"({len(expected)}: {', '.join(map(str, expected[:5]))}...); use another "
+                        "--RUN, or --RESUME=False to start afresh")
