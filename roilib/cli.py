@@ -17,12 +17,14 @@ import ast
 import difflib
 import re
 import sys
+import time
 
 from roilib.errors import StopRun, UserError
 
 BLOCK_START = re.compile(r"^# -+ parameters")
 BLOCK_END = re.compile(r"^# -+ end of parameters")
 ASSIGNMENT = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
+STOP_GRACE_S = 3
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off")
 
@@ -164,6 +166,7 @@ def run(main):
     except StopRun as e:   # another process of the run failed and said why
         if e.show:
             print(str(e), file=sys.stderr)
+        time.sleep(STOP_GRACE_S)   # let the failing process exit first: torchrun names it the cause
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -78,8 +78,8 @@ class Distributed:
             return
         if self.rank == ranks[0]:
             raise error
-        raise StopRun(f"stopped: process {ranks[0]} of {self.world_size} failed (its error is above, "
-                      "or in its node's log)", show=self.is_main)
+        raise StopRun(f"stopped: process {ranks[0]} of {self.world_size} failed and printed why",
+                      show=self.is_main)
 
     def mean(self, values):
         """Element-wise mean over the processes of a float tensor (on this process's device)."""
