@@ -1,13 +1,14 @@
 """Train AttentionNet to classify the region of an image given by an ROI mask.
 
     python Train.py                                  # the demo dataset, a few minutes on a CPU
-    python Train.py --DATASET=coco --ARCH=resnet50 --WEIGHTS=imagenet --RUN=coco_r50 ...
-    torchrun --nproc_per_node=4 Train.py --DATASET=coco ...          # several GPUs (DDP)
+    python Train.py configs/coco_r50.py --STEPS=100000              # a recipe file, then overrides
+    torchrun --nproc_per_node=4 Train.py configs/coco_r50.py         # several GPUs (DDP)
 
 Writes logs/<RUN>/: config.json, train_log.csv, TensorBoard events, last.pt, best.pt (best
 validation mean class accuracy) and step_N.pt snapshots. Running again with the same RUN
-resumes from last.pt (model, optimiser, step, data order); --RESUME=False starts afresh and
-moves the old run aside (nothing is deleted).
+resumes from last.pt (model, optimiser, step, data order): parameters that define the model or
+the data must match the checkpoint's, changed ones such as LR are applied and announced (see
+README, "Resuming"). --RESUME=False starts afresh and moves the old run aside (nothing is deleted).
 """
 import math
 import os
@@ -52,7 +53,7 @@ MERGE = "add"               # add | mul | muladd
 RUN = "demo"                # run name: outputs go to LOG_DIR/RUN/
 LOG_DIR = "logs"            # folder of all runs (relative paths: to this repository)
 RESUME = True               # resume from LOG_DIR/RUN/last.pt if it exists
-STEPS = 1200                # optimiser steps in total (the learning-rate schedule spans them)
+STEPS = 1200                # optimiser steps in total (the LR cosine spans those of the run's start; steps added on resume run at 1% of LR)
 STOP_AT = 0                 # stop (with last.pt saved) after this step, e.g. to fit a job's time limit; 0 = STEPS
 LR = 2e-3                   # peak learning rate (AdamW)
 WEIGHT_DECAY = 0.05         # AdamW weight decay (not applied to norms and biases)
@@ -60,7 +61,7 @@ WARMUP_STEPS = 100          # linear warm-up, then cosine decay to 1% of LR
 MIN_SIZE = 96               # training crops: height and width drawn in [MIN_SIZE, MAX_SIZE],
 MAX_SIZE = 160              #   rounded to multiples of 32
 MAX_PIXELS = 400000         # pixels per batch (batch size = MAX_PIXELS // (H*W), at most MAX_BATCH)
-MAX_BATCH = 32              # samples per batch at most (per process)
+MAX_BATCH = 32              # samples per batch at most (per process; all processes draw the same geometry)
 JITTER = "0.8,1.25"         # training scale jitter: native scale times a log-uniform factor in [low,high] ("1,1" = none)
 CROP_MARGIN = 0.5           # MODE=crop: context around the mask's box, as a fraction of its size on each side
 BALANCED = True             # class-balanced sampling (class -> image -> segment) or by frequency
@@ -71,11 +72,11 @@ AMP = True                  # bf16 autocast on GPUs and on CPUs with native bf16
 CHANNELS_LAST = True        # channels-last memory format (faster convolutions)
 COMPILE = False             # torch.compile the model (GPU; slow first steps)
 SEED = 0                    # seeds the weights and the data order
-LOG_EVERY = 20              # progress line and train_log.csv row every N steps
-VAL_EVERY = 400             # validate (and update best.pt) every N steps and at the end
+LOG_EVERY = 20              # progress line and train_log.csv row every N steps (0 = at the end only)
+VAL_EVERY = 400             # validate (and update best.pt) every N steps and at the end (0 = never)
 VAL_MAX_IMAGES = 0          # validate on the first N images only (0 = all)
 WINDOW = ""                 # evaluation window HxW, stored in the checkpoint for EvaluateAccuracy/RunPrediction ("" = MAX_SIZExMAX_SIZE)
-SAVE_EVERY = 200            # write last.pt every N steps
+SAVE_EVERY = 200            # write last.pt every N steps (0 = at the end only; also before each validation)
 SNAPSHOT_EVERY = 0          # keep step_N.pt every N steps (0 = never)
 # ---- end of parameters ----
 
