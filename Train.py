@@ -26,8 +26,8 @@ from roilib.distributed import Distributed
 from roilib.errors import UserError
 from roilib.evaluation import merge_shards, predict_dataset, shard_result
 from roilib.metrics import summarize
-from roilib.optim import (FINAL_FACTOR, make_optimizer, make_scheduler, restore_training_state,
-                          set_hyperparameters)
+from roilib.optim import (FINAL_FACTOR, make_optimizer, make_scheduler, require_training_state,
+                          restore_training_state, set_hyperparameters)
 from roilib.paths import REPO
 from roilib.runlock import claim_run_folder
 from roilib.runlog import RunLogger, Window
@@ -115,6 +115,9 @@ def train(cfg, params, jitter, window, dist, device):
         if val_set.class_names != train_set.class_names:
             raise UserError("the validation set's classes differ from the training set's")
         model, changes = build_model(cfg, params, train_set, state, last)
+        if state and state.get("world_size", dist.world_size) != dist.world_size:
+            changes.append(f"processes: {state['world_size']} -> {dist.world_size} (the data order "
+                           "differs from here on)")
         dtype = amp_dtype(device, cfg.AMP)
         model.to(device, memory_format=torch.channels_last if cfg.CHANNELS_LAST else torch.preserve_format)
         optimizer = make_optimizer(model, cfg.LR, cfg.WEIGHT_DECAY)
@@ -226,8 +229,14 @@ def build_model(cfg, params, train_set, state, last):
                              merge=cfg.MERGE, weights=cfg.WEIGHTS, class_names=train_set.class_names,
                              crop_margin=cfg.CROP_MARGIN, category_ids=train_set.category_ids)
         return model, []
-    changes = resume_changes(state.get("params"), params, last, data_paths)
     model = AttentionNet.from_state(state, last)
+    expected = {"arch": cfg.ARCH, "mode": cfg.MODE, "num_classes": train_set.num_classes}
+    found = {k: model.config[k] for k in expected}
+    if found != expected:
+        raise UserError(f"{last} holds a different model ({found}) than asked ({expected}); use "
+                        "another --RUN, or --RESUME=False to start afresh")
+    require_training_state(state, last)
+    changes = resume_changes(state["params"], params, last, data_paths)
     check_class_names(model.class_names, train_set.class_names, last)
     return model, changes
 

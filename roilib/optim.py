@@ -37,12 +37,15 @@ def make_scheduler(optimizer, warmup_steps, schedule_steps):
         optimizer, lambda step: lr_factor(step, warmup_steps, schedule_steps))
 
 
-def restore_training_state(state, optimizer, scheduler, scaler, last):
-    """Optimiser, schedule and scaler from last.pt; returns its step."""
-    missing = [key for key in ("optimizer", "scheduler", "step") if key not in state]
+def require_training_state(state, last):
+    missing = [key for key in ("optimizer", "scheduler", "step", "params") if key not in state]
     if missing:
         raise UserError(f"{last}: no training state ({', '.join(missing)} missing: not written by "
                         "Train.py); use another --RUN, or --RESUME=False to start afresh")
+
+
+def restore_training_state(state, optimizer, scheduler, scaler, last):
+    """Optimiser, schedule and scaler from last.pt (see require_training_state); returns its step."""
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

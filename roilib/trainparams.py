@@ -78,7 +78,10 @@ def resume_changes(stored, params, checkpoint, resolve):
 def check_class_names(found, expected, checkpoint):
     """The classes (and their order) are part of the model."""
     if list(found or []) != list(expected):
-        raise UserError(f"{checkpoint} was trained on other classes ({len(found or [])}: "
-                        f"{', '.join(map(str, (found or [])[:5]))}...) than this data has "
-                        f"({len(expected)}: {', '.join(map(str, expected[:5]))}...); use another "
-                        "--RUN, or --RESUME=False to start afresh")
+        raise UserError(f"{checkpoint} was trained on other classes ({_names(found or [])}) than this "
+                        f"data has ({_names(expected)}); use another --RUN, or --RESUME=False to start afresh")
+
+
+def _names(names, shown=5):
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(map(str, names[:shown])) + more
