@@ -18,19 +18,24 @@ the script does any work, and `--help` shows it:
 
 `parse_parameters(globals(), __file__)` reads the block's names and comments from the source,
 applies the command line (types checked against the defaults), checks every value, updates the
-script's globals and returns the parameters as a dict (saved with the run). `run(main)` turns
-a UserError into one line on stderr and exit code 2 instead of a traceback.
+script's globals and returns the parameters as a dict (saved with the run). A recipe file on the
+command line (`python Train.py configs/coco_r50.py --STEPS=1000`) holds `NAME = value` lines;
+arguments apply in order, so a --NAME after the file overrides it. `run(main)` turns a UserError
+into one line on stderr and exit code 2 instead of a traceback (StopRun: exit code 1).
 """
+import ast
 import difflib
 import re
 import sys
+import time
 
-from roilib.errors import UserError
+from roilib.errors import StopRun, UserError
 
 BLOCK_START = re.compile(r"^# -+ parameters")
 BLOCK_END = re.compile(r"^# -+ end of parameters")
 ASSIGNMENT = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
 SPEC = re.compile(r"^\[([^\]]*)\]")
+STOP_GRACE_S = 3
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off")
 
@@ -164,27 +169,84 @@ def convert(name, text, default):
 
 
 def parse_parameters(namespace, script_path, argv=None):
-    """Apply `--NAME=value` arguments to the parameter block's globals; `--help` prints it."""
+    """Apply the arguments, in order, to the parameter block's globals: `--NAME=value`, or a
+    recipe file (a .py file of `NAME = value` lines, see read_recipe). `--help` prints the block."""
     argv = sys.argv[1:] if argv is None else argv
     block = read_block(script_path)
     names = [name for name, _ in block]
     if any(a in ("-h", "--help") for a in argv):
-        print(f"Parameters of {script_path} (override as --NAME=value):")
+        print(f"Parameters of {script_path} (override as --NAME=value, or in a recipe file):")
         print("\n".join(line for _, line in block))
         raise SystemExit(0)
     for arg in argv:
+        if not arg.startswith("-") and arg.endswith(".py"):
+            for name, value in read_recipe(arg):
+                check_name(name, names, arg)
+                namespace[name] = literal(name, value, namespace[name], arg)
+            continue
         match = re.match(r"^--([A-Za-z0-9_]+)=(.*)$", arg, re.S)
         if not match:
-            raise UserError(f"argument {arg!r}: expected --NAME=value (see --help)")
+            raise UserError(f"argument {arg!r}: expected --NAME=value or a recipe file.py (see --help)")
         name, text = match.group(1), match.group(2)
-        if name not in names:
-            close = difflib.get_close_matches(name.upper(), names, n=1)
-            hint = f" (did you mean --{close[0]}?)" if close else ""
-            raise UserError(f"unknown parameter --{name}{hint}; valid: {', '.join(names)}")
+        check_name(name, names)
         namespace[name] = convert(name, text, namespace[name])
     for name, spec in read_specs(script_path).items():
         check_value(name, namespace[name], spec)
     return {name: namespace[name] for name in names}
+
+
+def check_name(name, names, recipe=None):
+    """Refuse an unknown name (a typo would otherwise be ignored silently)."""
+    if name not in names:
+        dash = "" if recipe else "--"
+        close = difflib.get_close_matches(name.upper(), names, n=1)
+        hint = f" (did you mean {dash}{close[0]}?)" if close else ""
+        where = f"{recipe}: " if recipe else ""
+        raise UserError(f"{where}unknown parameter {dash}{name}{hint}; valid: {', '.join(names)}")
+
+
+def read_recipe(path):
+    """[(NAME, value)] of a recipe file, in order. Only `NAME = literal` lines (and a docstring,
+    comments) are allowed: values are read with ast.literal_eval, never run."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the recipe file ({error.strerror or error})") from None
+    except SyntaxError as error:
+        raise UserError(f"{path}:{error.lineno}: not Python ({error.msg})") from None
+    pairs = []
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue   # a docstring
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        try:
+            if not isinstance(target, ast.Name):
+                raise ValueError
+            pairs.append((target.id, ast.literal_eval(node.value)))
+        except ValueError:
+            raise UserError(f"{path}:{node.lineno}: expected NAME = value with a literal value "
+                            "(number, string, True/False/None)") from None
+    return pairs
+
+
+def literal(name, value, default, recipe):
+    """A recipe's `value` checked against the type of `default` (ints pass for floats)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = value is None or isinstance(value, str)
+    else:   # None: any scalar
+        ok = value is None or isinstance(value, (int, float, str))
+    if not ok:
+        expected = type(default).__name__ if default is not None else "a number or a string"
+        raise UserError(f"{recipe}: {name} = {value!r}: expected {expected}")
+    return value
 
 
 def run(main):
@@ -194,6 +256,11 @@ def run(main):
     except UserError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except StopRun as e:   # another process of the run failed and said why
+        if e.show:
+            print(str(e), file=sys.stderr)
+        time.sleep(STOP_GRACE_S)   # let the failing process exit first: torchrun names it the cause
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

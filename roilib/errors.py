@@ -1,4 +1,4 @@
-"""One exception type for mistakes a user can fix: scripts print its message as one line."""
+"""Exception types that scripts turn into one line (see roilib.cli.run) instead of a traceback."""
 
 
 class UserError(Exception):
@@ -9,3 +9,13 @@ class UserError(Exception):
 def one_line(text):
     """A name from a data file (class, category) shown on one line of a table or report."""
     return " ".join(str(text).split())
+
+
+class StopRun(Exception):
+    """This process stops because another process of the same run failed and printed why.
+    `show`: print the message (one process does, so that a run of N processes prints one
+    such line, not N)."""
+
+    def __init__(self, message, show=True):
+        super().__init__(message)
+        self.show = show

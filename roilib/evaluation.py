@@ -146,3 +146,26 @@ def predict_dataset(model, dataset, device, dtype=None, window=(224, 224), max_b
     n = len(result["labels"])
     result.update(skipped=skipped, seconds=seconds, segments_per_s=n / max(seconds, 1e-9))
     return result
+
+
+SHARD_KEYS = ("labels", "preds", "topk", "topk_probs", "areas", "segments")
+
+
+def shard_result(out):
+    """The part of a predict_dataset result that other processes need (picklable, small)."""
+    part = {key: out[key] for key in SHARD_KEYS}
+    part.update(skipped=list(out["skipped"].reasons.items()), seconds=out["seconds"])
+    return part
+
+
+def merge_shards(parts):
+    """The shard_result of each process -> one result in dataset order, as a single process
+    would give it (labels, preds, topk, topk_probs, areas, segments, skipped, segments_per_s)."""
+    order = np.argsort(np.concatenate([p["segments"] for p in parts]), kind="stable")
+    merged = {key: np.concatenate([p[key] for p in parts])[order] for key in SHARD_KEYS}
+    merged["skipped"] = SkippedFiles()
+    for part in parts:
+        merged["skipped"].add(part["skipped"])
+    seconds = max(p["seconds"] for p in parts)   # the slowest shard sets the pace
+    merged["segments_per_s"] = len(merged["labels"]) / max(seconds, 1e-9)
+    return merged

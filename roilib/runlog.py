@@ -51,17 +51,20 @@ class Window:
         self.images_since_start += images
         self.steps += 1
 
-    def mean_loss(self):
-        return torch.stack(self.losses).float().mean().item()
-
-    def rate(self):
-        return self.images_since_start / max(time.perf_counter() - self.start, 1e-9)
+    def summary(self, dist):
+        """(mean loss, images/s) over all processes, since the last progress line: the one
+        device sync and all-reduce per log window. A collective: every process calls it."""
+        losses = torch.stack(self.losses).float()
+        local = torch.stack([losses.mean(), torch.tensor(float(self.images_since_start),
+                                                          device=losses.device)])
+        loss_sum, images = dist.sum(local).tolist()
+        return loss_sum / dist.world_size, images / max(time.perf_counter() - self.start, 1e-9)
 
 
 class RunLogger:
     """Console lines, train_log.csv, config.json and TensorBoard; only rank 0 writes."""
 
-    def __init__(self, run_dir, params, train_set, dist, device, dtype, resumed_step):
+    def __init__(self, run_dir, params, train_set, dist, device, dtype, resumed_step, schedule):
         self.run_dir, self.active, self.params = run_dir, dist.is_main, params
         self.device, self.dtype, self.dist = device, dtype, dist
         self.start = time.perf_counter()
@@ -77,6 +80,7 @@ class RunLogger:
         config = {"params": params, "num_classes": train_set.num_classes,
                   "class_names": train_set.class_names, "world_size": dist.world_size,
                   "device": str(device), "precision": precision_name(dtype),
+                  "lr_schedule": schedule, "resumed_from_step": resumed_step,
                   "torch": torch.__version__, "command": sys.argv}
         with atomic_write(os.path.join(run_dir, "config.json")) as f:
             json.dump(config, f, indent=2)
@@ -91,7 +95,9 @@ class RunLogger:
                 csv.writer(f).writerow(CSV_FIELDS)
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(run_dir)
+            # Events after the resumed step were written by the interrupted run: hidden.
+            purge = self.first_step + 1 if resumed_step is not None else None
+            self.tensorboard = SummaryWriter(run_dir, purge_step=purge)
         except ImportError:
             self.print("TensorBoard is not installed: no event files (pip install tensorboard)")
 
@@ -130,6 +136,7 @@ class RunLogger:
             self.tensorboard.add_scalar("train/loss", loss, step)
             self.tensorboard.add_scalar("train/lr", lr, step)
             self.tensorboard.add_scalar("train/img_per_s", rate, step)
+            self.tensorboard.flush()
 
     def log_val(self, step, metrics, segments_per_s):
         if not self.active:
@@ -141,6 +148,7 @@ class RunLogger:
         if self.tensorboard:
             self.tensorboard.add_scalar("val/accuracy", metrics["accuracy"], step)
             self.tensorboard.add_scalar("val/mean_class_accuracy", metrics["mean_class_accuracy"], step)
+            self.tensorboard.flush()
 
     def log_skipped(self, skipped):
         """Each image the loader could not read (and replaced), once, when first met."""

@@ -1,9 +1,7 @@
-"""Device, precision and multi-process set-up shared by the scripts."""
+"""Device and precision set-up shared by the scripts (several processes: roilib.distributed)."""
 import contextlib
-import os
 
 import torch
-import torch.distributed as dist
 
 from roilib.errors import UserError
 
@@ -58,31 +56,3 @@ def autocast(device, dtype):
 
 def precision_name(dtype):
     return {None: "float32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
-class Distributed:
-    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) or a single process."""
-
-    def __init__(self):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world_size > 1
-
-    @property
-    def is_main(self):
-        return self.rank == 0
-
-    def start(self, device):
-        if self.enabled and not dist.is_initialized():
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-    def barrier(self):
-        if self.enabled:
-            dist.barrier()
-
-    def stop(self):
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()

@@ -2,7 +2,8 @@
 
 ``VaryingSizeBatchSampler`` yields batches of ``(index, H, W, seed)`` items; ``dataset[item]``
 turns each into a crop, and ``collate_batch`` stacks them. Every random choice derives from
-(seed, step, rank), so a batch does not depend on worker count or on where a run was resumed.
+(seed, step) and the rank, so a batch does not depend on worker count or on where a run was
+resumed.
 """
 import math
 
@@ -26,8 +27,10 @@ class VaryingSizeBatchSampler:
     H, W: uniform multiples of 32 in [min_size, max_size]; batch size: as many as fit
     ``max_pixels`` (at most ``max_batch``, at least 1). Balanced (the original recipe):
     class uniformly, then an image containing it, then one of its segments of that class in
-    that image; otherwise segments uniformly. The batch of step s depends only on
-    (seed, s, rank): resuming is ``start_step``, and DDP ranks draw different samples.
+    that image; otherwise segments uniformly. The geometry (H, W, batch size) of step s
+    depends only on (seed, s), so every DDP rank trains on the same shape and DDP's gradient
+    average is a true mean over the global batch; the samples depend on (seed, s, rank), so
+    ranks draw different ones. Resuming is ``start_step``.
     ``step`` is the step of the next batch the iterator yields.
     """
 
@@ -50,9 +53,10 @@ class VaryingSizeBatchSampler:
         self._groups = _class_image_groups(self.labels, np.asarray(image_of_segment))
 
     def batch_for_step(self, step):
-        rng = np.random.default_rng([self.seed, int(step), self.rank])
-        height, width = SIZE_STEP * rng.integers(*self.size_range, endpoint=True, size=2)
+        shape_rng = np.random.default_rng([self.seed, int(step)])
+        height, width = SIZE_STEP * shape_rng.integers(*self.size_range, endpoint=True, size=2)
         count = max(1, min(self.max_batch, self.max_pixels // int(height * width)))
+        rng = np.random.default_rng([self.seed, int(step), self.rank])
         indices = self._draw(rng, count)
         seeds = rng.integers(0, 2 ** 63 - 1, size=count)
         return [(int(i), int(height), int(width), int(s)) for i, s in zip(indices, seeds)]

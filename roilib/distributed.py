@@ -1,0 +1,102 @@
+"""Several processes of one run (torchrun): set-up, and the collective steps Train.py takes
+together so that an error on any process stops them all promptly.
+
+The rule: work that can fail on one process alone runs inside ``dist.together()``; at its end
+every process learns whether any failed, and if one did, all stop: the first failing process
+raises its own error (printed once), the others raise StopRun. Collectives (DDP's gradient
+all-reduce, gathers) stay outside such sections, so no process waits in one for a peer that
+has already failed.
+"""
+import contextlib
+import datetime
+import os
+
+import torch
+import torch.distributed as tdist
+
+from roilib.errors import StopRun
+
+# Long enough for the slowest collective wait: rank 0 writing a ResNet-152 checkpoint to a
+# slow network disk, or the validation shards finishing at different times.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+class Distributed:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) or a single process."""
+
+    def __init__(self):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world_size > 1
+        self.cpu_group = None   # gloo: stop flags and Python objects, without a GPU sync
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def start(self, device):
+        if self.enabled and not tdist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                     timeout=COLLECTIVE_TIMEOUT)
+            self.cpu_group = (tdist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
+                              if device.type == "cuda" else tdist.group.WORLD)
+
+    def stop(self):
+        if self.enabled and tdist.is_initialized():
+            tdist.destroy_process_group()
+
+    def barrier(self):
+        if self.enabled:
+            tdist.barrier(group=self.cpu_group)
+
+    @contextlib.contextmanager
+    def together(self):
+        """Run a section that may fail on some processes only; all processes leave it alike:
+        all go on, or all raise (see the module's docstring). A collective itself."""
+        error = None
+        try:
+            yield
+        except Exception as caught:   # noqa: BLE001 (re-raised below, on every process)
+            error = caught
+        self.agree(error)
+
+    def agree(self, error=None):
+        """Collective: raise `error` on the first process that has one, StopRun on the rest;
+        return if none has."""
+        if not self.enabled:
+            if error is not None:
+                raise error
+            return
+        failed = torch.zeros(self.world_size, dtype=torch.int32)
+        failed[self.rank] = error is not None
+        tdist.all_reduce(failed, group=self.cpu_group)
+        ranks = failed.nonzero().flatten().tolist()
+        if not ranks:
+            return
+        if self.rank == ranks[0]:
+            raise error
+        raise StopRun(f"stopped: process {ranks[0]} of {self.world_size} failed and printed why",
+                      show=self.is_main)
+
+    def mean(self, values):
+        """Element-wise mean over the processes of a float tensor (on this process's device)."""
+        if self.enabled:
+            tdist.all_reduce(values)
+            values /= self.world_size
+        return values
+
+    def sum(self, values):
+        if self.enabled:
+            tdist.all_reduce(values)
+        return values
+
+    def gather(self, obj):
+        """[obj of rank 0, obj of rank 1, ...] on every process (picklable objects)."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        tdist.all_gather_object(out, obj, group=self.cpu_group)
+        return out

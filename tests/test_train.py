@@ -1,0 +1,225 @@
+"""Train.py as a long multi-process job: two processes (torchrun, gloo on the CPU) that validate
+and fail together, resume that applies or refuses each parameter, the run-folder lock, recipe
+files."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+import Train
+from AttentionNet import AttentionNet
+from CocoReader import CocoReader
+from helpers import ROOT, TINY, read_csv, run_script
+from roilib.cli import parse_parameters, read_block
+from roilib.errors import UserError
+from roilib.evaluation import merge_shards, predict_dataset, shard_result
+from roilib.metrics import summarize
+from roilib.runlock import RunLock
+from roilib.sampler import VaryingSizeBatchSampler
+from roilib.trainparams import (CHANGEABLE, FIXED, FOLDER, check_class_names, check_parameters,
+                                resume_changes)
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+FAST = [*TINY, "--AMP=False", "--DEVICE=cpu"]   # float32: exact, and fast on CPUs without bf16
+
+
+def data_args(root):
+    return [f"--TRAIN_IMAGES={root}/train/images", f"--TRAIN_ANNOTATIONS={root}/train/instances.json",
+            f"--VAL_IMAGES={root}/val/images", f"--VAL_ANNOTATIONS={root}/val/instances.json"]
+
+
+def torchrun(args, port, **env):
+    """Train.py (through tests/train_probe.py) in 2 processes; (result, seconds)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           os.path.join(ROOT, "tests", "train_probe.py"), *args]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env=dict(ENV, **env))
+    return result, time.perf_counter() - start
+
+
+def probe_log(path):
+    """{step: (height, width, [segment ids])} of one process's batches."""
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return {int(r[0]): (int(r[1]), int(r[2]), r[3:]) for r in rows}
+
+
+def test_two_processes_share_geometry_and_validate_as_one(data, tmp_path):
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    result, _ = torchrun([*FAST, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=ddp", "--STEPS=4",
+                          "--VAL_EVERY=4"], 29561, PROBE_LOG=str(probes))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("validation at step 4") == 1
+    # (c) one geometry and batch size per step on both processes, different samples
+    ranks = [probe_log(probes / f"rank{r}.txt") for r in (0, 1)]
+    assert sorted(ranks[0]) == sorted(ranks[1]) == [1, 2, 3, 4]
+    for step in ranks[0]:
+        (h0, w0, ids0), (h1, w1, ids1) = ranks[0][step], ranks[1][step]
+        assert (h0, w0, len(ids0)) == (h1, w1, len(ids1))
+    assert any(ranks[0][s][2] != ranks[1][s][2] for s in ranks[0])
+    # (a) the sharded validation equals one process evaluating the same checkpoint
+    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["step"] == 4
+    model = AttentionNet.from_state(state)
+    val = CocoReader(data / "val" / "images", data / "val" / "instances.json", train=False)
+    args = dict(device=torch.device("cpu"), window=tuple(state["window"]), max_batch=6, progress=False)
+    whole = predict_dataset(model, val, **args)
+    full = summarize(whole["labels"], whole["preds"], whole["areas"], val.class_names, whole["topk"])
+    assert state["metrics"] == {k: full[k] for k in ("accuracy", "mean_class_accuracy", "count")}
+    shards = merge_shards([shard_result(predict_dataset(model, val, rank=r, world_size=2, **args))
+                           for r in (0, 1)])
+    for key in ("labels", "preds", "topk", "areas", "segments"):
+        assert np.array_equal(shards[key], whole[key]), key
+    rows = read_csv(tmp_path / "ddp" / "train_log.csv")
+    assert [r["step"] for r in rows if r["loss"]] == ["2", "4"]
+
+
+def test_error_on_one_process_stops_both_at_once(data, tmp_path):
+    """(b) rank 1's data loader fails at step 3: both processes stop (no collective timeout),
+    the message is printed once, and the checkpoint of step 2 is intact."""
+    result, seconds = torchrun([*FAST, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=fail",
+                                "--STEPS=6", "--SAVE_EVERY=2", "--VAL_EVERY=0"], 29562, PROBE_FAIL="1:3")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert seconds < 150, f"took {seconds:.0f} s"   # the collective timeout is 30 min
+    assert out.count("injected failure on rank 1 at step 3") == 1, out
+    assert out.count("stopped: process 1 of 2 failed") == 1, out
+    assert 'Train.py", line' not in out, out      # no traceback through the training code
+    assert torch.load(tmp_path / "fail" / "last.pt", weights_only=True)["step"] == 2
+
+
+def expected_lr(step, lr=1e-3, warmup=2, cosine_steps=6):
+    """The documented schedule: cosine to 1% over the first run's STEPS, then 1% flat."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / (cosine_steps - warmup))
+    return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def tensorboard_steps(run, tag="train/loss"):
+    """(steps TensorBoard shows, steps in the event files as written)."""
+    shown = EventAccumulator(str(run))
+    shown.Reload()
+    written = [e.step for f in sorted(run.glob("events.out.tfevents.*"))
+               for e in EventFileLoader(str(f)).Load() if any(v.tag == tag for v in e.summary.value)]
+    return [s.step for s in shown.Scalars(tag)], written
+
+
+def test_resume_applies_or_refuses_each_change(data, tmp_path):
+    common = [*FAST, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=r", "--LOG_EVERY=1",
+              "--VAL_EVERY=0", "--SAVE_EVERY=2"]
+    run_script("Train.py", *common, "--STEPS=6", "--SNAPSHOT_EVERY=4", env=ENV)
+    run = tmp_path / "r"
+    assert not (run / "best.pt").exists()                  # VAL_EVERY=0: never validated
+    shutil.copy(run / "step_4.pt", run / "last.pt")        # as a kill after step 6's logs leaves it
+
+    refused = run_script("Train.py", *common, "--STEPS=6", "--ATTENTION=layer1", "--MIN_SIZE=32",
+                         check=False, env=ENV)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    for words in ("ATTENTION: 'stem' -> 'layer1'", "MIN_SIZE: 64 -> 32", "--RESUME=False"):
+        assert words in refused.stderr
+
+    out = run_script("Train.py", *common, "--STEPS=9", "--LR=1e-3", "--WEIGHT_DECAY=0.01", env=ENV).stdout
+    assert "resuming" in out and "at step 4" in out
+    assert "changed on resume: LR: 0.002 -> 0.001" in out and "STEPS: 6 -> 9" in out
+    assert "steps 7-9 run at" in out
+    lrs = {int(r["step"]): float(r["lr"]) for r in read_csv(run / "train_log.csv") if r["loss"]}
+    assert sorted(lrs) == list(range(1, 10))
+    for step in range(5, 10):   # logged after the step: the LR of the next one
+        assert lrs[step] == pytest.approx(expected_lr(step), rel=2e-3), step
+    assert all(lrs[s + 1] <= lrs[s] for s in range(4, 9))  # never up again
+    state = torch.load(run / "last.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0] and groups[0]["initial_lr"] == 1e-3
+    config = json.loads((run / "config.json").read_text())
+    assert config["params"]["LR"] == 1e-3 and config["lr_schedule"]["cosine_steps"] == 6
+    assert state["params"]["STEPS"] == 9 and state["schedule_steps"] == 6
+
+    shown, written = tensorboard_steps(run)
+    assert written.count(5) == 2                          # written twice, before and after resume
+    assert shown == list(range(1, 10))                    # shown once (purge_step)
+
+
+def test_second_writer_is_refused(data, tmp_path):
+    run = tmp_path / "r"
+    lock = RunLock(str(run))
+    (run / ".last.pt.tmp4242").write_bytes(b"the holder's save in flight")
+    with pytest.raises(UserError, match=f"in use by another Train.py \\(pid {os.getpid()}\\)"):
+        RunLock(str(run))
+    result = run_script("Train.py", *FAST, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=r",
+                        check=False, env=ENV)
+    assert result.returncode == 2 and f"(pid {os.getpid()})" in result.stderr
+    assert (run / ".last.pt.tmp4242").exists()            # not removed by the refused process
+    lock.release()
+    RunLock(str(run)).release()                           # free again
+
+
+def test_every_parameter_is_classified_for_resume():
+    names = [name for name, _ in read_block(Train.__file__)]
+    groups = FIXED + CHANGEABLE + FOLDER
+    assert sorted(groups) == sorted(names) and len(set(groups)) == len(groups)
+
+
+def test_class_names_are_part_of_the_model():
+    with pytest.raises(UserError, match="other classes"):
+        check_class_names(["grass", "road"], ["grass", "water"], "last.pt")
+    stored = train_namespace()
+    changed = dict(stored, CLASS_NAMES="grass,water")
+    with pytest.raises(UserError, match="CLASS_NAMES: None -> 'grass,water'"):
+        resume_changes(stored, changed, "last.pt", Train.data_paths)
+
+
+@pytest.mark.parametrize("name,value", [("VAL_MAX_IMAGES", -1), ("LOG_EVERY", -1), ("STEPS", 0),
+                                        ("MIN_SIZE", 200), ("LR", 0.0)])
+def test_bad_values_are_refused_before_training(name, value):
+    cfg = SimpleNamespace(**train_namespace())
+    check_parameters(cfg)
+    setattr(cfg, name, value)
+    with pytest.raises(UserError, match=f"--{name}={value}: expected"):
+        check_parameters(cfg)
+
+
+def test_geometry_depends_on_the_step_not_the_rank():
+    labels = np.arange(60) % 5
+    ranks = [VaryingSizeBatchSampler(labels, 64, 256, 200000, 16, rank=r, world_size=3) for r in range(3)]
+    for step in range(40):
+        batches = [s.batch_for_step(step) for s in ranks]
+        assert len({(len(b), b[0][1], b[0][2]) for b in batches}) == 1
+        assert len({tuple(i for i, *_ in b) for b in batches}) > 1
+
+
+def train_namespace():
+    return {name: getattr(Train, name) for name in FIXED + CHANGEABLE + FOLDER}
+
+
+def test_recipe_files_apply_in_order():
+    coco = os.path.join(ROOT, "configs", "coco_r50.py")
+    params = parse_parameters(train_namespace(), Train.__file__, [coco, "--STEPS=10"])
+    assert params["DATASET"] == "coco" and params["MIN_SIZE"] == 160 and params["STEPS"] == 10
+    params = parse_parameters(train_namespace(), Train.__file__, ["--STEPS=10", coco])
+    assert params["STEPS"] == 200000
+    params = parse_parameters(train_namespace(), Train.__file__,
+                              [os.path.join(ROOT, "configs", "opensurfaces_r50.py")])
+    assert params["DATASET"] == "opensurfaces" and params["WEIGHTS"] == "imagenet"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("STEPZ = 5\n", r"unknown parameter STEPZ \(did you mean STEPS\?\)"),
+    ("import os\n", "expected NAME = value"), ("STEPS = int('5')\n", "expected NAME = value"),
+    ("STEPS = 1.5\n", "STEPS = 1.5: expected int"), ("STEPS = \n", "not Python")])
+def test_bad_recipe_files_are_refused(tmp_path, text, message):
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text('"""a recipe"""\n' + text)
+    with pytest.raises(UserError, match=message):
+        parse_parameters(train_namespace(), Train.__file__, [str(recipe)])
