@@ -76,8 +76,8 @@ class CocoIndexBuilder:
         self.label_of = {cat: label for label, cat in enumerate(self.category_ids)}
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.invalid = {reason: [] for reason in INVALID_REASONS}
-        self.pending = []  # (image id, annotation, rle) waiting to be measured
-        self.kept = defaultdict(list)  # image id -> [(annotation id, label, area, bbox, rle)]
+        self.pending = []  # (image id, annotation id, label, rle) waiting to be measured
+        self.kept = defaultdict(list)  # column -> values of the kept segments, in order
 
     # ------------------------------------------------------------------ the pass
 
@@ -169,55 +169,53 @@ class CocoIndexBuilder:
         return {"size": [height, width], "counts": counts}
 
     def _queue(self, image_id, ann, rle):
-        self.pending.append((image_id, ann, rle))
+        self.pending.append((image_id, ann["id"], self.label_of[ann["category_id"]], rle))
         if len(self.pending) == _CHUNK:
             self._measure()
 
     def _measure(self):
-        """Area and bbox of the pending RLEs without decoding them; keeps those big enough."""
+        """Area and bbox of the pending RLEs without decoding them; keeps those big enough.
+        Kept segments stay in the order of the pass: grouped by image, images by id."""
         if not self.pending:
             return
-        rles = [rle for _, _, rle in self.pending]
-        for (image_id, ann, rle), area, box in zip(self.pending, mask_utils.area(rles),
-                                                   mask_utils.toBbox(rles)):
-            if area < self.min_area:
-                self.skipped["small"] += 1
-                continue
-            self.kept[image_id].append((ann["id"], self.label_of[ann["category_id"]],
-                                        int(area), [int(round(v)) for v in box],
-                                        rle["counts"]))
+        image_ids, ann_ids, labels, rles = zip(*self.pending)
         self.pending.clear()
+        rles = list(rles)
+        areas = np.asarray(mask_utils.area(rles), np.int64)
+        keep = np.flatnonzero(areas >= self.min_area)
+        self.skipped["small"] += len(rles) - len(keep)
+        # np.rint rounds halves to even, as Python's round() does
+        self.kept["bbox"].append(np.rint(mask_utils.toBbox(rles)[keep]).astype(np.int64))
+        self.kept["area"].append(areas[keep])
+        for name, column in (("image", image_ids), ("id", ann_ids), ("label", labels)):
+            self.kept[name] += [column[i] for i in keep]
+        self.kept["counts"] += [rles[i]["counts"] for i in keep]
 
     # ------------------------------------------------------------------ the arrays
 
     def _pack(self):
         """Images with at least one kept segment, their segments in order, as arrays."""
-        image_ids = [i for i in self.image_order if self.kept.get(i)]
-        records = [self.records[i] for i in image_ids]
-        segments = [(number, *segment) for number, i in enumerate(image_ids)
-                    for segment in self.kept[i]]
-        image_index, segment_id, label, area, bbox, counts = zip(*segments) if segments \
-            else ((),) * 6
-        rles = StringTable.from_bytes(counts)
+        kept = self.kept
+        image_ids, image_index = np.unique(self._ints(kept["image"]), return_inverse=True)
+        records = [self.records[i] for i in image_ids.tolist()]
         names = [str(self.categories[i].get("name", i)) for i in self.category_ids]
         invalid = {f"invalid_{reason.replace(' ', '_')}": self._ints(ids)
                    for reason, ids in self.invalid.items()}
         return {"category_ids": self._ints(self.category_ids),
                 **StringTable.build(names).arrays("class_names"),
-                "image_ids": self._ints(image_ids),
+                "image_ids": image_ids,
                 "image_heights": np.array([r["height"] for r in records], np.int64),
                 "image_widths": np.array([r["width"] for r in records], np.int64),
                 **StringTable.build([str(r["file_name"]) for r in records]).arrays(
                     "file_names"),
-                "segment_image": np.array(image_index, np.int64),
-                "segment_id": self._ints(segment_id),
-                "segment_label": np.array(label, np.int64),
-                "segment_area": np.array(area, np.int64),
-                "segment_bbox": np.array(bbox, np.int64).reshape(-1, 4),
-                **rles.arrays("rle"),
+                "segment_image": image_index.astype(np.int64).ravel(),
+                "segment_id": self._ints(kept["id"]),
+                "segment_label": np.array(kept["label"], np.int64),
+                "segment_area": np.concatenate(kept["area"] or [np.zeros(0, np.int64)]),
+                "segment_bbox": np.concatenate(kept["bbox"] or [np.zeros((0, 4), np.int64)]),
+                **StringTable.from_bytes(kept["counts"]).arrays("rle"),
                 "skipped": np.array([self.skipped[r] for r in SKIP_REASONS], np.int64),
                 **invalid}
-
 
     def _ints(self, values):
         """Ids as int64: ids that are not integers cannot go into the index."""

@@ -5,6 +5,7 @@ every platform (``cv2.imread`` fails silently on them on Windows). Images are de
 ``IMREAD_UNCHANGED``: EXIF orientation is NOT applied, so an image and a mask drawn on its
 stored pixel grid always line up.
 """
+import io
 import os
 import sys
 import threading
@@ -83,8 +84,8 @@ def _redirect_fd2(target):
 _quiet_decoding = _SilencedNativeStderr()
 
 
-def _decode(path, flags=cv2.IMREAD_UNCHANGED):
-    data = _read_bytes(path)
+def _decode(path, flags=cv2.IMREAD_UNCHANGED, data=None):
+    data = _read_bytes(path) if data is None else data
     _check_jpeg_complete(path, data)
     try:
         with _quiet_decoding:
@@ -145,8 +146,12 @@ def read_mask(path, shape=None):
 
 def read_label_map(path):
     """Label-map file -> 2D integer array of class/instance values, 8 or 16 bit kept as is.
+    A palette PNG gives its indices (PASCAL VOC's format; cv2 would expand them to colours).
     A 3-channel file whose channels are all equal is a gray map saved as colour and accepted."""
-    array = _decode(path)
+    data = _read_bytes(path)
+    if _is_palette_png(data):
+        return _palette_indices(path, data)
+    array = _decode(path, data=data)
     if array.ndim == 3:
         colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
         if not (colour == colour[:, :, :1]).all():
@@ -155,6 +160,27 @@ def read_label_map(path):
                 f"values are the labels")
         array = colour[:, :, 0]
     return np.ascontiguousarray(array)
+
+
+def _is_palette_png(data):
+    """PNG signature, then the IHDR chunk whose colour type (byte 25) is 3 = palette."""
+    raw = data[:26].tobytes()
+    return len(raw) == 26 and raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR" \
+        and raw[25] == 3
+
+
+def _palette_indices(path, data):
+    """A palette PNG's pixel indices, with Pillow (cv2 has no way to get them)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UserError(f"{path}: palette PNG; reading its indices needs Pillow "
+                        f"(python3 -m pip install Pillow)") from None
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as image:
+            return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    except (OSError, ValueError, SyntaxError):
+        raise UserError(f"{path}: not an image or corrupt/truncated file") from None
 
 
 def write_png(path, array):
