@@ -336,6 +336,7 @@ def part_f():
     first, last = sorted(coco_warm["uss"], key=int)
     coco = f"COCO {coco_cold['images']} images, {coco_cold['segments']} segments"
     rows = [row("f", f"{coco}: cold start (index built)", coco_cold["start_s"], "s"),
+            row("f", "  cold start, CPU time (user + system)", coco_cold["start_cpu_s"], "s"),
             row("f", f"{coco}: warm start (index cached)", coco_warm["start_s"], "s"),
             row("f", "  main-process memory for the dataset, after a cold start",
                 (coco_cold["rss_after"] - coco_cold["rss_before"]) / mib, "MiB"),
@@ -349,6 +350,8 @@ def part_f():
                 (coco_warm["uss"][last] - coco_warm["uss"][first]) / mib, "MiB"),
             row("f", f"label maps, {maps_cold['images']} maps: cold start (all scanned)",
                 maps_cold["start_s"], "s"),
+            row("f", "  cold start, CPU time (user + system, all threads)",
+                maps_cold["start_cpu_s"], "s"),
             row("f", "label maps: warm start (index cached)", maps_warm["start_s"], "s"),
             row("f", "  main-process memory for the dataset, after a warm start",
                 (maps_warm["rss_after"] - maps_warm["rss_before"]) / mib, "MiB")]
