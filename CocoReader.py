@@ -59,7 +59,7 @@ class CocoReader(SegmentDataset):
         except OSError as error:
             raise UserError(f"{self.annotation_file}: cannot read "
                             f"({error.strerror or error})") from None
-        settings = {"min_area": min_area, "include_crowd": bool(include_crowd)}
+        settings = {"min_area": float(min_area), "include_crowd": bool(include_crowd)}
         announce = None
         if identity["size"] >= ANNOUNCE_BYTES:
             announce = (f"{self.annotation_file}: indexing {identity['size'] / 2 ** 20:.0f} "
@@ -161,8 +161,8 @@ def check_coco_index(arrays):
     check_offsets(arrays["file_names_offsets"], arrays["file_names_data"])
     check_offsets(arrays["class_names_offsets"], arrays["class_names_data"])
     check_offsets(arrays["rle_offsets"], arrays["rle_data"])
-    for reason in INVALID_REASONS:
-        arrays[_invalid_key(reason)]
+    if any(_invalid_key(reason) not in arrays for reason in INVALID_REASONS):
+        raise ValueError("index lacks the ids of invalid annotations")
     segments, images = len(arrays["segment_id"]), len(arrays["image_ids"])
     if len(arrays["rle_offsets"]) != segments + 1 or arrays["skipped"].shape != (3,) or \
             arrays["segment_bbox"].shape != (segments, 4) or (segments and not (

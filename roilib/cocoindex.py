@@ -102,7 +102,7 @@ class CocoIndexBuilder:
 
     def _add_image(self, image_id, anns):
         record = self.records[image_id]
-        polygons = []  # (annotation, parts) of this image, rasterised in one call
+        usable = []  # (annotation, its RLE or its polygon parts), in id order
         for ann in anns:
             if ann.get("iscrowd", 0) and not self.include_crowd:
                 self.skipped["crowd"] += 1
@@ -120,17 +120,18 @@ class CocoIndexBuilder:
                 elif not polygon_in_bounds(parts, height, width):
                     self.invalid["bad polygon"].append(ann["id"])
                 else:
-                    polygons.append((ann, parts))
+                    usable.append((ann, parts))
             elif isinstance(segmentation, dict) and "counts" in segmentation:
                 rle = self._rle(ann, segmentation, height, width)
                 if rle is None:
                     self.invalid["bad RLE"].append(ann["id"])
                 else:
-                    self._queue(image_id, ann, rle)
+                    usable.append((ann, rle))
             else:
                 raise UserError(f"{self.file}: annotation {ann.get('id')} has no polygon "
                                 f"or RLE segmentation")
-        self._rasterise(image_id, polygons, record)
+        for ann, rle in self._rasterise(usable, record):
+            self._queue(image_id, ann, rle)
 
     def _size(self, record):
         height, width = record.get("height"), record.get("width")
@@ -138,18 +139,17 @@ class CocoIndexBuilder:
             raise UserError(f"{self.file}: image {record.get('id')} has no height/width")
         return height, width
 
-    def _rasterise(self, image_id, polygons, record):
-        """All polygon parts of one image in one pycocotools call; an annotation of several
-        parts is their union."""
-        if not polygons:
-            return
-        height, width = record["height"], record["width"]
-        parts = [part for _, ann_parts in polygons for part in ann_parts]
-        rles = iter(mask_utils.frPyObjects(parts, height, width))
-        for ann, ann_parts in polygons:
-            pieces = [next(rles) for _ in ann_parts]
-            self._queue(image_id, ann, pieces[0] if len(pieces) == 1
-                        else mask_utils.merge(pieces))
+    def _rasterise(self, usable, record):
+        """(annotation, RLE) for each usable annotation, in order: all polygon parts of the
+        image in one pycocotools call; an annotation of several parts is their union."""
+        parts = [part for _, shape in usable if isinstance(shape, list) for part in shape]
+        rles = iter(mask_utils.frPyObjects(parts, record["height"], record["width"])
+                    if parts else ())
+        for ann, shape in usable:
+            if isinstance(shape, list):
+                pieces = [next(rles) for _ in shape]
+                shape = pieces[0] if len(pieces) == 1 else mask_utils.merge(pieces)
+            yield ann, shape
 
     def _rle(self, ann, segmentation, height, width):
         """An RLE annotation as compressed RLE, or None when its counts are invalid."""

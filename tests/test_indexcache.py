@@ -117,6 +117,28 @@ def test_label_map_crops_match_connected_components(demo, start):
     assert index == len(reader) > 20
 
 
+def test_segments_of_an_image_by_annotation_id_whatever_their_kind(tmp_path):
+    """Polygons and RLEs of one image interleave by id, as pycocotools' order has them."""
+    blob = np.zeros((60, 80), np.uint8)
+    blob[40:50, 5:25] = 1
+    files = _coco_file(tmp_path, [
+        {"id": 150, "segmentation": [[50, 5, 70, 5, 60, 20]]},
+        {"id": 50, "iscrowd": 1, "segmentation": {"size": [60, 80],
+                                                   "counts": _uncompressed(blob)}},
+        {"id": 120, "segmentation": {"size": [60, 80], "counts": _rle_counts(1 - blob)}}])
+    reader = CocoReader(*files, include_crowd=True)
+    assert [s.segment_id for s in reader.segments] == [50, 100, 120, 150]
+    coco = _pycocotools(files[1])
+    for index, segment in enumerate(reader.segments):
+        assert (reader[index]["mask"] == coco.annToMask(coco.anns[segment.segment_id])).all()
+
+
+def _uncompressed(mask):
+    flat = mask.ravel(order="F")
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    return ([0] if flat[0] else []) + np.diff(bounds).tolist()
+
+
 def test_index_views(demo):
     reader = CocoReader(demo / "images", demo / "instances.json")
     assert isinstance(reader.segments[0], Segment) and reader.segments[-1] == \
