@@ -52,11 +52,11 @@ AMP = True                  # bf16 where the device runs it natively (the script
 CHANNELS_LAST = True        # channels-last memory format (the scripts' default)
 COMPILE = False             # also torch.compile the model in (a) (GPU)
 WORKERS = 2                 # DataLoader workers in (b)
-SCALE_DATA = ""             # (f) data folder of tools/make_scale_data.py ("" = a temporary one); made if absent
-SCALE_IMAGES = 118287       # (f) COCO images when making the data (train2017's; annotations in its ratio)
+SCALE_DATA = ""             # (f) folder of tools/make_scale_data.py ("" = temporary); made if absent
+SCALE_IMAGES = 118287       # (f) COCO images when making the data (train2017's count)
 SCALE_MAPS = 25000          # (f) label maps when making the data (OpenSurfaces' ~25k)
-SCALE_WORKERS = 4           # (f) DataLoader workers whose private memory is summed with the main process's
-SCALE_BATCHES = 1000        # (f) training batches (32 crops of 224²) read before the last memory reading
+SCALE_WORKERS = 4           # (f) DataLoader workers; their USS is summed with the main process's
+SCALE_BATCHES = 1000        # (f) batches of 32 crops of 224² read before the last memory reading
 OUT = "logs/benchmark"      # where the table is written
 # ---- end of parameters ----
 
