@@ -8,6 +8,11 @@
 (c) side-branch cost: forward of AttentionNet with stem attention vs. the plain ResNet
 (d) evaluation: segments/s of EvaluateAccuracy's batched path vs. one segment per forward
 (e) prediction: RunPrediction.py latency for one image with 8 masks, model load included and not
+(f) dataset scale (not in the default PARTS: minutes, ~1 GB of disk): COCO-train-sized and
+    OpenSurfaces-sized synthetic data (tools/make_scale_data.py); cold start (no index cache)
+    and warm start of each reader, main-process memory, and the summed private memory (USS)
+    of main + SCALE_WORKERS DataLoader workers after batch 10 and batch SCALE_BATCHES.
+    python Benchmark.py --PARTS=f --SCALE_DATA=/tmp/scale   # reuses data made there before
 Prints a table and writes it to logs/benchmark/<device>.md and .json.
 """
 import csv
@@ -35,7 +40,7 @@ from roilib.runtime import amp_dtype, autocast, precision_name, resolve_device
 from roilib.windows import cut_windows, parse_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
-PARTS = "a,b,c,d,e"         # [list of a|b|c|d|e] which measurements to run
+PARTS = "a,b,c,d,e"         # [list of a|b|c|d|e|f] which measurements to run
 ARCH = "resnet50"           # [resnet18|resnet34|resnet50|resnet101|resnet152] the architecture measured (the paper's)
 CONFIG_ARCH = "resnet18"    # [""|resnet18|resnet34|resnet50|resnet101|resnet152] also measured in (a): the configured default of Train.py ("" = skip)
 BATCH = 8                   # [>=1] training batch for (a) and (b)
@@ -50,6 +55,11 @@ AMP = True                  # bf16 where the device runs it natively (the script
 CHANNELS_LAST = True        # channels-last memory format (the scripts' default)
 COMPILE = False             # also torch.compile the model in (a) (GPU)
 WORKERS = 2                 # [>=0] DataLoader workers in (b)
+SCALE_DATA = ""             # (f) folder of tools/make_scale_data.py ("" = temporary); made if absent
+SCALE_IMAGES = 118287       # [>=1] (f) COCO images when making the data (train2017's count)
+SCALE_MAPS = 25000          # [>=1] (f) label maps when making the data (OpenSurfaces' ~25k)
+SCALE_WORKERS = 4           # [>=0] (f) DataLoader workers; their USS is summed with the main process's
+SCALE_BATCHES = 1000        # [>=10] (f) batches of 32 crops of 224² read before the last memory reading
 OUT = "logs/benchmark"      # [nonempty] where the table is written
 # ---- end of parameters ----
 
@@ -75,6 +85,8 @@ def main():
         rows += part_d(device, dtype)
     if "e" in parts:
         rows += part_e(device)
+    if "f" in parts:
+        rows += part_f()
     report(rows, params, name, device)
 
 
@@ -310,6 +322,60 @@ def part_e(device):
             row("e", "  predict (8 masks, one batch), model loaded", 1000 * predict, "ms")]
     print("\n".join(r["text"] for r in rows), flush=True)
     return rows
+
+
+# ---- (f) dataset scale ------------------------------------------------------------------------
+def part_f():
+    """Readers at real scale, each start in a fresh process (tools/scale_probe.py)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = SCALE_DATA or os.path.join(tmp, "data")
+        if not os.path.exists(os.path.join(data, "coco", "instances.json")):
+            start = time.perf_counter()
+            make = [sys.executable, os.path.join(REPO, "tools", "make_scale_data.py"),
+                    f"--out={data}", f"--images={SCALE_IMAGES}", f"--maps={SCALE_MAPS}"]
+            subprocess.run(make, check=True, capture_output=True)
+            print(f"(f) data made in {time.perf_counter() - start:.0f} s: {data}", flush=True)
+        cache = os.path.join(tmp, "cache")  # empty: the first start of each reader is cold
+        coco_cold = scale_probe("coco", data, cache)
+        coco_warm = scale_probe("coco", data, cache, batches=SCALE_BATCHES)
+        maps_cold = scale_probe("maps", data, cache)
+        maps_warm = scale_probe("maps", data, cache)
+    mib = 2 ** 20
+    first, last = sorted(coco_warm["uss"], key=int)
+    coco = f"COCO {coco_cold['images']} images, {coco_cold['segments']} segments"
+    rows = [row("f", f"{coco}: cold start (index built)", coco_cold["start_s"], "s"),
+            row("f", "  cold start, CPU time (user + system)", coco_cold["start_cpu_s"], "s"),
+            row("f", f"{coco}: warm start (index cached)", coco_warm["start_s"], "s"),
+            row("f", "  main-process memory for the dataset, after a cold start",
+                (coco_cold["rss_after"] - coco_cold["rss_before"]) / mib, "MiB"),
+            row("f", "  main-process memory for the dataset, after a warm start",
+                (coco_warm["rss_after"] - coco_warm["rss_before"]) / mib, "MiB"),
+            row("f", f"  USS main + {coco_warm['workers']} workers after batch {first}",
+                coco_warm["uss"][first] / mib, "MiB"),
+            row("f", f"  USS main + {coco_warm['workers']} workers after batch {last}",
+                coco_warm["uss"][last] / mib, "MiB"),
+            row("f", f"  USS growth from batch {first} to {last}",
+                (coco_warm["uss"][last] - coco_warm["uss"][first]) / mib, "MiB"),
+            row("f", f"label maps, {maps_cold['images']} maps: cold start (all scanned)",
+                maps_cold["start_s"], "s"),
+            row("f", "  cold start, CPU time (user + system, all threads)",
+                maps_cold["start_cpu_s"], "s"),
+            row("f", "label maps: warm start (index cached)", maps_warm["start_s"], "s"),
+            row("f", "  main-process memory for the dataset, after a warm start",
+                (maps_warm["rss_after"] - maps_warm["rss_before"]) / mib, "MiB")]
+    print("\n".join(r["text"] for r in rows), flush=True)
+    return rows
+
+
+def scale_probe(kind, data, cache, batches=0):
+    """One reader start in a fresh process -> the probe's figures (a dict)."""
+    cmd = [sys.executable, os.path.join(REPO, "tools", "scale_probe.py"), kind, data,
+           f"--workers={SCALE_WORKERS}", f"--batches={batches}"]
+    done = subprocess.run(cmd, capture_output=True, text=True,
+                          env=dict(os.environ, ROI_ATTENTION_CACHE=cache))
+    if done.returncode != 0:
+        raise RuntimeError(f"scale probe failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ---- report ----------------------------------------------------------------------------------

@@ -9,29 +9,29 @@ merged), compressed and uncompressed RLE are decoded with pycocotools. Skipped: 
 regions (unless ``include_crowd``), polygon parts of fewer than 6 numbers (pycocotools would
 read a 4-number part as a box) and annotations left with no part, segments below
 ``min_area`` pixels, images without a usable segment, and images whose file is missing
-(counted in ``missing_images`` and shown by ``summary()``).
-Order is deterministic: images by id, their segments by annotation id.
+(counted in ``missing_images`` and shown by ``summary()``). Dropped and counted with their
+ids (``invalid``): polygons with coordinates that are not finite or far outside the image,
+RLEs whose counts do not cover the image, annotations of an image id that is not in the file.
+Order is deterministic: images by id, their segments by annotation id (then file order).
+
+The index (roilib/cocoindex.py) is numpy arrays, each mask a compressed RLE in one byte
+buffer; it is cached on disk (roilib/indexcache.py), so only the first start reads the JSON.
 """
-import contextlib
-import io
-import json
 import os
-import warnings
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 
-from roilib.dataset import Segment, SegmentDataset
+from roilib.cocoindex import INVALID_REASONS, SKIP_REASONS, build_coco_index
+from roilib.compactindex import (StringTable, _View, adopt_segments, check_lengths,
+                                 check_offsets)
+from roilib.dataset import SegmentDataset
 from roilib.errors import UserError
+from roilib.imageio import orientation_hint
+from roilib.indexcache import cached_index, file_identity
 
-# pycocotools' decode trips numpy 2's __array__(copy=...) deprecation on every first call
-# in each process: harmless, and not the user's business.
-warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
-
-# RLEs measured per pycocotools call (vectorised C). pycocotools 2.0.11's mask.area fails
-# ("out of bounds for uint8") on a list of more than 255 RLEs.
-_CHUNK = 255
+# Annotation files from this size on say, before their first (slow) indexing, why.
+ANNOUNCE_BYTES = 50 * 2 ** 20
 
 
 class CocoReader(SegmentDataset):
@@ -42,126 +42,130 @@ class CocoReader(SegmentDataset):
         self.annotation_file = str(annotation_file)
         if not os.path.isdir(self.image_dir):
             raise UserError(f"{self.image_dir}: image folder not found")
-        self.coco = _load_coco(self.annotation_file)
-        self.category_ids = sorted(self.coco.cats)
-        if not self.category_ids:
-            raise UserError(f"{annotation_file}: no categories")
-        self.class_names = [str(self.coco.cats[i].get("name", i)) for i in self.category_ids]
-        self.skipped = {"crowd": 0, "degenerate": 0, "small": 0}
-        self.missing_images = 0
-        self._collect(min_area, include_crowd)
-        self.index_segments()
+        arrays = self._index(min_area, include_crowd)
+        self.category_ids = arrays["category_ids"].tolist()
+        self.class_names = list(StringTable.of(arrays, "class_names"))
+        self.skipped = dict(zip(SKIP_REASONS, arrays["skipped"].tolist()))
+        self.invalid_ids = {reason: arrays[_invalid_key(reason)] for reason in INVALID_REASONS}
+        self.invalid = {reason: len(ids) for reason, ids in self.invalid_ids.items()}
+        self._adopt(arrays)
 
     # ------------------------------------------------------------------ construction
 
-    def _collect(self, min_area, include_crowd):
-        label_of = {cat: label for label, cat in enumerate(self.category_ids)}
-        kept = {}  # image id -> [(annotation, area, bbox)]
-        pending = []  # (image id, annotation, rle) waiting to be measured
-        for image_id in sorted(self.coco.imgs):
-            record = self.coco.imgs[image_id]
-            for ann in sorted(self.coco.imgToAnns.get(image_id, []), key=lambda a: a["id"]):
-                if ann.get("iscrowd", 0) and not include_crowd:
-                    self.skipped["crowd"] += 1
-                    continue
-                if ann.get("category_id") not in label_of:
-                    raise UserError(f"{self.annotation_file}: annotation {ann.get('id')} "
-                                    f"has unknown category_id {ann.get('category_id')}")
-                rle = self._rle(ann, record)
-                if rle is None:
-                    self.skipped["degenerate"] += 1
-                    continue
-                pending.append((image_id, ann, rle))
-                if len(pending) == _CHUNK:
-                    self._measure(pending, min_area, kept)
-        self._measure(pending, min_area, kept)
-        self._add_images(kept, label_of)
+    def _index(self, min_area, include_crowd):
+        try:
+            identity = file_identity(self.annotation_file)
+        except FileNotFoundError:
+            raise UserError(f"{self.annotation_file}: file not found") from None
+        except OSError as error:
+            raise UserError(f"{self.annotation_file}: cannot read "
+                            f"({error.strerror or error})") from None
+        settings = {"min_area": float(min_area), "include_crowd": bool(include_crowd)}
+        announce = None
+        if identity["size"] >= ANNOUNCE_BYTES:
+            announce = (f"{self.annotation_file}: indexing {identity['size'] / 2 ** 20:.0f} "
+                        f"MiB of annotations (first start only)")
+        return cached_index(self.annotation_file, "coco", identity, settings,
+                            lambda: build_coco_index(self.annotation_file, min_area,
+                                                     include_crowd),
+                            check_coco_index, announce)
 
-    def _measure(self, pending, min_area, kept):
-        """Area and bbox of the pending RLEs without decoding them; keeps those big enough.
-        (RLEs are measured in chunks and dropped: all of COCO train's would fill memory.)"""
-        if not pending:
-            return
-        rles = [rle for _, _, rle in pending]
-        for (image_id, ann, _), area, box in zip(pending, mask_utils.area(rles),
-                                                 mask_utils.toBbox(rles)):
-            if area < max(min_area, 1):
-                self.skipped["small"] += 1
-                continue
-            kept.setdefault(image_id, []).append((ann, int(area), box))
-        pending.clear()
-
-    def _add_images(self, kept, label_of):
-        for image_id in sorted(kept):
-            record = self.coco.imgs[image_id]
-            path = os.path.join(self.image_dir, record["file_name"])
-            if not os.path.isfile(path):
-                self.missing_images += 1
-                continue
-            image_index = len(self.images)
-            self.images.append({"path": path, "id": image_id,
-                                "file_name": record["file_name"],
-                                "height": record["height"], "width": record["width"]})
-            for ann, area, box in kept[image_id]:
-                x, y, w, h = (int(round(v)) for v in box)
-                self.segments.append(Segment(image_index, ann["id"],
-                                             label_of[ann["category_id"]], area, (x, y, w, h)))
-
-    def _rle(self, ann, record):
-        """Annotation -> one RLE (or None when no usable polygon part is left)."""
-        height, width = record.get("height"), record.get("width")
-        if not height or not width:
-            raise UserError(f"{self.annotation_file}: image {record.get('id')} has no "
-                            f"height/width")
-        segmentation = ann.get("segmentation")
-        if isinstance(segmentation, list):
-            # Parts shorter than 3 points are lines/points (and 4 numbers would be read
-            # by pycocotools as a box): drop them.
-            parts = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
-            if not parts:
-                return None
-            rles = mask_utils.frPyObjects(parts, height, width)
-            return rles[0] if len(rles) == 1 else mask_utils.merge(rles)
-        if isinstance(segmentation, dict) and "counts" in segmentation:
-            if list(segmentation.get("size", [])) != [height, width]:
-                raise UserError(
-                    f"{self.annotation_file}: annotation {ann['id']} RLE size "
-                    f"{segmentation.get('size')} differs from image {height}x{width} (HxW)")
-            if isinstance(segmentation["counts"], list):  # uncompressed RLE
-                return mask_utils.frPyObjects(segmentation, height, width)
-            return segmentation
-        raise UserError(f"{self.annotation_file}: annotation {ann.get('id')} has no "
-                        f"polygon or RLE segmentation")
+    def _adopt(self, arrays):
+        """Index arrays -> the reader's tables, leaving out images whose file is missing
+        (checked at every start: the cache depends on the annotation file only)."""
+        file_names = StringTable.of(arrays, "file_names")
+        present = _present(self.image_dir, file_names)
+        self.missing_images = int((~present).sum())
+        keep_segment = present[arrays["segment_image"]]
+        new_index = np.cumsum(present) - 1  # old image index -> index among the kept
+        self.images = CocoImages(self.image_dir, file_names, arrays["image_ids"],
+                                 arrays["image_heights"], arrays["image_widths"], present)
+        self._rles = StringTable(arrays["rle_data"], arrays["rle_offsets"])
+        self._rle_of = np.flatnonzero(keep_segment)  # segment -> its RLE in the buffer
+        adopt_segments(self, len(self.images), new_index[arrays["segment_image"][keep_segment]],
+                       arrays["segment_id"][keep_segment],
+                       arrays["segment_label"][keep_segment],
+                       arrays["segment_area"][keep_segment],
+                       arrays["segment_bbox"][keep_segment])
 
     # ------------------------------------------------------------------ access
 
     def segment_mask(self, segment_index, image_shape):
-        segment = self.segments[segment_index]
-        record = self.images[segment.image_index]
-        expected = (record["height"], record["width"])
-        if tuple(image_shape[:2]) != expected:
-            raise UserError(f"{record['path']}: image is {image_shape[1]}x{image_shape[0]} "
-                            f"but {self.annotation_file} says {expected[1]}x{expected[0]}")
-        rle = self._rle(self.coco.anns[segment.segment_id], self.coco.imgs[record["id"]])
+        image_index = int(self.image_of_segment[segment_index])
+        height, width = self.images.size(image_index)
+        if tuple(image_shape[:2]) != (height, width):
+            raise UserError(f"{self.images[image_index]['path']}: image is {image_shape[1]}x"
+                            f"{image_shape[0]} but {self.annotation_file} says "
+                            f"{width}x{height}{orientation_hint(image_shape, (height, width))}")
+        rle = {"size": [height, width], "counts": self._rles.raw(self._rle_of[segment_index])}
         return np.ascontiguousarray(mask_utils.decode(rle))
 
     def summary(self):
         skipped = ", ".join(f"{count} {why}" for why, count in self.skipped.items())
-        return (f"{self.annotation_file}: {len(self.images)} images, {len(self)} segments, "
+        text = (f"{self.annotation_file}: {len(self.images)} images, {len(self)} segments, "
                 f"{self.num_classes} classes; skipped annotations: {skipped}; "
                 f"missing image files: {self.missing_images}")
+        invalid = [f"{len(ids)} {why} ({_some_ids(ids)})"
+                   for why, ids in self.invalid_ids.items() if len(ids)]
+        if invalid:
+            text += f"; invalid annotations dropped: {', '.join(invalid)}"
+        return text
 
 
-def _load_coco(annotation_file):
-    """pycocotools COCO with its progress prints silenced and its failures as UserError."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(annotation_file)
-    except FileNotFoundError:
-        raise UserError(f"{annotation_file}: file not found") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"{annotation_file}: invalid JSON ({error})") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"{annotation_file}: cannot read ({error})") from None
-    except (AssertionError, KeyError, TypeError) as error:
-        raise UserError(f"{annotation_file}: not a COCO instances file ({error!r})") from None
+class CocoImages(_View):
+    """``images[i]``: {"path", "id", "file_name", "height", "width"} built on demand from
+    the index arrays, over the images whose file is present."""
+
+    def __init__(self, image_dir, file_names, ids, heights, widths, present):
+        self.image_dir, self.file_names = image_dir, file_names
+        self.rows = np.flatnonzero(present)  # image -> its row in the index arrays
+        self.ids, self.heights, self.widths = ids, heights, widths
+
+    def __len__(self):
+        return len(self.rows)
+
+    def size(self, index):
+        row = self.rows[index]
+        return int(self.heights[row]), int(self.widths[row])
+
+    def item(self, index):
+        row = self.rows[index]
+        name = self.file_names[row]
+        return {"path": os.path.join(self.image_dir, name), "id": int(self.ids[row]),
+                "file_name": name, "height": int(self.heights[row]),
+                "width": int(self.widths[row])}
+
+
+def _present(image_dir, file_names):
+    """Which image files exist: one listing of the folder instead of 118k stat calls."""
+    with os.scandir(image_dir) as entries:
+        files = {entry.name for entry in entries if entry.is_file()}
+    return np.array([name in files if os.sep not in name and "/" not in name
+                     else os.path.isfile(os.path.join(image_dir, name))
+                     for name in file_names], bool)
+
+
+def _invalid_key(reason):
+    return f"invalid_{reason.replace(' ', '_')}"
+
+
+def _some_ids(ids, shown=5):
+    listed = ", ".join(str(i) for i in ids[:shown])
+    return f"id{'s' if len(ids) > 1 else ''} {listed}{', ...' if len(ids) > shown else ''}"
+
+
+def check_coco_index(arrays):
+    """ValueError unless the arrays form a CocoReader index."""
+    check_lengths(arrays, [("image_ids", "image_heights", "image_widths"),
+                           ("segment_image", "segment_id", "segment_label", "segment_area",
+                            "segment_bbox")])
+    check_offsets(arrays["file_names_offsets"], arrays["file_names_data"])
+    check_offsets(arrays["class_names_offsets"], arrays["class_names_data"])
+    check_offsets(arrays["rle_offsets"], arrays["rle_data"])
+    if any(_invalid_key(reason) not in arrays for reason in INVALID_REASONS):
+        raise ValueError("index lacks the ids of invalid annotations")
+    segments, images = len(arrays["segment_id"]), len(arrays["image_ids"])
+    if len(arrays["rle_offsets"]) != segments + 1 or arrays["skipped"].shape != (3,) or \
+            arrays["segment_bbox"].shape != (segments, 4) or (segments and not (
+                0 <= arrays["segment_image"].min() and arrays["segment_image"].max() < images)):
+        raise ValueError("index arrays do not fit together")

@@ -8,9 +8,13 @@ of each class is one segment. Labels number the non-background values in order, 
 OpenSurfaces (background 0) label = value - 1 over its 45 materials. Any other label-map
 dataset works by giving ``class_names`` or ``num_classes``.
 
-All label maps are scanned once at construction (threads: cv2 releases the GIL); for each
-segment its bbox and one of its pixels are kept, so a mask is later rebuilt from the label
-map inside the bbox only.
+Palette (indexed) PNGs, as PASCAL VOC ships its SegmentationClass maps, are read as their
+indices; ``ignore`` (VOC: 255) declares a value that is neither a class nor background.
+
+All label maps are scanned once (threads: cv2 releases the GIL); for each segment its bbox
+and one of its pixels are kept in numpy arrays, so a mask is later rebuilt from the label
+map inside the bbox only. The index is cached on disk (roilib/indexcache.py), keyed on both
+folders' file lists, sizes and mtimes: later starts do not scan.
 """
 import os
 from collections import namedtuple
@@ -19,10 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
+from roilib.compactindex import (StringTable, _View, adopt_segments, check_lengths,
+                                 check_offsets)
 from roilib.crops import BoxMask
-from roilib.dataset import Segment, SegmentDataset
+from roilib.dataset import SegmentDataset
 from roilib.errors import UserError
 from roilib.imageio import read_label_map
+from roilib.indexcache import cached_index, folder_identity
 
 # The 45 OpenSurfaces materials, in the order of the original repository
 # (sagieppel/Classification-of-the-material-given-region-of-an-image-using-a-convolutional-
@@ -37,6 +44,8 @@ OPENSURFACES_CLASSES = [
     "Wallpaper", "Water", "Wax", "Wicker", "Wood", "Wood - natural color", "Wood - painted",
 ]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Label folders from this many files on say, before their first (slow) scan, why.
+ANNOUNCE_MAPS = 2000
 
 # value: label-map value; seed: (x, y) of one pixel of the component, to find it again.
 Component = namedtuple("Component", "value area bbox seed")
@@ -44,52 +53,84 @@ Component = namedtuple("Component", "value area bbox seed")
 
 class OpenSurfacesReader(SegmentDataset):
     def __init__(self, image_dir, label_dir, train=True, background=0, class_names=None,
-                 num_classes=None, min_area=1):
+                 num_classes=None, min_area=1, ignore=None):
         super().__init__(train)
         self.image_dir, self.label_dir = str(image_dir), str(label_dir)
         self.background = background
+        self.ignore = ignore  # a value that is neither a class nor background (VOC: 255)
         self.class_names = _class_names(class_names, num_classes)
-        self.category_ids = [v for v in range(len(self.class_names) + 1) if v != background][:len(self.class_names)]
+        self.category_ids = [v for v in range(len(self.class_names) + 2)
+                             if v not in (background, ignore)][:len(self.class_names)]
         self.min_area = max(int(min_area), 1)
-        self.missing_labels = 0
-        self._components = []  # per segment: (value, seed), to rebuild its mask
-        self._scan()
-        self.index_segments()
+        self._adopt(self._index())
 
     # ------------------------------------------------------------------ construction
 
-    def _scan(self):
+    def _index(self):
         for folder in (self.image_dir, self.label_dir):
             if not os.path.isdir(folder):
                 raise UserError(f"{folder}: folder not found")
-        pairs = []
-        for name in sorted(os.listdir(self.image_dir)):
-            stem, extension = os.path.splitext(name)
-            if extension.lower() not in IMAGE_EXTENSIONS:
-                continue
-            label_path = os.path.join(self.label_dir, stem + ".png")
-            if not os.path.isfile(label_path):
-                self.missing_labels += 1
-                continue
-            pairs.append((os.path.join(self.image_dir, name), label_path, stem))
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            scans = pool.map(lambda pair: self._components_of(pair[1]), pairs)
-            for (image_path, label_path, stem), components in zip(pairs, scans):
-                if components:
-                    self._add_image(image_path, label_path, stem, components)
+        identity = {"images": folder_identity(self.image_dir, with_stat=False,
+                                              names=_is_image_name),
+                    "labels": folder_identity(self.label_dir)}
+        settings = {"background": self.background, "ignore": self.ignore,
+                    "classes": self.num_classes, "min_area": self.min_area}
+        announce = None
+        if identity["labels"]["files"] >= ANNOUNCE_MAPS:
+            announce = (f"{self.label_dir}: scanning {identity['labels']['files']} label maps "
+                        f"(first start only)")
+        return cached_index(self.label_dir, "labelmap", identity, settings, self._scan,
+                            check_label_map_index, announce)
 
-    def _add_image(self, image_path, label_path, stem, components):
-        image_index = len(self.images)
-        self.images.append({"path": image_path, "label_path": label_path,
-                            "id": int(stem) if stem.isdigit() else stem})
-        for number, component in enumerate(components):
-            self.segments.append(Segment(image_index, number, self.label_of(component.value),
-                                         component.area, component.bbox))
-            self._components.append((component.value, component.seed))
+    def _scan(self):
+        """Every label map, once -> the index arrays."""
+        pairs, missing = [], 0
+        for name in sorted(os.listdir(self.image_dir)):
+            if not _is_image_name(name):
+                continue
+            stem = os.path.splitext(name)[0]
+            if not os.path.isfile(os.path.join(self.label_dir, stem + ".png")):
+                missing += 1
+                continue
+            pairs.append((name, stem))
+        names, stems, rows = [], [], []
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            scans = pool.map(lambda pair: self._components_of(self._label_path(pair[1])),
+                             pairs)
+            for (name, stem), components in zip(pairs, scans):
+                if components:
+                    rows += [(len(names), number, *c.bbox, c.area, c.value, *c.seed)
+                             for number, c in enumerate(components)]
+                    names.append(name)
+                    stems.append(stem)
+        table = np.array(rows, np.int64).reshape(-1, 10)
+        return {**StringTable.build(names).arrays("image_names"),
+                **StringTable.build(stems).arrays("stems"),
+                "segment_image": table[:, 0], "segment_number": table[:, 1],
+                "segment_bbox": table[:, 2:6], "segment_area": table[:, 6],
+                "segment_value": table[:, 7], "segment_seed": table[:, 8:10],
+                "missing_labels": np.array(missing, np.int64)}
+
+    def _adopt(self, arrays):
+        self.missing_labels = int(arrays["missing_labels"])
+        self.images = LabelMapImages(self.image_dir, self.label_dir,
+                                     StringTable.of(arrays, "image_names"),
+                                     StringTable.of(arrays, "stems"))
+        self._values, self._seeds = arrays["segment_value"], arrays["segment_seed"]
+        labels = np.array([self.label_of(v) for v in range(int(self._values.max(initial=0)) + 1)],
+                          np.int64)[self._values]
+        adopt_segments(self, len(self.images), arrays["segment_image"],
+                       arrays["segment_number"], labels, arrays["segment_area"],
+                       arrays["segment_bbox"])
+
+    def _label_path(self, stem):
+        return os.path.join(self.label_dir, stem + ".png")
 
     def label_of(self, value):
-        """Label of a non-background label-map value (its index among such values)."""
-        return int(value) - (value > self.background)
+        """Label of a class value: its index among the values that are neither background
+        nor ``ignore``."""
+        skipped = (value > self.background) + (self.ignore is not None and value > self.ignore)
+        return int(value) - int(skipped)
 
     def _components_of(self, label_path):
         """One scan of a label map -> its components (by value, then raster order)."""
@@ -97,12 +138,14 @@ class OpenSurfacesReader(SegmentDataset):
         counts = np.bincount(label_map.ravel())
         components = []
         for value in np.flatnonzero(counts):
-            if value == self.background:
+            if value == self.background or value == self.ignore:
                 continue
             if not 0 <= self.label_of(value) < self.num_classes:
                 raise UserError(
                     f"{label_path}: label value {value} but only {self.num_classes} classes "
-                    f"(background {self.background}); give class_names or num_classes")
+                    f"(background {self.background}"
+                    f"{'' if self.ignore is None else f', ignore {self.ignore}'}); give "
+                    f"class_names or num_classes")
             components += _value_components(label_map, value, self.min_area)
         return components
 
@@ -121,7 +164,8 @@ class OpenSurfacesReader(SegmentDataset):
     def _box_mask_from(self, label_map, segment_index):
         """Rebuild a component over its bbox: connected components of its value inside the
         bbox, keep the one holding its seed pixel (a component stays connected inside it)."""
-        value, (seed_x, seed_y) = self._components[segment_index]
+        value = int(self._values[segment_index])
+        seed_x, seed_y = (int(v) for v in self._seeds[segment_index])
         x, y, w, h = self.segments[segment_index].bbox
         inside = (label_map[y:y + h, x:x + w] == value).astype(np.uint8)
         _, ids = cv2.connectedComponents(inside, connectivity=8)
@@ -135,7 +179,7 @@ class OpenSurfacesReader(SegmentDataset):
         return mask
 
     def segment_mask(self, segment_index, image_shape):
-        image_index = self.segments[segment_index].image_index
+        image_index = int(self.image_of_segment[segment_index])
         return self._mask_from(self._label_map(image_index, image_shape), segment_index)
 
     def image_masks(self, image_index, image_shape):
@@ -153,6 +197,44 @@ class OpenSurfacesReader(SegmentDataset):
         return (f"{self.label_dir}: {len(self.images)} images, {len(self)} segments, "
                 f"{self.num_classes} classes; images without a label map: "
                 f"{self.missing_labels}")
+
+
+class LabelMapImages(_View):
+    """``images[i]``: {"path", "label_path", "id"} built on demand (id: the file stem, as
+    an int when it is a number)."""
+
+    def __init__(self, image_dir, label_dir, names, stems):
+        self.image_dir, self.label_dir, self.names, self.stems = \
+            image_dir, label_dir, names, stems
+
+    def __len__(self):
+        return len(self.names)
+
+    def item(self, index):
+        stem = self.stems[index]
+        return {"path": os.path.join(self.image_dir, self.names[index]),
+                "label_path": os.path.join(self.label_dir, stem + ".png"),
+                "id": int(stem) if stem.isdigit() else stem}
+
+
+def check_label_map_index(arrays):
+    """ValueError unless the arrays form an OpenSurfacesReader index."""
+    check_lengths(arrays, [("image_names_offsets", "stems_offsets"),
+                           ("segment_image", "segment_number", "segment_bbox", "segment_area",
+                            "segment_value", "segment_seed")])
+    check_offsets(arrays["image_names_offsets"], arrays["image_names_data"])
+    check_offsets(arrays["stems_offsets"], arrays["stems_data"])
+    images, segments = len(arrays["stems_offsets"]) - 1, len(arrays["segment_image"])
+    if arrays["segment_bbox"].shape != (segments, 4) or \
+            arrays["segment_seed"].shape != (segments, 2) or \
+            arrays["missing_labels"].shape != () or (segments and not (
+                0 <= arrays["segment_image"].min() and arrays["segment_image"].max() < images
+                and arrays["segment_value"].min() >= 0)):
+        raise ValueError("index arrays do not fit together")
+
+
+def _is_image_name(name):
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _class_names(class_names, num_classes):

@@ -5,6 +5,7 @@ every platform (``cv2.imread`` fails silently on them on Windows). Images are de
 ``IMREAD_UNCHANGED``: EXIF orientation is NOT applied, so an image and a mask drawn on its
 stored pixel grid always line up.
 """
+import io
 import os
 import re
 import sys
@@ -104,8 +105,8 @@ def _redirect_fd2(target_fd):
 _quiet_decoding = _SilencedNativeStderr()
 
 
-def _decode(path, flags=cv2.IMREAD_UNCHANGED):
-    data = _read_bytes(path)
+def _decode(path, flags=cv2.IMREAD_UNCHANGED, data=None):
+    data = _read_bytes(path) if data is None else data
     _check_jpeg_complete(path, data)
     try:
         with _quiet_decoding:
@@ -166,13 +167,13 @@ def read_mask(path, shape=None):
     mask = mask.astype(np.uint8)
     if shape is not None and tuple(mask.shape) != tuple(shape[:2]):
         raise UserError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but the image is "
-                        f"{shape[1]}x{shape[0]}{_orientation_hint(mask.shape, shape)}")
+                        f"{shape[1]}x{shape[0]}{orientation_hint(mask.shape, shape)}")
     if not mask.any():
         raise UserError(f"{path}: mask is empty (no nonzero pixel)")
     return mask
 
 
-def _orientation_hint(found_hw, expected_hw):
+def orientation_hint(found_hw, expected_hw):
     """Where the sizes are swapped, the usual cause: a photo rotated by its EXIF tag."""
     if tuple(found_hw[:2]) == tuple(expected_hw[:2])[::-1]:
         return (" (width and height swapped: the photo probably carries an EXIF rotation, which "
@@ -182,8 +183,12 @@ def _orientation_hint(found_hw, expected_hw):
 
 def read_label_map(path):
     """Label-map file -> 2D integer array of class/instance values, 8 or 16 bit kept as is.
+    A palette PNG gives its indices (PASCAL VOC's format; cv2 would expand them to colours).
     A 3-channel file whose channels are all equal is a gray map saved as colour and accepted."""
-    array = _decode(path)
+    data = _read_bytes(path)
+    if _is_palette_png(data):
+        return _palette_indices(path, data)
+    array = _decode(path, data=data)
     if array.ndim == 3:
         colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
         if not (colour == colour[:, :, :1]).all():
@@ -192,6 +197,27 @@ def read_label_map(path):
                 f"values are the labels")
         array = colour[:, :, 0]
     return np.ascontiguousarray(array)
+
+
+def _is_palette_png(data):
+    """PNG signature, then the IHDR chunk whose colour type (byte 25) is 3 = palette."""
+    raw = data[:26].tobytes()
+    return len(raw) == 26 and raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR" \
+        and raw[25] == 3
+
+
+def _palette_indices(path, data):
+    """A palette PNG's pixel indices, with Pillow (cv2 has no way to get them)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UserError(f"{path}: palette PNG; reading its indices needs Pillow "
+                        f"(python3 -m pip install Pillow)") from None
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as image:
+            return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    except (OSError, ValueError, SyntaxError):
+        raise UserError(f"{path}: not an image or corrupt/truncated file") from None
 
 
 # The formats write_image writes, by extension (cv2 picks the encoder from it).

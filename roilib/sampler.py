@@ -5,6 +5,7 @@ turns each into a crop, and ``collate_batch`` stacks them. Every random choice d
 (seed, step) and the rank, so a batch does not depend on worker count or on where a run was
 resumed.
 """
+import gc
 import math
 
 import numpy as np
@@ -113,6 +114,11 @@ def collate_batch(samples):
 def make_train_loader(dataset, sampler, workers):
     """DataLoader over the sampler's batches. (Workers get torch's one thread each; do not
     call cv2.setNumThreads in a forked worker: tearing down the inherited pool hangs.)"""
+    if workers:
+        # A forked worker's garbage collector would write to every object inherited from the
+        # main process, copying its memory page: frozen objects are left alone.
+        gc.collect()
+        gc.freeze()
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch,
                       num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=torch.cuda.is_available(),

@@ -119,3 +119,10 @@ def test_stop_at_message_does_not_point_at_a_missing_best(data, tmp_path):
                      "--STEPS=10", "--STOP_AT=2", "--DEVICE=cpu").stdout
     assert not (tmp_path / "r" / "best.pt").exists()
     assert "best.pt" not in out.splitlines()[-1] and "last.pt" in out.splitlines()[-1]
+
+
+def test_swapped_size_names_exif_rotation(tmp_path):
+    from roilib.imageio import write_png
+    write_png(tmp_path / "mask.png", np.ones((30, 40), np.uint8))
+    with pytest.raises(UserError, match="width and height swapped.*EXIF"):
+        read_mask(tmp_path / "mask.png", (40, 30))

@@ -1,4 +1,6 @@
 """CocoReader and OpenSurfacesReader: one sample format, exact segments, clear errors."""
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -7,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -92,6 +95,12 @@ def coco_files(tmp_path):
     return images, path
 
 
+def _pycocotools(path):
+    """pycocotools' own reading of an instances file: the reference for masks."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
 def _compressed(mask):
     rle = mask_utils.encode(np.asfortranarray(mask))
     return {"size": rle["size"], "counts": rle["counts"].decode()}
@@ -100,6 +109,7 @@ def _compressed(mask):
 def test_coco_classes_segments_and_areas(coco_files):
     images, path = coco_files
     reader = CocoReader(images, path, train=False)
+    coco = _pycocotools(path)
     assert reader.category_ids == [3, 17, 90]
     assert reader.class_names == ["three", "seventeen", "ninety"] and reader.num_classes == 3
     assert [image["id"] for image in reader.images] == [2, 5, 9]  # 11 missing, 12 unusable
@@ -114,7 +124,7 @@ def test_coco_classes_segments_and_areas(coco_files):
         assert sample["image_id"] == reader.images[segment.image_index]["id"]
         assert segment.bbox == cv2.boundingRect(sample["mask"])
         if segment.segment_id != 7:
-            expected = reader.coco.annToMask(reader.coco.anns[segment.segment_id])
+            expected = coco.annToMask(coco.anns[segment.segment_id])
             assert (sample["mask"] == expected).all()
     # the 4-number part of annotation 7 is dropped, its square part kept
     square = mask_utils.decode(mask_utils.frPyObjects([[10, 10, 20, 10, 20, 20, 10, 20]],
@@ -136,8 +146,8 @@ def test_coco_crowd_and_min_area(coco_files):
     with_crowd = CocoReader(*coco_files, include_crowd=True)
     crowd = [i for i, s in enumerate(with_crowd.segments) if s.segment_id == 5]
     assert len(crowd) == 1 and with_crowd.labels[crowd[0]] == 1
-    assert with_crowd[crowd[0]]["area"] == with_crowd.coco.annToMask(
-        with_crowd.coco.anns[5]).sum()
+    coco = _pycocotools(coco_files[1])
+    assert with_crowd[crowd[0]]["area"] == coco.annToMask(coco.anns[5]).sum()
     small = CocoReader(*coco_files, min_area=20)
     assert 10 not in [s.segment_id for s in small.segments] and small.skipped["small"] == 1
 
