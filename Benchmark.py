@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from AttentionNet import AttentionNet
 from Datasets import open_dataset
 from roilib import cli
+from roilib.benchutil import inputs, report, row, timed
 from roilib.errors import UserError
-from roilib.outputs import atomic_write
 from roilib.evaluation import SegmentWindows, forward_windows, predict_dataset
 from roilib.paths import REPO
 from roilib.runtime import amp_dtype, autocast, precision_name, resolve_device
@@ -87,7 +87,7 @@ def main():
         rows += part_e(device)
     if "f" in parts:
         rows += part_f()
-    report(rows, params, name, device)
+    report(rows, params, name, device, out_folder())
 
 
 def check_parameters():
@@ -105,38 +105,6 @@ def out_folder():
     return OUT if os.path.isabs(OUT) else os.path.join(REPO, OUT)
 
 
-# ---- timing helpers ------------------------------------------------------------------------
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, repeats, warmup):
-    """Median seconds of `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def inputs(batch, h, w, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, generator=g)
-    masks = torch.zeros(batch, 1, h, w, dtype=torch.uint8)
-    for i in range(batch):   # rectangles of varied size and place
-        y, x = int(torch.randint(0, h // 2, (1,), generator=g)), int(torch.randint(0, w // 2, (1,), generator=g))
-        masks[i, :, y:y + 8 + 8 * i, x:x + 10 + 6 * i] = 1
-    if CHANNELS_LAST:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images.to(device), masks.to(device)
-
-
 def model_on(device, arch, mode="attention", channels_last=CHANNELS_LAST):
     torch.manual_seed(0)
     model = AttentionNet(80, arch=arch, mode=mode, attention="stem").to(device)
@@ -148,7 +116,7 @@ def train_step_rate(device, dtype, arch, compile_model=False):
     model = model_on(device, arch).train()
     net = torch.compile(model) if compile_model else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    images, masks = inputs(BATCH, SIZE, SIZE, device)
+    images, masks = inputs(BATCH, SIZE, SIZE, device, channels_last=CHANNELS_LAST)
     labels = torch.arange(BATCH, device=device) % 80
 
     def step():
@@ -209,7 +177,7 @@ def part_b(device, rows_a):
 
 # ---- (c) side-branch cost ----------------------------------------------------------------------
 def part_c(device, dtype):
-    images, masks = inputs(BATCH, SIZE, SIZE, device)
+    images, masks = inputs(BATCH, SIZE, SIZE, device, channels_last=CHANNELS_LAST)
     models = {"none": model_on(device, ARCH, "none").eval(), "stem": model_on(device, ARCH).eval()}
     with torch.no_grad():
         models["stem"].branches["stem"].add.weight.normal_()   # a trained-looking branch
@@ -376,31 +344,6 @@ def scale_probe(kind, data, cache, batches=0):
     if done.returncode != 0:
         raise RuntimeError(f"scale probe failed: {done.stderr.strip()[-500:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-# ---- report ----------------------------------------------------------------------------------
-def row(part, what, value, unit):
-    return {"part": part, "what": what, "value": float(value), "unit": unit,
-            "text": f"({part}) {what}: {value:.2f} {unit}" if unit == "x" else f"({part}) {what}: {value:.1f} {unit}"}
-
-
-def report(rows, params, name, device):
-    command = " ".join(["python Benchmark.py"] + sys.argv[1:])
-    lines = [f"Benchmark on {name} (torch {torch.__version__}): `{command}`", "",
-             "| part | measurement | value |", "|---|---|---|"]
-    for r in rows:
-        value = f"{r['value']:.2f}×" if r["unit"] == "x" else f"{r['value']:.1f} {r['unit']}"
-        lines.append(f"| {r['part']} | {r['what'].strip()} | {value} |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    folder = out_folder()
-    os.makedirs(folder, exist_ok=True)
-    stem = "gpu" if device.type == "cuda" else "cpu"
-    with atomic_write(os.path.join(folder, f"{stem}.md")) as f:
-        f.write(table + "\n")
-    with atomic_write(os.path.join(folder, f"{stem}.json")) as f:
-        json.dump({"device": name, "torch": torch.__version__, "params": params, "rows": rows}, f, indent=1)
-    print(f"\nwritten to {folder}/{stem}.md and .json")
 
 
 if __name__ == "__main__":
