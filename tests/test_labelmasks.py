@@ -7,14 +7,16 @@ import torch
 from pycocotools import mask as mask_utils
 
 from AttentionNet import AttentionNet
-from helpers import TINY, run_script
-from roilib.labelling import evaluate, label_masks, read_masks
+from CocoReader import CocoReader
+from helpers import run_script
+from roilib.labelling import evaluate, label_masks, model_category_ids, read_masks
+from roilib.windows import cut_windows
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
-# Non-contiguous ids, as COCO's (1..90 with gaps): the tiny model is trained on the demo
-# with its categories 1..8 renamed to these, so they must come out as written here.
+# Non-contiguous ids, as COCO's (1..90 with gaps): the demo's categories 1..8 renamed to
+# these; a model trained on it must write them as they are.
 CATEGORY_IDS = (3, 17, 90, 8, 25, 44, 61, 72)
-WINDOW = (96, 96)  # the tiny models' training geometry (TINY: MAX_SIZE=96)
+WINDOW = (64, 64)  # the tiny models' window (small: fast on a CPU)
 CPU = torch.device("cpu")
 
 
@@ -30,29 +32,47 @@ def write_json(path, data):
 
 @pytest.fixture(scope="module")
 def demo(data, tmp_path_factory):
-    """The small demo with its category ids renamed to CATEGORY_IDS (train and val)."""
-    root = tmp_path_factory.mktemp("noncontiguous")
+    """The small demo's validation set with its category ids renamed to CATEGORY_IDS."""
     rename = dict(zip(range(1, 9), CATEGORY_IDS))
-    for split in ("train", "val"):
-        coco = read_json(data / split / "instances.json")
-        for ann in coco["annotations"]:
-            ann["category_id"] = rename[ann["category_id"]]
-        for cat in coco["categories"]:
-            cat["id"] = rename[cat["id"]]
-        write_json(root / f"{split}.json", coco)
-    return {"images": data / "val" / "images", "train_images": data / "train" / "images",
-            "gt": root / "val.json", "train": root / "train.json"}
+    coco = read_json(data / "val" / "instances.json")
+    for item in coco["annotations"] + coco["categories"]:
+        key = "category_id" if "category_id" in item else "id"
+        item[key] = rename[item[key]]
+    gt = write_json(tmp_path_factory.mktemp("noncontiguous") / "val.json", coco)
+    return {"images": data / "val" / "images", "gt": gt}
 
 
 @pytest.fixture(scope="module")
 def trained(demo, tmp_path_factory):
-    """best.pt of a tiny Train.py run on the renamed demo (a few dozen steps)."""
-    logs = tmp_path_factory.mktemp("logs")
-    run_script("Train.py", *TINY, f"--TRAIN_IMAGES={demo['train_images']}",
-               f"--TRAIN_ANNOTATIONS={demo['train']}", f"--VAL_IMAGES={demo['images']}",
-               f"--VAL_ANNOTATIONS={demo['gt']}", f"--LOG_DIR={logs}", "--RUN=t", "--STEPS=40",
-               "--VAL_EVERY=40", "--LR=4e-3")
-    return logs / "t" / "best.pt"
+    """A checkpoint trained in-process on the windows of the validation masks (cut by the
+    evaluation rule) until it gets at least half of them right: better than chance, short of
+    perfect, in seconds. Its category ids come from the reader, as Train.py stores them.
+    Returns (checkpoint path, its accuracy on those windows)."""
+    reader = CocoReader(demo["images"], demo["gt"], train=False)
+    images, masks, labels = [], [], []
+    for i in range(len(reader.images)):
+        image, segments = reader.load_image(i), np.asarray(reader.image_segments[i])
+        window_images, window_masks = cut_windows(image, reader.box_masks(segments, image.shape[:2]), WINDOW)
+        images.append(window_images)
+        masks.append(window_masks)
+        labels.append(torch.as_tensor(reader.labels[segments]))
+    images, masks, labels = torch.cat(images), torch.cat(masks), torch.cat(labels)
+    model = random_model(reader.category_ids)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        model.eval()
+        with torch.no_grad():
+            accuracy = (model(images, masks).argmax(1) == labels).float().mean().item()
+        if accuracy >= 0.5:
+            break
+        model.train()
+        loss = torch.nn.functional.cross_entropy(model(images, masks), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp("model") / "trained.pt"
+    model.save(path, window=list(WINDOW))
+    return path, accuracy
 
 
 def random_model(category_ids=CATEGORY_IDS, seed=0):
@@ -101,16 +121,16 @@ def test_trained_model_ap_consistent_with_its_accuracy(demo, trained, tmp_path):
     about the accuracy a, AP50 to about a², i.e. a - a(1 - a) >= a - 0.25. A margin of 0.25
     therefore fails only on scores ranking worse than chance, or on wrong masks or ids
     (then AP50 falls to ~0, as the random model's below)."""
+    checkpoint, accuracy = trained
     masks = write_json(tmp_path / "masks.json", results_without_categories(demo["gt"]))
     out = tmp_path / "labelled.json"
-    run_script("LabelMasks.py", f"--CHECKPOINT={trained}", f"--MASKS={masks}",
+    run_script("LabelMasks.py", f"--CHECKPOINT={checkpoint}", f"--MASKS={masks}",
                f"--IMAGES={demo['images']}", f"--IMAGE_INFO={demo['gt']}", f"--GT={demo['gt']}",
-               f"--OUT={out}", "--WORKERS=0", "--AMP=False")
+               f"--OUT={out}", "--WORKERS=0", "--AMP=False", "--MAX_BATCH=7")
     report = read_json(tmp_path / "labelled_eval.json")
-    accuracy = torch.load(trained, weights_only=True)["metrics"]["accuracy"]
-    assert accuracy > 0.3                      # the model has learnt something
-    # Every GT mask matches itself: the region accuracy is Train.py's validation accuracy
-    # (same window rule; bf16 there, float32 here, so allow one mask in the count).
+    assert 0.5 <= accuracy < 1
+    # Every GT mask matches itself, in the same window: the region accuracy is the one the
+    # model was trained to (other batch sizes may move a borderline mask: one allowed).
     assert report["matched"] == len(read_json(demo["gt"])["annotations"])
     assert report["accuracy"] == pytest.approx(accuracy, abs=1.5 / report["matched"])
     assert report["AP50"] >= accuracy - 0.25
@@ -176,6 +196,8 @@ def test_polygons_and_rle_both_accepted(demo, tmp_path):
 def test_category_ids_of_a_checkpoint_without_them(demo, tmp_path):
     model = random_model()
     model.config["category_ids"] = None          # as written before ids were stored
+    ids, warning = model_category_ids(model)
+    assert ids == list(range(8)) and warning.startswith("warning:") and "\n" not in warning
     masks = write_json(tmp_path / "m.json", results_without_categories(demo["gt"])[:5])
     results = label(read_masks(str(masks), str(demo["images"]), str(demo["gt"])), model, topk=8)["results"]
     assert {r["category_id"] for r in results} == set(range(8))
@@ -201,7 +223,7 @@ def test_bad_masks_are_skipped_counted_and_reported(demo, trained, tmp_path):
     info = write_json(tmp_path / "info.json", {"images": gt["images"] + [
         {"id": 777, "file_name": "gone.png", "height": height, "width": width}]})
     out = tmp_path / "out.json"
-    result = run_script("LabelMasks.py", f"--CHECKPOINT={trained}", f"--MASKS={masks}",
+    result = run_script("LabelMasks.py", f"--CHECKPOINT={trained[0]}", f"--MASKS={masks}",
                         f"--IMAGES={demo['images']}", f"--IMAGE_INFO={info}", f"--OUT={out}",
                         "--WORKERS=1", "--TOPK=2")
     lines = result.stdout.splitlines()
