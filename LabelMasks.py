@@ -32,7 +32,7 @@ CHECKPOINT = "logs/demo/best.pt"   # trained model (relative paths: to this repo
 IMAGES = "Test/demo/val/images"    # image folder
 MASKS = "Test/demo/val/instances.json"  # COCO results list, instances file, or folder of SAM amg.py JSON files
 IMAGE_INFO = ""             # instances file mapping image ids to files, where MASKS has no 'images' ("" = IMAGES' listing: 00042.png -> id 42)
-OUT = "labelled.json"       # COCO results JSON to write
+OUT = "logs/labelled.json"  # COCO results JSON to write (and, with GT, <OUT>_eval.json next to it)
 TOPK = 1                    # results per mask: one per class among its TOPK
 GT = ""                     # instances file to score OUT against with COCOeval "segm" ("" = no evaluation)
 KEEP_CATEGORIES = False     # keep each mask's own category_id instead of labelling it (checks files and ids; no model is run)

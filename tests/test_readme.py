@@ -1,5 +1,5 @@
 """The README stays true to the code: CI runs its test command, and its parameter tables list
-every parameter of the three scripts."""
+every parameter of the workflow scripts."""
 import os
 
 import pytest
@@ -21,7 +21,7 @@ def test_ci_runs_the_readme_test_command():
     assert ci_command[0].strip() in setup
 
 
-@pytest.mark.parametrize("script", ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py"])
+@pytest.mark.parametrize("script", ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py", "LabelMasks.py"])
 def test_readme_lists_every_parameter(script):
     readme = read("README.md")
     for name, _ in read_block(os.path.join(ROOT, script)):
