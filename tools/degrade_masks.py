@@ -5,13 +5,16 @@
     python tools/degrade_masks.py Test/demo/val/instances.json split.json --split=0.25
     python tools/degrade_masks.py Test/demo/val/instances.json merged.json --merge=0.25
 
-Reads an instances file and writes a COCO results list of class-agnostic masks (no
-category_id, score 1), as a segmenter would give them:
+Reads an instances file and writes a COCO results list of masks with score 1, as a segmenter
+would give them; each keeps the category_id of the GT mask it came from (the larger one of a
+merge), which LabelMasks.py ignores unless --KEEP_CATEGORIES=True: that run gives the AP
+the degraded masks would reach with perfect labels, the ceiling the classifier is measured
+against.
   --erode/--dilate N: every mask shrunk/grown by N pixels (a disk of radius N); a mask
                       eroded away is dropped;
   --split F:          a fraction F of the masks cut in two across their long axis;
-  --merge F:          a fraction F of the masks each merged with its nearest neighbour in
-                      the same image (both replaced by their union).
+  --merge F:          each mask, with probability F, merged with its nearest free
+                      neighbour in the same image (both replaced by their union).
 """
 import argparse
 import json
@@ -68,25 +71,28 @@ def nearest(masks, index):
     return min(others)[1] if others else None
 
 
-def degrade_image(masks, args, rng):
-    """One image's masks (list of uint8 arrays) -> its degraded masks."""
+def degrade_image(masks, categories, args, rng):
+    """One image's masks (uint8 arrays) and their categories -> the degraded ones."""
+    pairs = list(zip(masks, categories))
     if args.erode or args.dilate:
-        masks = [morph(m, args.erode or args.dilate, grow=bool(args.dilate)) for m in masks]
-        masks = [m for m in masks if m.any()]
+        pairs = [(morph(m, args.erode or args.dilate, grow=bool(args.dilate)), c) for m, c in pairs]
+        pairs = [(m, c) for m, c in pairs if m.any()]
     if args.split:
-        masks = [half for m in masks for half in (split(m) if rng.random() < args.split else [m])]
+        pairs = [(half, c) for m, c in pairs for half in (split(m) if rng.random() < args.split else [m])]
     if args.merge:
+        masks = [m for m, _ in pairs]
         taken, merged = set(), []
-        for i in rng.permutation(len(masks)):
+        for i in rng.permutation(len(pairs)):
             if i in taken or rng.random() >= args.merge:
                 continue
             j = nearest(masks, i)
             if j is None or j in taken:
                 continue
             taken |= {i, j}
-            merged.append(masks[i] | masks[j])
-        masks = [m for k, m in enumerate(masks) if k not in taken] + merged
-    return masks
+            larger = max((i, j), key=lambda k: masks[k].sum())
+            merged.append((masks[i] | masks[j], pairs[larger][1]))
+        pairs = [p for k, p in enumerate(pairs) if k not in taken] + merged
+    return pairs
 
 
 def main(argv=None):
@@ -110,8 +116,9 @@ def main(argv=None):
         anns = by_image.get(image["id"], [])
         before += len(anns)
         masks = [decode(a["segmentation"], image["height"], image["width"]) for a in anns]
-        results += [{"image_id": image["id"], "segmentation": encode(m), "score": 1.0}
-                    for m in degrade_image(masks, args, rng)]
+        pairs = degrade_image(masks, [a["category_id"] for a in anns], args, rng)
+        results += [{"image_id": image["id"], "segmentation": encode(m), "score": 1.0, "category_id": c}
+                    for m, c in pairs]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as file:
         json.dump(results, file, separators=(",", ":"))
