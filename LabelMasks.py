@@ -63,7 +63,8 @@ def main():
         report = evaluate(labelled["results"], labelled["masks"], find_path(GT))
         report.update(masks_per_s=labelled["masks_per_s"], labelled=len(labelled["masks"]),
                       skipped=dict(mask_set.skipped), results=OUT, gt=GT, topk=TOPK,
-                      window=list(window) if window else None, checkpoint=None if KEEP_CATEGORIES else CHECKPOINT)
+                      window=list(window) if window else None,
+                      checkpoint=None if KEEP_CATEGORIES else CHECKPOINT)
         print("\n".join(format_evaluation(report)))
         write_json(evaluation_path(OUT), report, indent=1)
         print(f"wrote {evaluation_path(OUT)}")

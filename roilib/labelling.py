@@ -90,7 +90,10 @@ def read_masks(masks_path, image_dir, image_info=""):
         return _read_sam_folder(masks_path, image_dir, image_info)
     data = _read_json(masks_path)
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        images = image_table(image_dir, image_info) if image_info else _images_section(data, masks_path, image_dir)
+        if image_info:
+            images = image_table(image_dir, image_info)
+        else:
+            images = _images_section(data, masks_path, image_dir)
         return MaskSet([_input_mask(a, a.get("image_id")) for a in data["annotations"]], images, masks_path)
     if isinstance(data, list):
         return MaskSet([_input_mask(r, r.get("image_id")) for r in data],
@@ -404,7 +407,8 @@ def format_evaluation(report):
     lines = ["mask AP (COCOeval segm): " + "  ".join(f"{n} {fmt(report[n])}" for n in AP_NAMES),
              f"region accuracy of matched masks (IoU >= 0.5): {fmt(report['accuracy'])} "
              f"({report['matched']} matched, {report['unmatched']} unmatched)"]
-    sizes = [f"{row['bin']} {fmt(row['accuracy'])} ({row['count']})" for row in report["by_size"] if row["count"]]
+    sizes = [f"{row['bin']} {fmt(row['accuracy'])} ({row['count']})"
+             for row in report["by_size"] if row["count"]]
     if sizes:
         lines.append("  by size: " + ", ".join(sizes))
     if report["outside_gt"]:
