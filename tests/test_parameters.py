@@ -8,7 +8,7 @@ import pytest
 from helpers import ROOT, run_in_process
 from roilib import cli
 
-SCRIPTS = ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py", "Ablation.py", "Benchmark.py", "Export.py"]
+SCRIPTS = ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py", "Ablation.py", "Benchmark.py", "Export.py", "LabelMasks.py"]
 
 
 def declared_cases():

@@ -21,7 +21,7 @@ def test_ci_runs_the_readme_test_command():
     assert ci_command[0].strip() in setup
 
 
-@pytest.mark.parametrize("script", ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py", "Export.py"])
+@pytest.mark.parametrize("script", ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py", "Export.py", "LabelMasks.py"])
 def test_readme_lists_every_parameter(script):
     readme = read("README.md")
     for name, _ in read_block(os.path.join(ROOT, script)):

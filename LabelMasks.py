@@ -1,0 +1,95 @@
+"""Label every mask of a class-agnostic segmenter (e.g. Segment Anything) with a trained model.
+
+    python LabelMasks.py --MASKS=sam_out/ --IMAGES=photos/ --OUT=labelled.json
+    python LabelMasks.py --MASKS=proposals.json --IMAGES=val2017 \\
+        --IMAGE_INFO=annotations/instances_val2017.json --GT=annotations/instances_val2017.json
+
+MASKS: a COCO results list, a COCO instances file (its annotations are the masks) or a folder
+of per-image JSON files as Segment Anything's amg.py writes them with --convert-to-rle.
+Writes OUT, a COCO results list: one entry per mask and class among its TOPK, with the
+training set's own category ids and score = class probability × the mask's score (or its
+predicted_iou). With GT (an instances file), pycocotools' COCOeval "segm" scores it: AP, AP50,
+AP75, APs/APm/APl and the region accuracy of the masks matched to a GT mask, printed and
+written to OUT's name + "_eval.json". Each mask is seen in a window of the model's training
+geometry at native scale (roilib/windows.py); windows of many masks and images are batched.
+Masks that cannot be used (empty, wrong size, unknown image, missing file) are skipped,
+counted and reported.
+"""
+import os
+
+import torch
+
+from AttentionNet import AttentionNet
+from roilib import cli
+from roilib.checkpoint import load_model_state
+from roilib.outputs import check_writable_folder, refuse_input_as_output
+from roilib.labelling import (evaluate, evaluation_path, format_evaluation, label_masks,
+                              model_category_ids, read_masks, skipped_lines, write_json)
+from roilib.paths import find_checkpoint, find_path
+from roilib.runtime import amp_dtype, precision_name, resolve_device
+from roilib.windows import model_window
+
+# ---- parameters: edit here, or override as --NAME=value ----
+CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model (relative paths: to this repository if not found here)
+IMAGES = "Test/demo/val/images"    # image folder
+MASKS = "Test/demo/val/instances.json"  # [nonempty] COCO results list, instances file, or folder of SAM amg.py JSON files
+IMAGE_INFO = ""             # instances file mapping image ids to files, where MASKS has no 'images' ("" = IMAGES' listing: 00042.png -> id 42)
+OUT = "logs/labelled.json"  # [nonempty] COCO results JSON to write (and, with GT, <OUT>_eval.json next to it)
+TOPK = 1                    # [>=1] results per mask: one per class among its TOPK
+GT = ""                     # instances file to score OUT against with COCOeval "segm" ("" = no evaluation)
+KEEP_CATEGORIES = False     # keep each mask's own category_id instead of labelling it (checks files and ids; no model is run)
+WINDOW = ""                 # [""|HxW] window HxW around each mask ("" = the one the model was trained and validated with)
+MAX_BATCH = 64              # [>=1] windows per forward pass (from many masks and images)
+WORKERS = 2                 # [>=0] DataLoader worker processes (decode masks, cut windows)
+DEVICE = "auto"             # auto | cpu | cuda | cuda:N
+AMP = True                  # bf16 where the device runs it natively (else float32)
+# ---- end of parameters ----
+
+
+def main():
+    cli.parse_parameters(globals(), __file__)
+    device = resolve_device(DEVICE)
+    inputs = [find_path(p) for p in (MASKS, GT, IMAGE_INFO, CHECKPOINT) if p]
+    for output in (OUT, evaluation_path(OUT)):   # before any work: never over an input
+        refuse_input_as_output(output, inputs, "OUT")
+    check_writable_folder(os.path.dirname(os.path.abspath(OUT)), "OUT's folder")
+    mask_set = read_masks(find_path(MASKS), find_path(IMAGES), find_path(IMAGE_INFO) if IMAGE_INFO else "")
+    print(f"{len(mask_set.masks)} masks on {len(mask_set.image_paths)} images from {mask_set.source}")
+    model, window, dtype = load_model(device)
+    labelled = label_masks(model, mask_set, device, window, TOPK, dtype, MAX_BATCH, WORKERS,
+                           keep_categories=KEEP_CATEGORIES)
+    for line in skipped_lines(mask_set.skipped):
+        print(line)
+    write_json(OUT, labelled["results"])
+    print(f"labelled {len(labelled['masks'])} masks ({labelled['masks_per_s']:.1f} masks/s); "
+          f"wrote {len(labelled['results'])} results to {OUT}")
+    if GT:
+        report = evaluate(labelled["results"], labelled["masks"], find_path(GT))
+        report.update(masks_per_s=labelled["masks_per_s"], labelled=len(labelled["masks"]),
+                      skipped=dict(mask_set.skipped), results=OUT, gt=GT, topk=TOPK,
+                      window=list(window) if window else None,
+                      checkpoint=None if KEEP_CATEGORIES else CHECKPOINT)
+        print("\n".join(format_evaluation(report)))
+        write_json(evaluation_path(OUT), report, indent=1)
+        print(f"wrote {evaluation_path(OUT)}")
+
+
+def load_model(device):
+    """(model, window, autocast dtype); (None, None, None) when the masks keep their categories."""
+    if KEEP_CATEGORIES:
+        return None, None, None
+    checkpoint = find_checkpoint(CHECKPOINT)
+    state = load_model_state(checkpoint)
+    model = AttentionNet.from_state(state, checkpoint).to(device, memory_format=torch.channels_last)
+    _, warning = model_category_ids(model)
+    if warning:
+        print(warning)
+    window = model_window(state, WINDOW)
+    dtype = amp_dtype(device, AMP)
+    print(f"model {checkpoint} ({model.config['arch']}, {model.num_classes} classes), windows of "
+          f"{window[0]}x{window[1]}, {device}, {precision_name(dtype)}")
+    return model, window, dtype
+
+
+if __name__ == "__main__":
+    cli.run(main)
