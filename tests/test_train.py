@@ -181,12 +181,18 @@ def test_class_names_are_part_of_the_model():
 
 
 @pytest.mark.parametrize("name,value", [("VAL_MAX_IMAGES", -1), ("LOG_EVERY", -1), ("STEPS", 0),
-                                        ("MIN_SIZE", 200), ("LR", 0.0)])
+                                        ("LR", 0.0)])
 def test_bad_values_are_refused_before_training(name, value):
+    """Declared in Train.py's block, checked by roilib.cli before anything runs."""
+    with pytest.raises(UserError, match=f"--{name}={value}: expected"):
+        parse_parameters(train_namespace(), os.path.join(ROOT, "Train.py"), [f"--{name}={value}"])
+
+
+def test_rules_across_parameters_are_refused_before_training():
     cfg = SimpleNamespace(**train_namespace())
     check_parameters(cfg)
-    setattr(cfg, name, value)
-    with pytest.raises(UserError, match=f"--{name}={value}: expected"):
+    cfg.MIN_SIZE = 200
+    with pytest.raises(UserError, match="--MIN_SIZE=200 --MAX_SIZE=160: expected MIN_SIZE <= MAX_SIZE"):
         check_parameters(cfg)
 
 
