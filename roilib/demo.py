@@ -11,14 +11,23 @@ writes
 Each scene's background is split by a random wavy line at a random angle into "water" (blue,
 rippled) and "road" (grey, blotchy). On it lie 3-6 objects of different classes (so a
 mask-blind classifier is near chance), never touching (>= 2 px apart, so each label-map
-component is one instance), with log-uniform areas from ~30 to ~6000 px:
+component is one instance), with log-uniform areas from ~30 to ~6000 px (hive and kennel:
+~30 to ~1200 px):
 
     apple red disk, lime green disk, tile blue square, brick orange 2:1 rectangle,
-    ring yellow annulus, sail white triangle, boat / car brown ellipse.
+    ring yellow annulus, sail white triangle, boat / car brown ellipse, hive / kennel purple disk.
 
-Boat and car are the CONTEXT PAIR: the same shape, size, colour and noise distributions;
+Boat and car are the NEAR-CONTEXT PAIR: the same shape, size, colour and noise distributions;
 a boat (with a margin around it) lies entirely in water, a car entirely on road. Only the
 surroundings tell them apart, which is what attention maps keep and blacking out loses.
+
+Hive and kennel are the FAR-CONTEXT PAIR: the same shape, size, colour and noise
+distributions, on water or road alike. The only cue is a small unlabelled marker elsewhere in
+the scene: a magenta "flower" plus sign for a hive, a cyan "bone" for a kennel. The marker lies
+outside the crop baseline's box (the object's box grown by half its size on each side: a
+square of half-side max(w, h) around its centre) and within FAR_REACH px of the object's centre,
+so inside every evaluation window of 128 px or more. A scene holds at most one of the two
+(else both markers would be in each one's window).
 """
 import argparse
 import json
@@ -35,14 +44,21 @@ from pycocotools import mask as mask_utils
 
 from roilib.imageio import write_png
 
-VERSION = 2  # bump whenever the generated data changes: ensure_demo then rebuilds
-CLASS_NAMES = ["apple", "lime", "tile", "brick", "ring", "sail", "boat", "car"]
-CONTEXT_PAIR = {"boat": "water", "car": "road"}
-# Object colours (RGB); boat and car share theirs on purpose.
+VERSION = 3  # bump whenever the generated data changes: ensure_demo then rebuilds
+CLASS_NAMES = ["apple", "lime", "tile", "brick", "ring", "sail", "boat", "car", "hive", "kennel"]
+CONTEXT_PAIR = {"boat": "water", "car": "road"}       # near context: the surroundings
+FAR_CONTEXT_PAIR = {"hive": "flower", "kennel": "bone"}   # far context: a marker elsewhere
+# Object colours (RGB); the classes of a pair share theirs on purpose.
 COLOURS = {"apple": (205, 35, 35), "lime": (70, 190, 50), "tile": (40, 60, 220),
            "brick": (235, 135, 25), "ring": (235, 220, 50), "sail": (240, 240, 240),
-           "boat": (125, 80, 40), "car": (125, 80, 40)}
+           "boat": (125, 80, 40), "car": (125, 80, 40),
+           "hive": (140, 70, 175), "kennel": (140, 70, 175)}
+MARKER_COLOURS = {"flower": (235, 45, 215), "bone": (50, 215, 230)}
 AREA_RANGE = (30, 6000)     # target segment areas (px), log-uniform
+# The far pair stays small enough that its marker fits between the crop box and FAR_REACH.
+FAR_AREA_RANGE = (30, 1200)
+FAR_REACH = 60              # a marker lies wholly within this many px of its object's centre
+MARKER_SIZE = 9             # marker: a plus sign of this side, arms 3 px thick
 SIZE_RANGE = (160, 224)     # image sides (px)
 SEGMENTS_PER_IMAGE = (3, 6)
 GAP = 2                     # min pixels between objects
@@ -82,7 +98,7 @@ def _background(rng, water):
 def _outline(kind, area, angle):
     """Polygon (N×2 float, centred at 0) of a shape of about ``area`` px; a ring is its
     outer outline with an inner one to cut out."""
-    if kind in ("apple", "lime"):
+    if kind in ("apple", "lime", "hive", "kennel"):
         return _ellipse(math.sqrt(area / math.pi), 1.0, angle), None
     if kind in ("boat", "car"):
         return _ellipse(math.sqrt(area * 2 / math.pi), 0.5, angle), None
@@ -150,7 +166,8 @@ def _try_place(shape, surround, region, occupied, rng, tries=40):
 
 
 def _place_one(rng, kind, area, water, occupied):
-    """(window, padded shape) for one object, shrunk until it fits; None if it never does."""
+    """(window, padded shape, marker window or None) for one object, shrunk until it fits
+    (with its marker, for the far pair); None if it never does."""
     context = CONTEXT_PAIR.get(kind)
     while area >= 0.8 * AREA_RANGE[0]:
         # A context object keeps a ring of its surroundings visible around it.
@@ -162,10 +179,54 @@ def _place_one(rng, kind, area, water, occupied):
                 region = water if context == "water" else ~water
                 disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)
                 surround = cv2.dilate(shape.astype(np.uint8), disk).astype(bool)
-            window = _try_place(shape, surround, region, occupied, rng)
-            if window is not None:
-                return window, shape
+            for _ in range(3 if kind in FAR_CONTEXT_PAIR else 1):
+                window = _try_place(shape, surround, region, occupied, rng)
+                if window is None:
+                    break
+                if kind not in FAR_CONTEXT_PAIR:
+                    return window, shape, None
+                marker = _place_marker(rng, window, shape, occupied)
+                if marker is not None:
+                    return window, shape, marker
         area *= 0.7
+    return None
+
+
+def _marker_shape():
+    """A plus sign: visible at any training scale, unlike any class's shape."""
+    shape = np.zeros((MARKER_SIZE, MARKER_SIZE), bool)
+    middle = slice(MARKER_SIZE // 2 - 1, MARKER_SIZE // 2 + 2)
+    shape[middle, :] = shape[:, middle] = True
+    return shape
+
+
+def _near_box(window, shape):
+    """(centre x, centre y, half-side) of the crop baseline's view of the object: its box
+    grown by half its size on each side and squared (masks_to_boxes_with_context, margin 0.5)."""
+    x, y, w, h = cv2.boundingRect(shape.astype(np.uint8))
+    centre_x = window[1].start + x + w / 2
+    centre_y = window[0].start + y + h / 2
+    return centre_x, centre_y, max(w, h)
+
+
+def _place_marker(rng, window, shape, occupied, tries=60):
+    """Window of the far pair's marker: wholly outside the object's crop box (2 px to spare
+    for interpolation) and within FAR_REACH of its centre, inside the image, clear of the
+    other objects. None if no try fits."""
+    height, width = occupied.shape
+    centre_x, centre_y, near = _near_box(window, shape)
+    keep_out = cv2.dilate(occupied.astype(np.uint8), np.ones((2 * GAP + 3,) * 2, np.uint8))
+    reach = FAR_REACH - MARKER_SIZE
+    for _ in range(tries):
+        x = int(np.floor(centre_x + rng.uniform(-FAR_REACH, reach)))
+        y = int(np.floor(centre_y + rng.uniform(-FAR_REACH, reach)))
+        if not (0 <= x <= width - MARKER_SIZE and 0 <= y <= height - MARKER_SIZE):
+            continue
+        outside = (x >= centre_x + near + 2 or x + MARKER_SIZE <= centre_x - near - 2
+                   or y >= centre_y + near + 2 or y + MARKER_SIZE <= centre_y - near - 2)
+        marker = (slice(y, y + MARKER_SIZE), slice(x, x + MARKER_SIZE))
+        if outside and not keep_out[marker][_marker_shape()].any():
+            return marker
     return None
 
 
@@ -174,9 +235,28 @@ def _random_targets(rng):
     other classes as fallbacks for those that do not fit; and how many are wanted."""
     wanted = int(rng.integers(SEGMENTS_PER_IMAGE[0], SEGMENTS_PER_IMAGE[1] + 1))
     labels = rng.permutation(len(CLASS_NAMES))
-    areas = np.exp(rng.uniform(*np.log(AREA_RANGE), len(labels)))
-    targets = list(zip(labels.tolist(), areas.tolist()))
+    fractions = rng.uniform(0, 1, len(labels))
+    areas = [_log_uniform(fraction, _area_range(CLASS_NAMES[label]))
+             for label, fraction in zip(labels.tolist(), fractions)]
+    targets = list(zip(labels.tolist(), areas))
     return sorted(targets[:wanted], key=lambda t: -t[1]) + targets[wanted:], wanted
+
+
+def _area_range(kind):
+    return FAR_AREA_RANGE if kind in FAR_CONTEXT_PAIR else AREA_RANGE
+
+
+def _log_uniform(fraction, value_range):
+    low, high = np.log(value_range)
+    return float(np.exp(low + fraction * (high - low)))
+
+
+def _partner_placed(label, placed):
+    """True when ``label`` is of the far pair and the other one is already in the scene."""
+    kind = CLASS_NAMES[label]
+    return kind in FAR_CONTEXT_PAIR and any(
+        CLASS_NAMES[other] in FAR_CONTEXT_PAIR and CLASS_NAMES[other] != kind
+        for other, _ in placed)
 
 
 def _place_objects(rng, water, image, targets, wanted):
@@ -187,14 +267,22 @@ def _place_objects(rng, water, image, targets, wanted):
     for label, area in targets:
         if len(placed) == wanted:
             break
-        result = _place_one(rng, CLASS_NAMES[label], area, water, occupied)
+        if _partner_placed(label, placed):
+            continue
+        kind = CLASS_NAMES[label]
+        result = _place_one(rng, kind, area, water, occupied)
         if result is None:
             continue
-        window, shape = result
+        window, shape, marker = result
         mask = np.zeros_like(water)
         mask[window] = shape
         occupied[window] |= cv2.dilate(shape.astype(np.uint8), gap_kernel).astype(bool)
-        _paint(rng, image, mask, COLOURS[CLASS_NAMES[label]])
+        _paint(rng, image, mask, COLOURS[kind])
+        if marker is not None:
+            marker_mask = np.zeros_like(water)
+            marker_mask[marker] = _marker_shape()
+            occupied |= cv2.dilate(marker_mask.astype(np.uint8), gap_kernel).astype(bool)
+            _paint(rng, image, marker_mask, MARKER_COLOURS[FAR_CONTEXT_PAIR[kind]])
         placed.append((label, mask))
     return placed
 
@@ -270,7 +358,7 @@ def make_demo(root, seed=0, n_train=600, n_val=200):
     tmp = f"{root}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         info = dict(_params(seed, n_train, n_val), class_names=CLASS_NAMES,
-                    context_pair=CONTEXT_PAIR, splits={})
+                    context_pair=CONTEXT_PAIR, far_context_pair=FAR_CONTEXT_PAIR, splits={})
         for split, count in (("train", n_train), ("val", n_val)):
             info["splits"][split] = _write_split(os.path.join(tmp, split), split, seed, count)
         _write_json(os.path.join(tmp, "demo.json"), info)
