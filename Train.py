@@ -43,7 +43,7 @@ CLASS_NAMES = None          # label maps only: comma-separated names in value or
 MIN_AREA = 1                # segments smaller than this (pixels) are not used
 ARCH = "resnet18"           # resnet18 | resnet34 | resnet50 (the paper's) | resnet101 | resnet152
 WEIGHTS = None              # None (random init) | imagenet | path to a torchvision ResNet state_dict
-MODE = "attention"          # attention | blackout | crop | channel | none (baselines)
+MODE = "attention"          # attention | crop+attention | blackout | crop | channel | none (baselines)
 ATTENTION = "stem"          # merge points: stem, layer1..layer4, comma-separated, or all
 MERGE = "add"               # add | mul | muladd
 RUN = "demo"                # run name: outputs go to LOG_DIR/RUN/
@@ -59,7 +59,7 @@ MAX_SIZE = 160              #   rounded to multiples of 32
 MAX_PIXELS = 400000         # pixels per batch (batch size = MAX_PIXELS // (H*W), at most MAX_BATCH)
 MAX_BATCH = 32              # samples per batch at most (per process)
 JITTER = "0.8,1.25"         # training scale jitter: native scale times a log-uniform factor in [low,high] ("1,1" = none)
-CROP_MARGIN = 0.5           # MODE=crop: context around the mask's box, as a fraction of its size on each side
+CROP_MARGIN = None          # MODE=crop, crop+attention: context around the mask's box, as a fraction of its size on each side (None = the mode's: 0.5, 1.5)
 BALANCED = True             # class-balanced sampling (class -> image -> segment) or by frequency
 FLIP = True                 # random horizontal flips
 WORKERS = 2                 # DataLoader worker processes (training and validation)
