@@ -12,7 +12,7 @@ Each scene's background is split by a random wavy line at a random angle into "w
 rippled) and "road" (grey, blotchy). On it lie 3-6 objects of different classes (so a
 mask-blind classifier is near chance), never touching (>= 2 px apart, so each label-map
 component is one instance), with log-uniform areas from ~30 to ~6000 px (hive and kennel:
-~30 to ~1200 px):
+~30 to ~600 px):
 
     apple red disk, lime green disk, tile blue square, brick orange 2:1 rectangle,
     ring yellow annulus, sail white triangle, boat / car brown ellipse, hive / kennel purple disk.
@@ -22,12 +22,13 @@ a boat (with a margin around it) lies entirely in water, a car entirely on road.
 surroundings tell them apart, which is what attention maps keep and blacking out loses.
 
 Hive and kennel are the FAR-CONTEXT PAIR: the same shape, size, colour and noise
-distributions, on water or road alike. The only cue is a small unlabelled marker elsewhere in
-the scene: a magenta "flower" plus sign for a hive, a cyan "bone" for a kennel. The marker lies
-outside the crop baseline's box (the object's box grown by half its size on each side: a
-square of half-side max(w, h) around its centre) and within FAR_REACH px of the object's centre,
-so inside every evaluation window of 128 px or more. A scene holds at most one of the two
-(else both markers would be in each one's window).
+distributions, each in a patch of sand. Only the ground beyond the sand tells them apart: up to
+FAR_REACH px from the object's centre it is meadow (dark green) around a hive and ice (pale
+cyan) around a kennel. The sand's radius is random, from just beyond the crop baseline's box
+(the object's box grown by half its size on each side: a square of half-side max(w, h) around
+its centre) to FAR_INNER_MAX px; the ground lies within FAR_REACH px, so inside every evaluation
+window of 128 px or more. A scene holds at most one of the two, placed first (its ground is
+painted under the other objects; boats and cars keep to open water and road).
 """
 import argparse
 import json
@@ -47,18 +48,19 @@ from roilib.imageio import write_png
 VERSION = 3  # bump whenever the generated data changes: ensure_demo then rebuilds
 CLASS_NAMES = ["apple", "lime", "tile", "brick", "ring", "sail", "boat", "car", "hive", "kennel"]
 CONTEXT_PAIR = {"boat": "water", "car": "road"}       # near context: the surroundings
-FAR_CONTEXT_PAIR = {"hive": "flower", "kennel": "bone"}   # far context: a marker elsewhere
+FAR_CONTEXT_PAIR = {"hive": "meadow", "kennel": "ice"}   # far context: the ground beyond the sand
 # Object colours (RGB); the classes of a pair share theirs on purpose.
 COLOURS = {"apple": (205, 35, 35), "lime": (70, 190, 50), "tile": (40, 60, 220),
            "brick": (235, 135, 25), "ring": (235, 220, 50), "sail": (240, 240, 240),
            "boat": (125, 80, 40), "car": (125, 80, 40),
            "hive": (140, 70, 175), "kennel": (140, 70, 175)}
-MARKER_COLOURS = {"flower": (235, 45, 215), "bone": (50, 215, 230)}
+GROUND_COLOURS = {"sand": (200, 180, 130), "meadow": (50, 110, 45), "ice": (160, 215, 235)}
 AREA_RANGE = (30, 6000)     # target segment areas (px), log-uniform
-# The far pair stays small enough that its marker fits between the crop box and FAR_REACH.
-FAR_AREA_RANGE = (30, 1200)
-FAR_REACH = 60              # a marker lies wholly within this many px of its object's centre
-MARKER_SIZE = 9             # marker: a plus sign of this side, arms 3 px thick
+# The far pair stays small enough that its sand can end well inside FAR_REACH.
+FAR_AREA_RANGE = (30, 600)
+FAR_INNER_MAX = 44          # the sand around a far-pair object ends at most this far (px)...
+FAR_REACH = 60              # ...and the telling ground beyond it reaches this far from its centre
+MIN_GROUND = 1500           # px of telling ground inside the image at least
 SIZE_RANGE = (160, 224)     # image sides (px)
 SEGMENTS_PER_IMAGE = (3, 6)
 GAP = 2                     # min pixels between objects
@@ -165,9 +167,9 @@ def _try_place(shape, surround, region, occupied, rng, tries=40):
     return None
 
 
-def _place_one(rng, kind, area, water, occupied):
-    """(window, padded shape, marker window or None) for one object, shrunk until it fits
-    (with its marker, for the far pair); None if it never does."""
+def _place_one(rng, kind, area, open_ground, occupied):
+    """(window, padded shape, {}) for one object, shrunk until it fits; None if it never
+    does. A near-context object goes where ``open_ground`` is its ground all around it."""
     context = CONTEXT_PAIR.get(kind)
     while area >= 0.8 * AREA_RANGE[0]:
         # A context object keeps a ring of its surroundings visible around it.
@@ -176,28 +178,44 @@ def _place_one(rng, kind, area, water, occupied):
         if shape is not None:
             region = surround = None
             if context:
-                region = water if context == "water" else ~water
+                region = open_ground[context]
                 disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)
                 surround = cv2.dilate(shape.astype(np.uint8), disk).astype(bool)
-            for _ in range(3 if kind in FAR_CONTEXT_PAIR else 1):
-                window = _try_place(shape, surround, region, occupied, rng)
-                if window is None:
-                    break
-                if kind not in FAR_CONTEXT_PAIR:
-                    return window, shape, None
-                marker = _place_marker(rng, window, shape, occupied)
-                if marker is not None:
-                    return window, shape, marker
+            window = _try_place(shape, surround, region, occupied, rng)
+            if window is not None:
+                return window, shape, {}
         area *= 0.7
     return None
 
 
-def _marker_shape():
-    """A plus sign: visible at any training scale, unlike any class's shape."""
-    shape = np.zeros((MARKER_SIZE, MARKER_SIZE), bool)
-    middle = slice(MARKER_SIZE // 2 - 1, MARKER_SIZE // 2 + 2)
-    shape[middle, :] = shape[:, middle] = True
-    return shape
+def _place_far(rng, kind, area, occupied):
+    """(window, padded shape, {ground: bool map}) for a far-pair object: its sand, and beyond
+    it the ground that tells the pair apart; shrunk until both fit; None if they never do."""
+    while area >= 0.8 * FAR_AREA_RANGE[0]:
+        shape = _shape_mask(kind, area, rng, GAP)
+        if shape is not None:
+            window = _try_place(shape, None, None, occupied, rng)
+            grounds = window and _far_grounds(rng, window, shape, occupied.shape)
+            if grounds:
+                return window, shape, {"sand": grounds[0], FAR_CONTEXT_PAIR[kind]: grounds[1]}
+        area *= 0.7
+    return None
+
+
+def _far_grounds(rng, window, shape, image_hw):
+    """(sand, telling ground) bool maps around an object at ``window``: the sand covers the
+    crop baseline's whole view (its square's corners, 3 px to spare for interpolation and
+    jitter) and ends at a random radius up to FAR_INNER_MAX; the telling ground reaches
+    FAR_REACH. None when too little of it lies in the image, or the sand cannot end in time."""
+    centre_x, centre_y, near = _near_box(window, shape)
+    lowest = math.sqrt(2) * near + 3
+    if lowest > FAR_INNER_MAX:
+        return None
+    inner = rng.uniform(lowest, FAR_INNER_MAX)
+    y, x = np.mgrid[0:image_hw[0], 0:image_hw[1]].astype(np.float32)
+    distance = np.hypot(x + 0.5 - centre_x, y + 0.5 - centre_y)
+    sand, telling = distance < inner, (distance >= inner) & (distance < FAR_REACH)
+    return (sand, telling) if telling.sum() >= MIN_GROUND else None
 
 
 def _near_box(window, shape):
@@ -209,25 +227,13 @@ def _near_box(window, shape):
     return centre_x, centre_y, max(w, h)
 
 
-def _place_marker(rng, window, shape, occupied, tries=60):
-    """Window of the far pair's marker: wholly outside the object's crop box (2 px to spare
-    for interpolation) and within FAR_REACH of its centre, inside the image, clear of the
-    other objects. None if no try fits."""
-    height, width = occupied.shape
-    centre_x, centre_y, near = _near_box(window, shape)
-    keep_out = cv2.dilate(occupied.astype(np.uint8), np.ones((2 * GAP + 3,) * 2, np.uint8))
-    reach = FAR_REACH - MARKER_SIZE
-    for _ in range(tries):
-        x = int(np.floor(centre_x + rng.uniform(-FAR_REACH, reach)))
-        y = int(np.floor(centre_y + rng.uniform(-FAR_REACH, reach)))
-        if not (0 <= x <= width - MARKER_SIZE and 0 <= y <= height - MARKER_SIZE):
-            continue
-        outside = (x >= centre_x + near + 2 or x + MARKER_SIZE <= centre_x - near - 2
-                   or y >= centre_y + near + 2 or y + MARKER_SIZE <= centre_y - near - 2)
-        marker = (slice(y, y + MARKER_SIZE), slice(x, x + MARKER_SIZE))
-        if outside and not keep_out[marker][_marker_shape()].any():
-            return marker
-    return None
+def _paint_ground(rng, image, region, colour):
+    """A ground of the far pair: its colour, a per-scene shade, soft blotches and pixel noise."""
+    height, width = region.shape
+    blotch = cv2.GaussianBlur(rng.standard_normal((height, width), np.float32), (0, 0), 2)
+    shade = np.asarray(colour, np.float32) + rng.uniform(-8, 8, 3).astype(np.float32)
+    ground = shade + 30 * blotch[..., None] + 5 * rng.standard_normal((height, width, 3), np.float32)
+    image[region] = ground[region]
 
 
 def _random_targets(rng):
@@ -251,38 +257,44 @@ def _log_uniform(fraction, value_range):
     return float(np.exp(low + fraction * (high - low)))
 
 
-def _partner_placed(label, placed):
-    """True when ``label`` is of the far pair and the other one is already in the scene."""
-    kind = CLASS_NAMES[label]
-    return kind in FAR_CONTEXT_PAIR and any(
-        CLASS_NAMES[other] in FAR_CONTEXT_PAIR and CLASS_NAMES[other] != kind
-        for other, _ in placed)
+def _is_far(target):
+    return CLASS_NAMES[target[0]] in FAR_CONTEXT_PAIR
+
+
+def _far_first(targets, wanted):
+    """The wanted targets with at most one of the far pair, placed first (its ground goes
+    under every other object); the fallbacks without it."""
+    chosen, fallbacks = targets[:wanted], targets[wanted:]
+    far = [t for t in chosen if _is_far(t)][:1]
+    return (far + [t for t in chosen if not _is_far(t)]
+            + [t for t in fallbacks if not _is_far(t)])
 
 
 def _place_objects(rng, water, image, targets, wanted):
     """Paint objects until ``wanted`` are placed; returns [(label, bool mask)]."""
     occupied = np.zeros_like(water)
+    open_ground = {"water": water.copy(), "road": ~water}   # where boats and cars may go
     gap_kernel = np.ones((2 * GAP + 1, 2 * GAP + 1), np.uint8)
     placed = []
     for label, area in targets:
         if len(placed) == wanted:
             break
-        if _partner_placed(label, placed):
-            continue
         kind = CLASS_NAMES[label]
-        result = _place_one(rng, kind, area, water, occupied)
+        if kind in FAR_CONTEXT_PAIR:
+            result = _place_far(rng, kind, area, occupied)
+        else:
+            result = _place_one(rng, kind, area, open_ground, occupied)
         if result is None:
             continue
-        window, shape, marker = result
+        window, shape, grounds = result
         mask = np.zeros_like(water)
         mask[window] = shape
         occupied[window] |= cv2.dilate(shape.astype(np.uint8), gap_kernel).astype(bool)
+        for ground, region in grounds.items():
+            _paint_ground(rng, image, region, GROUND_COLOURS[ground])
+            for free in open_ground.values():
+                free &= ~region
         _paint(rng, image, mask, COLOURS[kind])
-        if marker is not None:
-            marker_mask = np.zeros_like(water)
-            marker_mask[marker] = _marker_shape()
-            occupied |= cv2.dilate(marker_mask.astype(np.uint8), gap_kernel).astype(bool)
-            _paint(rng, image, marker_mask, MARKER_COLOURS[FAR_CONTEXT_PAIR[kind]])
         placed.append((label, mask))
     return placed
 
@@ -300,6 +312,7 @@ def make_scene(rng, targets=None, wanted=None):
     image = _background(rng, water)
     if targets is None:
         targets, wanted = _random_targets(rng)
+    targets = _far_first(targets, wanted or len(targets))
     objects = _place_objects(rng, water, image, targets, wanted or len(targets))
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), objects
 
