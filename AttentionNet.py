@@ -129,7 +129,7 @@ class AttentionNet(nn.Module):
         points = parse_attention(attention) if mode in ATTENTION_MODES else ()
         if crop_margin is None:
             crop_margin = DEFAULT_CROP_MARGINS.get(mode, 0.5)
-        if not crop_margin >= 0:
+        if not isinstance(crop_margin, (int, float)) or not crop_margin >= 0:
             raise ValueError(f"crop_margin must be >= 0, got {crop_margin!r}")
         self.config = {"arch": arch, "num_classes": int(num_classes), "mode": mode,
                        "attention": list(points), "merge": merge, "crop_margin": float(crop_margin),
