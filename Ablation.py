@@ -1,7 +1,8 @@
-"""Reproduce the paper's comparisons in one command: where and how to merge the ROI mask, and
-the baselines (background blacked out, crop, mask as 4th channel, mask ignored).
+"""Reproduce the paper's comparisons in one command: where and how to merge the ROI mask, the
+baselines (background blacked out, crop, mask as 4th channel, mask ignored) and the hybrid
+crop+attention (the crop's box, with the mask merged by attention).
 
-    python Ablation.py                       # demo data, ResNet-18, 12 variants x 2 seeds, 2 CPU cores: ~30 min
+    python Ablation.py                       # demo data, ResNet-18, 13 variants x 2 seeds, 2 CPU cores: ~35 min
     python Ablation.py --VARIANTS=stem,blackout --SEEDS=0,1,2 --STEPS=1000
 
 Every variant is trained by Train.py and evaluated by EvaluateAccuracy.py (run as they are, with
@@ -46,7 +47,8 @@ MAX_BATCH = 32              # [>=1] samples per batch at most
 WORKERS = 2                 # [>=0] DataLoader workers per run
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = True                  # bf16 autocast where the device runs it natively (False: float32)
-CONTEXT_CLASSES = "boat,car"   # the classes that differ only by their surroundings (demo data)
+CONTEXT_CLASSES = "boat,car"   # near pair: classes that differ only by their surroundings (demo data)
+FAR_CONTEXT_CLASSES = "hive,kennel"   # far pair: classes that differ only by a cue outside the crop's box
 # ---- end of parameters ----
 
 # name -> Train.py overrides; the paper's comparison (merge add unless named).
@@ -61,6 +63,7 @@ VARIANT_TABLE = {
     "stem-muladd": {"MODE": "attention", "ATTENTION": "stem", "MERGE": "muladd"},
     "blackout": {"MODE": "blackout"},
     "crop": {"MODE": "crop"},
+    "crop+attention": {"MODE": "crop+attention", "ATTENTION": "stem", "MERGE": "add"},
     "channel": {"MODE": "channel"},
     "none": {"MODE": "none"},
 }
@@ -148,15 +151,21 @@ def call(script, overrides):
             print(f"  {line}", flush=True)
 
 
+def pair_accuracy(per_class, classes):
+    """Mean accuracy over the named classes found in the evaluation; None if none is."""
+    found = [per_class[c.strip()] for c in classes.split(",")
+             if c.strip() and per_class.get(c.strip()) is not None]
+    return float(np.mean(found)) if found else None
+
+
 def metrics_of(result):
     """The figures compared across variants, from one eval.json."""
     bins = {row["bin"]: row["mean_class_accuracy"] for row in result["by_size"]}
-    context = [c.strip() for c in CONTEXT_CLASSES.split(",") if c.strip()]
     per_class = {row["class"]: row["accuracy"] for row in result["per_class"]}
-    context_acc = [per_class[c] for c in context if per_class.get(c) is not None]
     figures = {"mean_class_accuracy": result["mean_class_accuracy"], "accuracy": result["accuracy"]}
     figures.update({f"size {b}": bins.get(b) for b in SUMMARY_BINS})
-    figures["context pair"] = float(np.mean(context_acc)) if context_acc else None
+    figures["near pair"] = pair_accuracy(per_class, CONTEXT_CLASSES)
+    figures["far pair"] = pair_accuracy(per_class, FAR_CONTEXT_CLASSES)
     return figures
 
 
@@ -175,8 +184,8 @@ def aggregate(results):
 
 
 def format_table(table):
-    keys = ["mean_class_accuracy", "accuracy"] + [f"size {b}" for b in SUMMARY_BINS] + ["context pair"]
-    head = ["variant", "mean class acc", "accuracy"] + list(SUMMARY_BINS) + ["context pair"]
+    keys = ["mean_class_accuracy", "accuracy"] + [f"size {b}" for b in SUMMARY_BINS] + ["near pair", "far pair"]
+    head = ["variant", "mean class acc", "accuracy"] + list(SUMMARY_BINS) + ["near pair", "far pair"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, row in table.items():
         cells = [f"{100 * row[k][0]:.1f} ± {100 * row[k][1]:.1f}" if k in row else "-" for k in keys]
@@ -193,7 +202,7 @@ def write_results(table, results, folder):
         for variant, row in table.items():
             cells = [f"{row[k][i]:.4f}" if k in row else "" for k in keys for i in (0, 1)]
             writer.writerow([variant] + cells + [len(results[variant])])
-    summary = {"params": {k: globals()[k] for k in SHARED + ("SEEDS", "CONTEXT_CLASSES")},
+    summary = {"params": {k: globals()[k] for k in SHARED + ("SEEDS", "CONTEXT_CLASSES", "FAR_CONTEXT_CLASSES")},
                "variants": {v: {k: {"mean": m, "spread": s, "per_seed": vals} for k, (m, s, vals) in row.items()}
                             for v, row in table.items()},
                "table": format_table(table)}
@@ -203,11 +212,14 @@ def write_results(table, results, folder):
 
 
 def plot_results(table, path):
-    """Grouped bars: mean class accuracy per variant, overall, per size bin and on the context pair."""
+    """Grouped bars: mean class accuracy per variant, overall, per size bin and on the two
+    context pairs."""
     from roilib.plots import pyplot
     plt = pyplot()
-    keys = ["mean_class_accuracy"] + [f"size {b}" for b in SUMMARY_BINS] + ["context pair"]
-    labels = ["overall"] + [f"segments {b} px" for b in SUMMARY_BINS] + ["context pair (boat/car)"]
+    keys = ["mean_class_accuracy"] + [f"size {b}" for b in SUMMARY_BINS] + ["near pair", "far pair"]
+    labels = (["overall"] + [f"segments {b} px" for b in SUMMARY_BINS]
+              + [f"near pair ({CONTEXT_CLASSES.replace(',', '/')})",
+                 f"far pair ({FAR_CONTEXT_CLASSES.replace(',', '/')})"])
     variants = list(table)
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(variants)), 4.8))
@@ -219,9 +231,9 @@ def plot_results(table, path):
     ax.set_xticks(x, variants, rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("mean class accuracy (mean ± spread over seeds)")
-    ax.set_title("ROI-mask variants: overall, by segment size, and on the context-only pair")
+    ax.set_title("ROI-mask variants: overall, by segment size, and on the context-only pairs")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: never over bars
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: never over bars
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -47,7 +47,7 @@ CLASS_NAMES = None          # label maps only: comma-separated names in value or
 MIN_AREA = 1                # [>=1] segments smaller than this (pixels) are not used
 ARCH = "resnet18"           # [resnet18|resnet34|resnet50|resnet101|resnet152] backbone (resnet50: the paper's)
 WEIGHTS = None              # None (random init) | imagenet | path to a torchvision ResNet state_dict
-MODE = "attention"          # [attention|blackout|crop|channel|none] attention, or one of the paper's baselines
+MODE = "attention"          # [attention|crop+attention|blackout|crop|channel|none] attention, crop+attention, or one of the paper's baselines
 ATTENTION = "stem"          # [list of stem|layer1|layer2|layer3|layer4|all] merge points of the attention branch
 MERGE = "add"               # [add|mul|muladd] how attention maps merge with the feature map
 RUN = "demo"                # [nonempty] run name: outputs go to LOG_DIR/RUN/
@@ -63,7 +63,7 @@ MAX_SIZE = 160              # [>=32]   rounded to multiples of 32
 MAX_PIXELS = 400000         # [>=1024] pixels per batch (batch size = MAX_PIXELS // (H*W), at most MAX_BATCH)
 MAX_BATCH = 32              # [>=1] samples per batch at most (per process; all processes draw the same geometry)
 JITTER = "0.8,1.25"         # training scale jitter: native scale times a log-uniform factor in [low,high] ("1,1" = none)
-CROP_MARGIN = 0.5           # [>=0] MODE=crop: context around the mask's box, as a fraction of its size on each side
+CROP_MARGIN = None          # [None|>=0] MODE=crop, crop+attention: context around the mask's box, as a fraction of its size on each side (None = the mode's: 0.5, 1.5)
 BALANCED = True             # class-balanced sampling (class -> image -> segment) or by frequency
 FLIP = True                 # random horizontal flips
 WORKERS = 2                 # [>=0] DataLoader worker processes (training and validation)

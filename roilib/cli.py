@@ -13,6 +13,7 @@ the script does any work, and `--help` shows it:
     MODE = "attention"   # [attention|blackout|none] choices ("" or None may be among them)
     ATTENTION = "stem"   # [list of stem|layer1|all] comma-separated choices
     STEPS = 1000         # [>=1]  also >N, <=N, <N, and N..M (inclusive)
+    MARGIN = None        # [None|>=0] None, or a number in the range
     WINDOW = ""          # [""|HxW] a window geometry (roilib.windows.parse_window)
     RUN = "demo"         # [nonempty]
 
@@ -78,6 +79,11 @@ def check_value(name, value, spec):
 
 def _spec_problem(value, spec):
     """What `value` should have been under `spec`, or None when it is valid."""
+    if spec.startswith("None|") and not spec[5:].replace("|", "").isalpha():   # None or a range
+        if value is None:
+            return None
+        problem = _spec_problem(value, spec[5:])
+        return problem and f"None or {problem}"
     if spec == "nonempty":
         return None if value not in ("", None) else "a non-empty value"
     if spec.startswith("list of "):
@@ -123,6 +129,8 @@ def _choice(text):
 
 def invalid_example(spec, default):
     """A value that `spec` refuses, of the default's type (for tests of every constraint)."""
+    if spec.startswith("None|") and not spec[5:].replace("|", "").isalpha():
+        spec = spec[5:]
     if spec == "nonempty":
         return ""
     if spec.startswith("list of ") or "|" in spec and not spec.endswith("HxW"):

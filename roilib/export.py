@@ -73,9 +73,10 @@ def export_onnx(model, path, window, metadata, opset=18):
     """Export the float32 CPU `model` (eval mode) with dynamic batch, height and width to
     `path` (one file, written atomically) with `metadata` as metadata_props."""
     require("onnxscript", "onnxscript")
-    if model.config["mode"] == "crop":
-        raise UserError("mode=crop cannot be exported to ONNX with dynamic sizes: ONNX RoiAlign needs "
-                        "a fixed output size (the crop is the input's); the other modes can")
+    if model.config["mode"] in ("crop", "crop+attention"):
+        raise UserError(f"mode={model.config['mode']} cannot be exported to ONNX with dynamic sizes: "
+                        "ONNX RoiAlign needs a fixed output size (the crop is the input's); the other "
+                        "modes can")
     height, width = window
     # Batch 2 and unequal sides: torch.export would fix a dim whose example is 1, and could
     # tie height to width if the example had them equal.

@@ -1,5 +1,5 @@
-"""Ablation.py end to end on tiny data: 2 variants x 2 seeds, a few steps, then a rerun that
-reuses the finished runs."""
+"""Ablation.py end to end on tiny data: 2 variants (one with a '+' in its name) x 2 seeds, a few
+steps, then a rerun that reuses the finished runs."""
 import csv
 import json
 import os
@@ -17,7 +17,7 @@ def test_two_variants_table_and_resume(tmp_path):
     data = tmp_path / "data"
     make_demo(data, seed=5, n_train=16, n_val=6)
     args = [sys.executable, os.path.join(ROOT, "Ablation.py"), f"--LOG_DIR={tmp_path / 'abl'}", "--NAME=t",
-            "--VARIANTS=stem,blackout", "--SEEDS=0,1", "--STEPS=3", "--MIN_SIZE=64", "--MAX_SIZE=64",
+            "--VARIANTS=stem,crop+attention", "--SEEDS=0,1", "--STEPS=3", "--MIN_SIZE=64", "--MAX_SIZE=64",
             "--MAX_BATCH=4", "--WORKERS=0", "--DEVICE=cpu",
             f"--TRAIN_IMAGES={data}/train/images", f"--TRAIN_ANNOTATIONS={data}/train/instances.json",
             f"--VAL_IMAGES={data}/val/images", f"--VAL_ANNOTATIONS={data}/val/instances.json"]
@@ -26,16 +26,19 @@ def test_two_variants_table_and_resume(tmp_path):
     folder = tmp_path / "abl" / "t"
     with open(folder / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["variant"] for r in rows] == ["stem", "blackout"]
+    assert [r["variant"] for r in rows] == ["stem", "crop+attention"]
+    for column in ("near pair mean", "far pair mean", "size <1k mean"):
+        assert column in rows[0]
     summary = json.loads((folder / "results.json").read_text())
-    for variant in ("stem", "blackout"):
+    for variant in ("stem", "crop+attention"):
         per_seed = summary["variants"][variant]["mean_class_accuracy"]["per_seed"]
         assert len(per_seed) == 2 and all(0 <= v <= 1 for v in per_seed)
         evals = [json.loads((folder / "runs" / f"{variant}-s{s}" / "eval.json").read_text()) for s in (0, 1)]
         assert per_seed == [e["mean_class_accuracy"] for e in evals]
         assert float(next(r for r in rows if r["variant"] == variant)["mean_class_accuracy mean"]) == \
             pytest.approx(sum(per_seed) / 2, abs=1e-4)
-        assert evals[0]["model"]["mode"] == ("attention" if variant == "stem" else "blackout")
+        assert evals[0]["model"]["mode"] == ("attention" if variant == "stem" else "crop+attention")
+        assert evals[0]["model"]["attention"] == ["stem"]
     assert "| stem |" in summary["table"] and (folder / "results.png").stat().st_size > 1000
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and second.stdout.count("done before") == 4

@@ -1,5 +1,6 @@
 """The demo generator: deterministic, both formats agree, and the scenes keep their promises
-(distinct classes per image, objects apart, boats on water and cars on road)."""
+(distinct classes per image, objects apart, boats on water and cars on road, hives and kennels
+told apart only by ground outside the crop box and inside the evaluation window)."""
 import json
 import os
 import sys
@@ -13,10 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from CocoReader import CocoReader  # noqa: E402
 from OpenSurfacesReader import OpenSurfacesReader  # noqa: E402
+import torch  # noqa: E402
+
+from AttentionNet import masks_to_boxes_with_context  # noqa: E402
 from roilib import demo as demo_module  # noqa: E402
-from roilib.demo import (CLASS_NAMES, EXAMPLE_CLASSES, ensure_demo, make_demo,  # noqa: E402
-                         write_example)
+from roilib.demo import (CLASS_NAMES, EXAMPLE_CLASSES, FAR_CONTEXT_PAIR, ensure_demo,  # noqa: E402
+                         make_demo, write_example)
 from roilib.imageio import read_image, read_label_map, read_mask  # noqa: E402
+from roilib.windows import cut_windows  # noqa: E402
 
 # pycocotools trips numpy 2's __array__(copy=...) deprecation: not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
@@ -42,6 +47,7 @@ def test_layout_and_info(demo):
     assert info["version"] == demo_module.VERSION and info["seed"] == 0
     assert info["class_names"] == CLASS_NAMES and info["context_pair"] == {
         "boat": "water", "car": "road"}
+    assert info["far_context_pair"] == {"hive": "meadow", "kennel": "ice"}
     files = _files(demo)
     for split, count in (("train", 20), ("val", 5)):
         assert info["splits"][split]["images"] == count
@@ -100,6 +106,47 @@ def test_scene_promises(demo):
                 assert np.median(blue) > 60
             else:
                 assert np.abs(np.median(blue)) < 25
+
+
+def _ground_pixels(image):
+    """{ground: bool map} of the pixels in the colour of a far pair's telling ground (meadow:
+    dark green; ice: pale cyan); no object, water or road has them."""
+    r, g, b = (image[..., c].astype(int) for c in range(3))
+    return {"meadow": (g - r > 35) & (g - b > 35) & (g < 145),
+            "ice": (b - r > 45) & (g > 180) & (r > 110) & (r < 195)}
+
+
+def test_far_pair_told_apart_only_far_away(make_demo_data):
+    """A hive (kennel) has meadow (ice) ground around it and no other: none of it in the crop
+    baseline's box, much of it in the 128-px evaluation window. The pair shares object colour
+    and size range, and never meets in one scene."""
+    root = make_demo_data(0, 60, 5)
+    coco, _ = _readers(root / "train")
+    areas = {name: [] for name in FAR_CONTEXT_PAIR}
+    for image_index, segments in enumerate(coco.image_segments):
+        names = [CLASS_NAMES[label] for label in coco.labels[segments].tolist()]
+        image = coco.load_image(image_index)
+        grounds = _ground_pixels(image)
+        present = [name for name in names if name in FAR_CONTEXT_PAIR]
+        assert len(present) <= 1
+        if not present:
+            assert all(g.sum() < 5 for g in grounds.values())
+            continue
+        name = present[0]
+        own = grounds[FAR_CONTEXT_PAIR[name]]
+        assert all(g.sum() < 5 for ground, g in grounds.items() if ground != FAR_CONTEXT_PAIR[name])
+        mask = coco.image_masks(image_index, image.shape[:2])[names.index(name)]
+        x0, y0, x1, y1 = masks_to_boxes_with_context(
+            torch.from_numpy(mask)[None, None], 0.5, (128, 128))[0, 1:].tolist()
+        crop_view = own[max(0, int(y0) - 1):int(y1) + 2, max(0, int(x0) - 1):int(x1) + 2]
+        assert crop_view.sum() < 3, "the telling ground is inside the crop baseline's box"
+        windows, _ = cut_windows(image, [mask], (128, 128))
+        in_window = _ground_pixels(windows[0].permute(1, 2, 0).numpy())[FAR_CONTEXT_PAIR[name]]
+        assert in_window.sum() > 1000, "too little telling ground in the evaluation window"
+        areas[name].append(int(mask.sum()))
+    for name in FAR_CONTEXT_PAIR:
+        assert len(areas[name]) >= 5
+        assert min(areas[name]) < 150 and max(areas[name]) > 300  # small and medium alike
 
 
 def test_ensure_demo_rebuilds_only_when_needed(tmp_path):

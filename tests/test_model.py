@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from AttentionNet import AttentionNet, MaskAttention, MERGE_POINTS, mask_pyramid_level
+from AttentionNet import (DEFAULT_CROP_MARGINS, AttentionNet, MaskAttention, MERGE_POINTS,
+                          mask_pyramid_level)
 from roilib.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +60,46 @@ def test_zero_effect_at_init(attention, merge):
             assert diff < 1e-4, (attention, merge, diff)
 
 
+@pytest.mark.parametrize("merge", ["add", "mul", "muladd"])
+@pytest.mark.parametrize("attention", ["stem", "all"])
+def test_zero_effect_at_init_crop_attention(attention, merge):
+    """crop+attention starts as exactly the crop baseline with the same margin and weights."""
+    torch.manual_seed(0)
+    model = AttentionNet(7, arch="resnet18", mode="crop+attention", attention=attention,
+                         merge=merge).eval()
+    crop = AttentionNet(7, arch="resnet18", mode="crop",
+                        crop_margin=model.config["crop_margin"]).eval()
+    crop.backbone.load_state_dict(model.backbone.state_dict())
+    images, masks = inputs()
+    square = torch.zeros_like(masks)
+    square[..., 20:30, 40:52] = 1
+    with torch.no_grad():
+        for m in (masks, square, 1 - square):
+            diff = (model(images, m) - crop(images, m)).abs().max().item()
+            assert diff < 1e-4, (attention, merge, diff)
+
+
+def test_crop_modes_margins_and_resampled_mask():
+    """Each crop mode has its own default margin; crop+attention resamples the mask with
+    the image: a square of side s becomes the central 1/(1 + 2*margin) of the input."""
+    assert AttentionNet(3, arch="resnet18", mode="crop").config["crop_margin"] == 0.5
+    model = AttentionNet(3, arch="resnet18", mode="crop+attention")
+    assert model.config["crop_margin"] == DEFAULT_CROP_MARGINS["crop+attention"] == 1.5
+    assert AttentionNet(3, arch="resnet18", mode="crop+attention", crop_margin=1).config["crop_margin"] == 1.0
+    with pytest.raises(ValueError, match="crop_margin"):
+        AttentionNet(3, arch="resnet18", mode="crop", crop_margin=-1)
+    x = torch.rand(1, 3, 96, 96)
+    mask = torch.zeros(1, 1, 96, 96)
+    mask[..., 30:50, 20:40] = 1                           # 20x20 px -> an 80 px box -> 24 px
+    image, resampled = model._crop(x, mask)
+    assert image.shape == x.shape and resampled.shape == mask.shape
+    assert resampled.min() >= 0 and resampled.max() <= 1
+    inside = resampled[0, 0] > 0.5
+    rows, cols = inside.any(1).nonzero()[:, 0], inside.any(0).nonzero()[:, 0]
+    assert rows.tolist() == cols.tolist() == list(range(36, 60))
+    assert resampled.sum().item() == pytest.approx(24 * 24, rel=0.02)
+
+
 def test_zero_effect_channel_mode_and_resnet50():
     images, masks = inputs(batch=2, h=64, w=64)
     for arch, mode in (("resnet18", "channel"), ("resnet50", "attention")):
@@ -71,7 +112,8 @@ def test_zero_effect_channel_mode_and_resnet50():
 
 @pytest.mark.parametrize("mode,attention,merge", [
     ("attention", "stem", "add"), ("attention", "layer2", "mul"), ("attention", "all", "muladd"),
-    ("channel", "stem", "add"), ("blackout", "stem", "add"), ("crop", "stem", "add")])
+    ("channel", "stem", "add"), ("blackout", "stem", "add"), ("crop", "stem", "add"),
+    ("crop+attention", "stem", "add")])
 def test_logits_depend_on_mask(mode, attention, merge):
     torch.manual_seed(0)
     model = AttentionNet(7, arch="resnet18", mode=mode, attention=attention, merge=merge).eval()
@@ -83,6 +125,29 @@ def test_logits_depend_on_mask(mode, attention, merge):
     b[..., 40:60, 60:90] = 1
     with torch.no_grad():
         assert (model(images, a) - model(images, b)).abs().max().item() > 1e-3
+
+
+def same_box_masks(h=64, w=96):
+    """Two masks with the same bounding box: its upper-left and its lower-right triangle."""
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    box = (rows >= 16) & (rows < 48) & (cols >= 24) & (cols < 56)
+    upper_left = box & (rows - 16 <= 31 - (cols - 24))
+    lower_right = box & (rows - 16 >= 31 - (cols - 24))
+    return upper_left.float()[None, None], lower_right.float()[None, None]
+
+
+def test_crop_attention_knows_the_pixels_in_its_box():
+    """The crop sees only the box, so two regions with the same box look alike to it; with the
+    mask merged, crop+attention tells them apart."""
+    torch.manual_seed(0)
+    images, _ = inputs(batch=1)
+    a, b = same_box_masks()
+    for mode, differs in (("crop", False), ("crop+attention", True)):
+        model = AttentionNet(7, arch="resnet18", mode=mode).eval()
+        randomise_branches(model)
+        with torch.no_grad():
+            diff = (model(images, a) - model(images, b)).abs().max().item()
+        assert (diff > 1e-3) == differs, (mode, diff)
 
 
 def test_none_mode_ignores_mask():
@@ -111,8 +176,8 @@ def test_small_segment_survives_stride_32():
 def test_shared_image_equals_repeated_image():
     """One image with many masks (evaluation batching) gives the same logits as repeating it."""
     torch.manual_seed(0)
-    for attention in ("stem", "layer3"):
-        model = AttentionNet(5, arch="resnet18", attention=attention).eval()
+    for mode, attention in (("attention", "stem"), ("attention", "layer3"), ("crop+attention", "stem")):
+        model = AttentionNet(5, arch="resnet18", mode=mode, attention=attention).eval()
         randomise_branches(model)
         images, masks = inputs(batch=4)
         with torch.no_grad():
@@ -241,7 +306,7 @@ def test_imagenet_weights_offline_message(monkeypatch):
         AttentionNet(3, arch="resnet18", weights="imagenet")
 
 
-@pytest.mark.parametrize("mode", ["attention", "channel", "crop", "blackout"])
+@pytest.mark.parametrize("mode", ["attention", "channel", "crop", "crop+attention", "blackout"])
 def test_channels_last_and_bf16_autocast(mode):
     torch.manual_seed(0)
     model = AttentionNet(5, arch="resnet18", mode=mode, attention="stem,layer4", merge="muladd").eval()
@@ -259,7 +324,8 @@ def test_channels_last_and_bf16_autocast(mode):
 
 
 @pytest.mark.parametrize("mode,merge", [("attention", "add"), ("attention", "mul"),
-                                        ("attention", "muladd"), ("channel", "add")])
+                                        ("attention", "muladd"), ("channel", "add"),
+                                        ("crop+attention", "add"), ("crop+attention", "muladd")])
 def test_gradients_reach_side_branch(mode, merge):
     torch.manual_seed(0)
     model = AttentionNet(4, arch="resnet18", mode=mode, attention="all", merge=merge).train()
@@ -275,15 +341,15 @@ def test_gradients_reach_side_branch(mode, merge):
         assert grad is not None and grad.abs().sum().item() > 0, name
 
 
-def test_branch_learns_to_use_mask():
-    """A few SGD steps on a task only the mask can solve (same image, label = mask side) reduce
-    the loss: the zero-initialised branch does learn."""
+@pytest.mark.parametrize("mode", ["attention", "crop+attention"])
+def test_branch_learns_to_use_mask(mode):
+    """A few SGD steps on a task only the mask's pixels can solve (same image, same box, label =
+    which triangle of the box) reduce the loss: the zero-initialised branch does learn."""
     torch.manual_seed(0)
-    model = AttentionNet(2, arch="resnet18", attention="stem").train()
-    images = torch.full((8, 3, 64, 64), 128, dtype=torch.uint8)
-    masks = torch.zeros(8, 1, 64, 64)
-    masks[:4, :, :, :32] = 1
-    masks[4:, :, :, 32:] = 1
+    model = AttentionNet(2, arch="resnet18", mode=mode, attention="stem").train()
+    images = torch.full((8, 3, 64, 96), 128, dtype=torch.uint8)
+    upper_left, lower_right = same_box_masks()
+    masks = torch.cat([upper_left.expand(4, -1, -1, -1), lower_right.expand(4, -1, -1, -1)])
     labels = torch.tensor([0] * 4 + [1] * 4)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
