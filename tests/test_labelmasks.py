@@ -13,9 +13,9 @@ from roilib.labelling import evaluate, label_masks, model_category_ids, read_mas
 from roilib.windows import cut_windows
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
-# Non-contiguous ids, as COCO's (1..90 with gaps): the demo's categories 1..8 renamed to
+# Non-contiguous ids, as COCO's (1..90 with gaps): the demo's categories 1..10 renamed to
 # these; a model trained on it must write them as they are.
-CATEGORY_IDS = (3, 17, 90, 8, 25, 44, 61, 72)
+CATEGORY_IDS = (3, 17, 90, 8, 25, 44, 61, 72, 77, 85)
 WINDOW = (64, 64)  # the tiny models' window (small: fast on a CPU)
 CPU = torch.device("cpu")
 
@@ -33,7 +33,7 @@ def write_json(path, data):
 @pytest.fixture(scope="module")
 def demo(data, tmp_path_factory):
     """The small demo's validation set with its category ids renamed to CATEGORY_IDS."""
-    rename = dict(zip(range(1, 9), CATEGORY_IDS))
+    rename = dict(zip(range(1, len(CATEGORY_IDS) + 1), CATEGORY_IDS))
     coco = read_json(data / "val" / "instances.json")
     for item in coco["annotations"] + coco["categories"]:
         key = "category_id" if "category_id" in item else "id"
@@ -138,8 +138,8 @@ def test_trained_model_ap_consistent_with_its_accuracy(demo, trained, tmp_path):
 
 
 def test_random_model_gives_low_ap(demo, tmp_path):
-    """Untrained, the net's classes are near chance (1/8): per-class recall and precision
-    both ~1/8, AP ~1/64; 0.1 leaves room for a lucky class in 30 masks."""
+    """Untrained, the net's classes are near chance (1/10): per-class recall and precision
+    both ~1/10, AP ~1/100; 0.1 leaves room for a lucky class in 30 masks."""
     masks = write_json(tmp_path / "m.json", results_without_categories(demo["gt"]))
     mask_set = read_masks(str(masks), str(demo["images"]), str(demo["gt"]))
     labelled = label(mask_set, random_model())
@@ -197,10 +197,11 @@ def test_category_ids_of_a_checkpoint_without_them(demo, tmp_path):
     model = random_model()
     model.config["category_ids"] = None          # as written before ids were stored
     ids, warning = model_category_ids(model)
-    assert ids == list(range(8)) and warning.startswith("warning:") and "\n" not in warning
+    classes = len(CATEGORY_IDS)
+    assert ids == list(range(classes)) and warning.startswith("warning:") and "\n" not in warning
     masks = write_json(tmp_path / "m.json", results_without_categories(demo["gt"])[:5])
-    results = label(read_masks(str(masks), str(demo["images"]), str(demo["gt"])), model, topk=8)["results"]
-    assert {r["category_id"] for r in results} == set(range(8))
+    results = label(read_masks(str(masks), str(demo["images"]), str(demo["gt"])), model, topk=classes)["results"]
+    assert {r["category_id"] for r in results} == set(range(classes))
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools"
 def checkpoint(tmp_path_factory):
     from roilib.demo import CLASS_NAMES
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    AttentionNet(8, arch="resnet18", class_names=CLASS_NAMES).save(path, window=[64, 64])
+    AttentionNet(len(CLASS_NAMES), arch="resnet18", class_names=CLASS_NAMES).save(path, window=[64, 64])
     return path
 
 
@@ -38,14 +38,17 @@ def test_limit_refused_leaves_the_old_results(checkpoint, data, tmp_path, capsys
 
 
 def test_class_names_that_differ_are_refused(data, tmp_path, capsys, monkeypatch):
-    names = ["apple", "lime", "tile", "brick", "ring", "sail", "car", "boat"]   # two swapped
+    from roilib.demo import CLASS_NAMES
+    boat, car = CLASS_NAMES.index("boat"), CLASS_NAMES.index("car")
+    names = list(CLASS_NAMES)
+    names[boat], names[car] = "car", "boat"                                      # two swapped
     checkpoint = tmp_path / "swapped.pt"
-    AttentionNet(8, arch="resnet18", class_names=names).save(checkpoint, window=[64, 64])
+    AttentionNet(len(names), arch="resnet18", class_names=names).save(checkpoint, window=[64, 64])
     args = [f"--CHECKPOINT={checkpoint}", "--DATASET=demo", f"--IMAGES={data}/val/images",
             f"--ANNOTATIONS={data}/val/instances.json", f"--OUT={tmp_path}/eval", "--WORKERS=0"]
     code, printed = run_in_process("EvaluateAccuracy.py", args, capsys, monkeypatch)
     assert code == 2
-    assert "class 6 is 'car' in the model but 'boat'" in printed.err and "MATCH_BY_INDEX" in printed.err
+    assert f"class {boat} is 'car' in the model but 'boat'" in printed.err and "MATCH_BY_INDEX" in printed.err
     assert not (tmp_path / "eval" / "eval.json").exists()
     code, printed = run_in_process("EvaluateAccuracy.py", args + ["--MATCH_BY_INDEX=True", "--LIMIT=1"],
                                    capsys, monkeypatch)

@@ -144,7 +144,7 @@ def files(data, tmp_path_factory):
     encode(d / "empty_mask.png", np.zeros((height, width), np.uint8))
     (d / "a_file").write_text("a regular file where a folder is expected")
     (d / "bad.json").write_text('{"images": [')
-    # label maps holding a value beyond the demo's 8 classes
+    # label maps holding a value beyond the demo's classes
     bad_maps = copy_split(data, "val", d / "bad_maps")
     big = read_label_map(bad_maps / "labels" / "00002.png")
     big[big == big.max()] = 200
@@ -152,7 +152,7 @@ def files(data, tmp_path_factory):
     # checkpoints: a fresh model for the demo's classes, one for 3 classes, one without
     # training state, a text file, and one carrying code
     torch.manual_seed(0)
-    model = AttentionNet(8, arch="resnet18", class_names=CLASS_NAMES)
+    model = AttentionNet(len(CLASS_NAMES), arch="resnet18", class_names=CLASS_NAMES)
     model.save(d / "model.pt")
     AttentionNet(3, arch="resnet18").save(d / "three.pt")
     AttentionNet(3, arch="resnet18").save(d / "logs_three" / "r" / "last.pt", step=1)
@@ -162,7 +162,7 @@ def files(data, tmp_path_factory):
     f.update(checkpoint=str(d / "model.pt"), marker=str(d / "marker"))
     # a dataset whose names look like code
     names = make_code_like_dataset(data, d / "code_names", d / "marker_names")
-    AttentionNet(8, arch="resnet18", class_names=names).save(d / "code_names.pt")
+    AttentionNet(len(names), arch="resnet18", class_names=names).save(d / "code_names.pt")
     f["skip_split"], f["skipped"] = damaged_split(
         data, "val", d / "skip", ["text", "truncated jpeg", "wrong size"])
     return f
@@ -250,10 +250,10 @@ ERROR_CASES = {
                                     ["bad.json", "invalid JSON"]),
     "train: label map value beyond the classes": (
         TRAIN + ("--TRAIN_IMAGES={dir}/bad_maps/images", "--TRAIN_ANNOTATIONS={dir}/bad_maps/labels"),
-        ["00002.png", "label value 200", "only 8 classes"]),
+        ["00002.png", "label value 200", f"only {len(CLASS_NAMES)} classes"]),
     # checkpoints that do not fit
     "evaluate: checkpoint for 3 classes": (EVALUATE + ("--CHECKPOINT={dir}/three.pt",),
-                                           ["three.pt", "3 classes", "has 8"]),
+                                           ["three.pt", "3 classes", f"has {len(CLASS_NAMES)}"]),
     "train: resume a 3-class last.pt": (TRAIN + ("--LOG_DIR={dir}/logs_three",),
                                         ["last.pt", "different model", "'num_classes': 3"]),
     "train: resume a last.pt without training state": (TRAIN + ("--LOG_DIR={dir}/logs_plain",),
@@ -508,7 +508,7 @@ def test_evaluation_batches_skip_an_unreadable_image(data, tmp_path):
     item = SegmentWindows(reader, (64, 64))[0]
     assert item["images"] is None and len(item["labels"]) == 0
     assert item["skipped"][0][0] == str(folder / "images" / "00001.png")
-    model = AttentionNet(8, arch="resnet18")
+    model = AttentionNet(len(CLASS_NAMES), arch="resnet18")
     out = predict_dataset(model, reader, torch.device("cpu"), window=(64, 64), progress=False)
     assert set(out["skipped"].reasons) == set(broken)
     counts = segments_per_image(folder)

@@ -11,6 +11,7 @@ import torch
 
 from CocoReader import CocoReader
 from helpers import ROOT, TINY, read_csv, run_script
+from roilib.demo import CLASS_NAMES
 from roilib.imageio import read_image, read_label_map
 
 def data_args(root):
@@ -25,7 +26,7 @@ def test_train_evaluate_predict(data, tmp_path):
     run = logs / "t"
     assert "new run" in out and "done: 6 steps" in out
     config = json.loads((run / "config.json").read_text())
-    assert config["params"]["STEPS"] == 6 and config["num_classes"] == 8
+    assert config["params"]["STEPS"] == 6 and config["num_classes"] == len(CLASS_NAMES)
     rows = read_csv(run / "train_log.csv")
     assert [r["step"] for r in rows if r["loss"]] == ["2", "4", "6"]
     assert [r["step"] for r in rows if r["val_accuracy"]] == ["3", "6"]
@@ -47,7 +48,7 @@ def test_train_evaluate_predict(data, tmp_path):
     assert result["count"] == len(val)
     assert sum(r["count"] for r in result["by_size"]) == len(val)
     assert sum(r["count"] for r in result["coco_size"]) == len(val)
-    assert [r["count"] for r in result["per_class"]] == np.bincount(val.labels, minlength=8).tolist()
+    assert [r["count"] for r in result["per_class"]] == np.bincount(val.labels, minlength=len(CLASS_NAMES)).tolist()
     assert np.asarray(result["confusion"]).sum() == len(val)
     hits = np.trace(np.asarray(result["confusion"]))
     assert result["accuracy"] == pytest.approx(hits / len(val))
