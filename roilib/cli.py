@@ -36,6 +36,8 @@ BLOCK_START = re.compile(r"^# -+ parameters")
 BLOCK_END = re.compile(r"^# -+ end of parameters")
 ASSIGNMENT = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
 SPEC = re.compile(r"^\[([^\]]*)\]")
+# A numeric range in a spec: >=N, >N, <=N, <N, or N..M.
+BOUND = re.compile(r"(>=|>|<=|<)\s*(-?[\d.e+-]+)|(-?[\d.e+-]+)\.\.(-?[\d.e+-]+)")
 STOP_GRACE_S = 3
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off")
@@ -58,10 +60,11 @@ def read_block(script_path):
     raise RuntimeError(f"{script_path}: parameter block has no end marker")
 
 
-def read_specs(script_path):
-    """{name: spec text} of the parameters whose comment opens with '[spec]'."""
+def read_specs(script_path, block=None):
+    """{name: spec text} of the parameters whose comment opens with '[spec]' (`block`: the
+    already read block of `script_path`)."""
     specs = {}
-    for name, line in read_block(script_path):
+    for name, line in block if block is not None else read_block(script_path):
         comment = ASSIGNMENT.match(line).group(3) or ""
         match = SPEC.match(comment)
         if match:
@@ -79,7 +82,7 @@ def check_value(name, value, spec):
 
 def _spec_problem(value, spec):
     """What `value` should have been under `spec`, or None when it is valid."""
-    if spec.startswith("None|") and not spec[5:].replace("|", "").isalpha():   # None or a range
+    if _none_or_range(spec):
         if value is None:
             return None
         problem = _spec_problem(value, spec[5:])
@@ -100,12 +103,17 @@ def _spec_problem(value, spec):
             return None
         except UserError:
             return "HxW with both sides multiples of 32 (e.g. 160x160)"
-    bound = re.fullmatch(r"(>=|>|<=|<)\s*(-?[\d.e+-]+)|(-?[\d.e+-]+)\.\.(-?[\d.e+-]+)", spec)
+    bound = BOUND.fullmatch(spec)
     if bound:
         return None if _in_range(value, bound) else _describe_range(bound)
     choices = [_choice(c.strip()) for c in spec.split("|")]
     return None if value in choices else "one of " + ", ".join(
         '""' if c == "" else str(c) for c in choices)
+
+
+def _none_or_range(spec):
+    """'None|>=0': None or a number in the range (not a list of choices that includes None)."""
+    return spec.startswith("None|") and BOUND.fullmatch(spec[5:]) is not None
 
 
 def _in_range(value, bound):
@@ -129,7 +137,7 @@ def _choice(text):
 
 def invalid_example(spec, default):
     """A value that `spec` refuses, of the default's type (for tests of every constraint)."""
-    if spec.startswith("None|") and not spec[5:].replace("|", "").isalpha():
+    if _none_or_range(spec):
         spec = spec[5:]
     if spec == "nonempty":
         return ""
@@ -137,7 +145,7 @@ def invalid_example(spec, default):
         return "no-such-choice"
     if spec.endswith("HxW"):
         return "100x7"
-    bound = re.fullmatch(r"(>=|>|<=|<)\s*(-?[\d.e+-]+)|(-?[\d.e+-]+)\.\.(-?[\d.e+-]+)", spec)
+    bound = BOUND.fullmatch(spec)
     op, limit, low, high = bound.groups()
     step = 1 if isinstance(default, int) else 0.5
     value = {">=": lambda v: v - step, ">": lambda v: v, "<=": lambda v: v + step,
@@ -198,7 +206,7 @@ def parse_parameters(namespace, script_path, argv=None):
         name, text = match.group(1), match.group(2)
         check_name(name, names)
         namespace[name] = convert(name, text, namespace[name])
-    for name, spec in read_specs(script_path).items():
+    for name, spec in read_specs(script_path, block).items():
         check_value(name, namespace[name], spec)
     return {name: namespace[name] for name in names}
 
