@@ -2,14 +2,16 @@
 baselines (background blacked out, crop, mask as 4th channel, mask ignored) and the hybrid
 crop+attention (the crop's box, with the mask merged by attention).
 
-    python Ablation.py                       # demo data, ResNet-18, 13 variants x 2 seeds, 2 CPU cores: ~35 min
+    python Ablation.py                       # demo data, ResNet-18, 14 variants x 2 seeds, 2 CPU cores: ~35 min
     python Ablation.py --VARIANTS=stem,blackout --SEEDS=0,1,2 --STEPS=1000
+    python Ablation.py --JOBS=2              # two runs at once (CPU: cores split between them; GPUs: one each)
 
 Every variant is trained by Train.py and evaluated by EvaluateAccuracy.py (run as they are, with
 --NAME=value overrides) on the same data, budget and seeds. Writes logs/ablation/<NAME>/:
 results.csv, results.json, results.png, and runs/<variant>-s<seed>/ for each run. Running it
 again skips the runs already evaluated and resumes interrupted ones.
 """
+import concurrent.futures
 import csv
 import json
 import os
@@ -46,6 +48,7 @@ MAX_PIXELS = 300000         # [>=1024] pixels per batch
 MAX_BATCH = 32              # [>=1] samples per batch at most
 WORKERS = 2                 # [>=0] DataLoader workers per run
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
+JOBS = 1                    # [>=1] runs at once: on the CPU each gets cores/JOBS torch threads; with DEVICE=auto or cuda and several GPUs, runs go to GPUs in turn
 AMP = True                  # bf16 autocast where the device runs it natively (False: float32)
 CONTEXT_CLASSES = "boat,car"   # near pair: classes that differ only by their surroundings (demo data)
 FAR_CONTEXT_CLASSES = "hive,kennel"   # far pair: classes that differ only by a cue outside the crop's box
@@ -64,6 +67,7 @@ VARIANT_TABLE = {
     "blackout": {"MODE": "blackout"},
     "crop": {"MODE": "crop"},
     "crop+attention": {"MODE": "crop+attention", "ATTENTION": "stem", "MERGE": "add"},
+    "crop+attention-wide": {"MODE": "crop+attention", "ATTENTION": "stem", "MERGE": "add", "CROP_MARGIN": 3.0},
     "channel": {"MODE": "channel"},
     "none": {"MODE": "none"},
 }
@@ -87,21 +91,69 @@ def main():
     folder = os.path.join(REPO, LOG_DIR, NAME)   # an absolute LOG_DIR stays as it is
     runs = os.path.join(folder, "runs")
     start = time.perf_counter()
-    total = len(variants) * len(seeds)
-    print(f"ablation '{NAME}': {len(variants)} variants x {len(seeds)} seeds, {STEPS} steps each, {ARCH}; "
+    print(f"ablation '{NAME}': {len(variants)} variants x {len(seeds)} seeds, {STEPS} steps each, {ARCH}, "
+          f"{JOBS} at a time; "
           f"results in {folder}", flush=True)
-    results = {}
-    for i, (variant, seed) in enumerate(((v, s) for v in variants for s in seeds), 1):
-        print(f"[{i}/{total}] {variant} seed {seed} ({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
-        results.setdefault(variant, []).append(run_variant(variant, seed, runs))
+    jobs = [(v, s) for v in variants for s in seeds]
+    done = run_all(jobs, runs, start)
+    results = {v: [done[(v, s)] for s in seeds] for v in variants}
     table = aggregate(results)
     write_results(table, results, folder)
     print(format_table(table))
     print(f"wrote results.csv, results.json, results.png in {folder}")
 
 
-def run_variant(variant, seed, runs):
-    """Train (or resume) and evaluate one variant; reuse an evaluation of the finished run."""
+def run_all(jobs, runs, start):
+    """Run (variant, seed) jobs, JOBS at a time; -> {(variant, seed): eval result}. After a
+    failure no new run starts, the running ones finish (their work is kept), then it is raised."""
+    slots = job_slots(JOBS, DEVICE)
+    free = list(range(len(slots)))
+    results, failure = {}, None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        pending = {}
+        queue = list(enumerate(jobs, 1))
+        while queue or pending:
+            while queue and free and failure is None:
+                i, (variant, seed) = queue.pop(0)
+                slot = free.pop(0)
+                print(f"[{i}/{len(jobs)}] {variant} seed {seed}{slots[slot]['label']} "
+                      f"({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
+                future = pool.submit(run_variant, variant, seed, runs, **slots[slot]["run"])
+                pending[future] = (slot, (variant, seed))
+            if not pending:
+                break
+            finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                slot, key = pending.pop(future)
+                free.append(slot)
+                try:
+                    results[key] = future.result()
+                except UserError as error:
+                    failure = failure or error
+    if failure is not None:
+        raise failure
+    return results
+
+
+def job_slots(jobs, device):
+    """What each of `jobs` concurrent runs gets: a GPU of its own where several are visible and
+    DEVICE does not name one, else the same device and (on the CPU) an equal share of the cores."""
+    import torch
+    gpus = torch.cuda.device_count() if device in ("auto", "cuda") and torch.cuda.is_available() else 0
+    if jobs == 1:
+        return [{"label": "", "run": {}}]
+    if gpus > 1:
+        return [{"label": f" on cuda:{j % gpus}", "run": {"device": f"cuda:{j % gpus}"}} for j in range(jobs)]
+    on_cpu = resolve_device(device).type == "cpu"
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {"OMP_NUM_THREADS": str(threads)} if on_cpu and "OMP_NUM_THREADS" not in os.environ else {}
+    label = f" ({env['OMP_NUM_THREADS']} torch threads)" if env else ""
+    return [{"label": label, "run": {"env": env}} for _ in range(jobs)]
+
+
+def run_variant(variant, seed, runs, device=None, env=None):
+    """Train (or resume) and evaluate one variant; reuse an evaluation of the finished run.
+    `device` overrides DEVICE for this run, `env` adds environment variables to its processes."""
     run = f"{variant}-s{seed}"
     run_dir = os.path.join(runs, run)
     eval_path = os.path.join(run_dir, "eval.json")
@@ -112,15 +164,16 @@ def run_variant(variant, seed, runs):
             print(f"  done before: {run}", flush=True)
             return result
     overrides = {name: globals()[name] for name in SHARED}
-    overrides.update(VARIANT_TABLE[variant], SEED=seed, RUN=run, LOG_DIR=runs,
+    device = device or DEVICE
+    overrides.update(VARIANT_TABLE[variant], SEED=seed, RUN=run, LOG_DIR=runs, DEVICE=device,
                      VAL_EVERY=STEPS, VAL_MAX_IMAGES=20, SAVE_EVERY=max(STEPS // 4, 1),
                      LOG_EVERY=max(STEPS // 10, 1))
     check_same_settings(run_dir, overrides)
-    call("Train.py", overrides)
+    call("Train.py", overrides, env)
     # The final model, not best.pt: picking the best on the evaluation set would flatter it.
     call("EvaluateAccuracy.py", {"CHECKPOINT": os.path.join(run_dir, "last.pt"), "DATASET": DATASET,
                                  "IMAGES": VAL_IMAGES, "ANNOTATIONS": VAL_ANNOTATIONS,
-                                 "OUT": run_dir, "DEVICE": DEVICE, "WORKERS": WORKERS, "AMP": AMP})
+                                 "OUT": run_dir, "DEVICE": device, "WORKERS": WORKERS, "AMP": AMP}, env)
     with open(eval_path) as f:
         return json.load(f)
 
@@ -132,23 +185,26 @@ def check_same_settings(run_dir, overrides):
         return
     with open(config_path) as f:
         before = json.load(f).get("params", {})
-    changed = [k for k, v in overrides.items() if k in before and before[k] != v and k != "LOG_DIR"]
+    # Where a run is stored or which device it ran on does not change what it learns.
+    changed = [k for k, v in overrides.items()
+               if k in before and before[k] != v and k not in ("LOG_DIR", "DEVICE", "WORKERS")]
     if changed:
         raise UserError(f"{run_dir} was trained with other settings ({', '.join(changed)}); "
                         "use another --NAME, or delete that folder")
 
 
-def call(script, overrides):
+def call(script, overrides, env=None):
     args = [f"--{k}={'None' if v is None else v}" for k, v in overrides.items()]
     completed = subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO,
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, env={**os.environ, **(env or {})})
     if completed.returncode != 0:
         tail = (completed.stderr.strip() or completed.stdout.strip()).splitlines()[-1:]
         raise UserError(f"{script} failed for {overrides.get('RUN') or overrides.get('CHECKPOINT')}: "
                         f"{tail[0] if tail else 'exit code ' + str(completed.returncode)}")
+    name = overrides.get("RUN") or os.path.basename(os.path.dirname(overrides["CHECKPOINT"]))
     for line in completed.stdout.splitlines():
         if line.startswith(("validation", "done", "overall")):
-            print(f"  {line}", flush=True)
+            print(f"  {name}: {line}", flush=True)
 
 
 def pair_accuracy(per_class, classes):

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import Ablation
 from roilib.demo import make_demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +19,7 @@ def test_two_variants_table_and_resume(tmp_path):
     make_demo(data, seed=5, n_train=16, n_val=6)
     args = [sys.executable, os.path.join(ROOT, "Ablation.py"), f"--LOG_DIR={tmp_path / 'abl'}", "--NAME=t",
             "--VARIANTS=stem,crop+attention", "--SEEDS=0,1", "--STEPS=3", "--MIN_SIZE=64", "--MAX_SIZE=64",
-            "--MAX_BATCH=4", "--WORKERS=0", "--DEVICE=cpu",
+            "--MAX_BATCH=4", "--WORKERS=0", "--DEVICE=cpu", "--JOBS=2",
             f"--TRAIN_IMAGES={data}/train/images", f"--TRAIN_ANNOTATIONS={data}/train/instances.json",
             f"--VAL_IMAGES={data}/val/images", f"--VAL_ANNOTATIONS={data}/val/instances.json"]
     first = subprocess.run(args, capture_output=True, text=True, timeout=600)
@@ -45,3 +46,18 @@ def test_two_variants_table_and_resume(tmp_path):
     changed = subprocess.run([a if not a.startswith("--STEPS=") else "--STEPS=4" for a in args],
                              capture_output=True, text=True, timeout=600)
     assert changed.returncode == 2 and "trained with other settings (STEPS" in changed.stderr
+
+
+def test_jobs_share_the_cpu_or_take_a_gpu_each(monkeypatch):
+    import torch
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [s["run"] for s in Ablation.job_slots(1, "cpu")] == [{}]
+    assert [s["run"] for s in Ablation.job_slots(4, "cpu")] == [{"env": {"OMP_NUM_THREADS": "2"}}] * 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")   # the user's own setting wins
+    assert [s["run"] for s in Ablation.job_slots(2, "cpu")] == [{"env": {}}] * 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    devices = [s["run"]["device"] for s in Ablation.job_slots(3, "auto")]
+    assert devices == ["cuda:0", "cuda:1", "cuda:0"]
+    assert all("device" not in s["run"] for s in Ablation.job_slots(2, "cuda:1"))   # a named GPU is kept
