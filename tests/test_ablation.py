@@ -61,3 +61,17 @@ def test_jobs_share_the_cpu_or_take_a_gpu_each(monkeypatch):
     devices = [s["run"]["device"] for s in Ablation.job_slots(3, "auto")]
     assert devices == ["cuda:0", "cuda:1", "cuda:0"]
     assert all("device" not in s["run"] for s in Ablation.job_slots(2, "cuda:1"))   # a named GPU is kept
+
+
+def test_pair_accuracy_by_area():
+    import importlib.util
+    import numpy as np
+    spec = importlib.util.spec_from_file_location("pair_by_size", os.path.join(ROOT, "tools", "pair_by_size.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    labels = np.array([8, 8, 9, 9, 0, 8])
+    preds = np.array([8, 9, 9, 9, 1, 8])
+    areas = np.array([100, 200, 300, 900, 50, 5000])
+    rows = tool.accuracy_by_area(labels, preds, areas, [8, 9], [0, 250, 1000, 2000])
+    # class 0 (wrong, 50 px) is not in the pair; the 5000-px segment is beyond the last edge
+    assert rows == [(0, 250, 0.5, 2), (250, 1000, 1.0, 2), (1000, 2000, None, 0)]
