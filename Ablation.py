@@ -138,10 +138,10 @@ def run_all(jobs, runs, start):
 def job_slots(jobs, device):
     """What each of `jobs` concurrent runs gets: a GPU of its own where several are visible and
     DEVICE does not name one, else the same device and (on the CPU) an equal share of the cores."""
-    import torch
-    gpus = torch.cuda.device_count() if device in ("auto", "cuda") and torch.cuda.is_available() else 0
     if jobs == 1:
         return [{"label": "", "run": {}}]
+    import torch
+    gpus = torch.cuda.device_count() if device in ("auto", "cuda") and torch.cuda.is_available() else 0
     if gpus > 1:
         return [{"label": f" on cuda:{j % gpus}", "run": {"device": f"cuda:{j % gpus}"}} for j in range(jobs)]
     on_cpu = resolve_device(device).type == "cpu"

@@ -46,13 +46,14 @@ def summarize(labels, preds, areas, class_names, topk=None):
         result[f"top{topk.shape[1]}_accuracy"] = float(np.mean((topk == labels[:, None]).any(1)))
     result["per_class"] = [{"class": name, "count": int(c), "accuracy": _nan_to_none(float(a))}
                            for name, c, a in zip(class_names, counts, per_class)]
-    result["by_size"] = _by_bins(labels, preds, areas, num_classes, SIZE_BINS)
-    result["coco_size"] = _by_bins(labels, preds, areas, num_classes, COCO_BINS)
+    result["by_size"] = by_bins(labels, preds, areas, num_classes, SIZE_BINS)
+    result["coco_size"] = by_bins(labels, preds, areas, num_classes, COCO_BINS)
     result["confusion"] = confusion.tolist()
     return result
 
 
-def _by_bins(labels, preds, areas, num_classes, bins):
+def by_bins(labels, preds, areas, num_classes, bins):
+    """One group_summary per (low, high, name) area bin: low <= area < high."""
     rows = []
     for lo, hi, name in bins:
         inside = (areas >= lo) & (areas < hi)

@@ -12,7 +12,6 @@ import os
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,6 +19,7 @@ from AttentionNet import AttentionNet  # noqa: E402
 from Datasets import open_dataset  # noqa: E402
 from roilib.checkpoint import load_checkpoint  # noqa: E402
 from roilib.evaluation import predict_dataset  # noqa: E402
+from roilib.metrics import by_bins  # noqa: E402
 from roilib.runtime import amp_dtype, resolve_device  # noqa: E402
 from roilib.windows import model_window  # noqa: E402
 
@@ -27,12 +27,9 @@ from roilib.windows import model_window  # noqa: E402
 def accuracy_by_area(labels, preds, areas, wanted, edges):
     """[(low, high, accuracy or None, count)] over the segments whose label is in `wanted`."""
     chosen = np.isin(labels, wanted)
-    rows = []
-    for low, high in zip(edges, edges[1:]):
-        cell = chosen & (areas >= low) & (areas < high)
-        rows.append((low, high, float(np.mean(preds[cell] == labels[cell])) if cell.any() else None,
-                     int(cell.sum())))
-    return rows
+    bins = [(low, high, f"{low}-{high}") for low, high in zip(edges, edges[1:])]
+    rows = by_bins(labels[chosen], preds[chosen], areas[chosen], int(labels.max()) + 1, bins)
+    return [(row["min_area"], row["max_area"], row["accuracy"], row["count"]) for row in rows]
 
 
 def main():
