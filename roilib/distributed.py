@@ -48,10 +48,6 @@ class Distributed:
         if self.enabled and tdist.is_initialized():
             tdist.destroy_process_group()
 
-    def barrier(self):
-        if self.enabled:
-            tdist.barrier(group=self.cpu_group)
-
     @contextlib.contextmanager
     def together(self):
         """Run a section that may fail on some processes only; all processes leave it alike:
@@ -80,13 +76,6 @@ class Distributed:
             raise error
         raise StopRun(f"stopped: process {ranks[0]} of {self.world_size} failed and printed why",
                       show=self.is_main)
-
-    def mean(self, values):
-        """Element-wise mean over the processes of a float tensor (on this process's device)."""
-        if self.enabled:
-            tdist.all_reduce(values)
-            values /= self.world_size
-        return values
 
     def sum(self, values):
         if self.enabled:
