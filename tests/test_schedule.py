@@ -68,4 +68,5 @@ def test_a_100_step_demo_run_learns(make_demo_data, tmp_path):
     config = json.loads((tmp_path / "short" / "config.json").read_text())
     assert config["lr_schedule"]["warmup_steps"] == 10
     best = torch.load(tmp_path / "short" / "best.pt", weights_only=True)
-    assert best["metrics"]["mean_class_accuracy"] > 0.3, best["metrics"]
+    # 0.81 here; 0.53 with the uncapped warm-up (the LR at its peak at the end); chance: 0.10
+    assert best["metrics"]["mean_class_accuracy"] > 0.65, best["metrics"]
