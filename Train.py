@@ -57,7 +57,7 @@ STEPS = 1200                # [>=1] optimiser steps in total (the LR cosine span
 STOP_AT = 0                 # [>=0] stop (with last.pt saved) after this step, e.g. to fit a job's time limit; 0 = STEPS
 LR = 2e-3                   # [>0] peak learning rate (AdamW)
 WEIGHT_DECAY = 0.05         # [>=0] AdamW weight decay (not applied to norms and biases)
-WARMUP_STEPS = 100          # [>=0] linear warm-up, then cosine decay to 1% of LR
+WARMUP_STEPS = 100          # [>=0] linear warm-up (at most a tenth of STEPS), then cosine decay to 1% of LR
 MIN_SIZE = 96               # [>=32] training crops: height and width drawn in [MIN_SIZE, MAX_SIZE],
 MAX_SIZE = 160              # [>=32]   rounded to multiples of 32
 MAX_PIXELS = 400000         # [>=1024] pixels per batch (batch size = MAX_PIXELS // (H*W), at most MAX_BATCH)
