@@ -270,6 +270,7 @@ def with_data_paths(p):
 def validate(model, val_set, device, dtype, dist, logger, step, window, cfg):
     """Each process evaluates its share of the images (every world_size-th one); the shares are
     gathered, so every process gets the same metrics. Returns the summary metrics."""
+    dist.share_buffers(model)
     with dist.together():
         out = predict_dataset(model, val_set, device, dtype, window=window, max_batch=cfg.MAX_BATCH,
                               workers=cfg.WORKERS, limit=cfg.VAL_MAX_IMAGES or None,

@@ -77,6 +77,14 @@ class Distributed:
         raise StopRun(f"stopped: process {ranks[0]} of {self.world_size} failed and printed why",
                       show=self.is_main)
 
+    def share_buffers(self, model):
+        """Rank 0's buffers (BatchNorm running statistics) on every process. DDP broadcasts
+        them before each forward, so the last training step leaves each process with its own:
+        a sharded validation must use the statistics of the model rank 0 saves."""
+        if self.enabled:
+            for buffer in model.buffers():
+                tdist.broadcast(buffer, 0)
+
     def sum(self, values):
         if self.enabled:
             tdist.all_reduce(values)
