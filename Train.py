@@ -133,8 +133,10 @@ def train(cfg, params, jitter, window, dist, device):
         model.to(device, memory_format=torch.channels_last if cfg.CHANNELS_LAST else torch.preserve_format)
         optimizer = make_optimizer(model, cfg.LR, cfg.WEIGHT_DECAY)
         # The cosine spans the STEPS the run began with; steps added later run at its end value.
+        # A resumed run keeps its schedule's shape (runs saved before the cap: uncapped).
         schedule_steps = state.get("schedule_steps", state["params"]["STEPS"]) if state else cfg.STEPS
-        warmup = warmup_steps(cfg.WARMUP_STEPS, schedule_steps)
+        warmup = (state.get("warmup_steps", cfg.WARMUP_STEPS) if state
+                  else warmup_steps(cfg.WARMUP_STEPS, schedule_steps))
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         step = 0
         if state is not None:
@@ -174,7 +176,7 @@ def train(cfg, params, jitter, window, dist, device):
                 model.save(os.path.join(run_dir, name), optimizer=optimizer.state_dict(),
                            scaler=scaler.state_dict(), step=step,
                            best_metric=best, metrics=metrics, params=params, window=list(window),
-                           schedule_steps=schedule_steps, world_size=dist.world_size)
+                           schedule_steps=schedule_steps, warmup_steps=warmup, world_size=dist.world_size)
 
     sampler = VaryingSizeBatchSampler(
         train_set.labels, cfg.MIN_SIZE, cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH,

@@ -146,7 +146,7 @@ def test_resume_applies_or_refuses_each_change(data, tmp_path):
     assert groups[0]["lr"] == pytest.approx(expected_lr(8), rel=1e-6)   # step 9's, at 1% of LR
     config = json.loads((run / "config.json").read_text())
     assert config["params"]["LR"] == 1e-3 and config["lr_schedule"]["cosine_steps"] == 6
-    assert state["params"]["STEPS"] == 9 and state["schedule_steps"] == 6
+    assert state["params"]["STEPS"] == 9 and state["schedule_steps"] == 6 and state["warmup_steps"] == 0
 
     shown, written = tensorboard_steps(run)
     assert written.count(5) == 2                          # written twice, before and after resume
