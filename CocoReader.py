@@ -36,7 +36,9 @@ ANNOUNCE_BYTES = 50 * 2 ** 20
 
 class CocoReader(SegmentDataset):
     def __init__(self, image_dir, annotation_file, train=True, min_area=1,
-                 include_crowd=False):
+                 include_crowd=False, class_names=None):
+        """`class_names` is taken for the readers' common signature (Datasets.FORMATS) and not
+        used: a COCO file names its own categories."""
         super().__init__(train)
         self.image_dir = str(image_dir)
         self.annotation_file = str(annotation_file)

@@ -182,10 +182,6 @@ class OpenSurfacesReader(SegmentDataset):
         image_index = int(self.image_of_segment[segment_index])
         return self._mask_from(self._label_map(image_index, image_shape), segment_index)
 
-    def image_masks(self, image_index, image_shape):
-        label_map = self._label_map(image_index, image_shape)  # read once for all segments
-        return [self._mask_from(label_map, i) for i in self.image_segments[image_index]]
-
     def box_masks(self, segment_indices, image_shape):
         if not len(segment_indices):
             return []

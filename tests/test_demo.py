@@ -21,6 +21,7 @@ from roilib import demo as demo_module  # noqa: E402
 from roilib.demo import (CLASS_NAMES, EXAMPLE_CLASSES, FAR_CONTEXT_PAIR, ensure_demo,  # noqa: E402
                          make_demo, write_example)
 from roilib.imageio import read_image, read_label_map, read_mask  # noqa: E402
+from helpers import image_masks  # noqa: E402
 from roilib.windows import cut_windows  # noqa: E402
 
 # pycocotools trips numpy 2's __array__(copy=...) deprecation: not ours to fix
@@ -94,7 +95,7 @@ def test_scene_promises(demo):
         labels = coco.labels[segments].tolist()
         assert len(set(labels)) == len(labels)  # different classes
         image = coco.load_image(image_index)
-        masks = coco.image_masks(image_index, image.shape[:2])
+        masks = image_masks(coco, image_index, image.shape[:2])
         grown = [cv2.dilate(m, np.ones((3, 3), np.uint8)) for m in masks]
         assert (np.sum(grown, axis=0) <= 1).all()  # >= 2 px between objects
         for label, mask in zip(labels, masks):
@@ -135,7 +136,7 @@ def test_far_pair_told_apart_only_far_away(make_demo_data):
         name = present[0]
         own = grounds[FAR_CONTEXT_PAIR[name]]
         assert all(g.sum() < 5 for ground, g in grounds.items() if ground != FAR_CONTEXT_PAIR[name])
-        mask = coco.image_masks(image_index, image.shape[:2])[names.index(name)]
+        mask = image_masks(coco, image_index, image.shape[:2])[names.index(name)]
         x0, y0, x1, y1 = masks_to_boxes_with_context(
             torch.from_numpy(mask)[None, None], 0.5, (128, 128))[0, 1:].tolist()
         crop_view = own[max(0, int(y0) - 1):int(y1) + 2, max(0, int(x0) - 1):int(x1) + 2]
