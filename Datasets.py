@@ -59,7 +59,7 @@ def open_dataset(dataset, split, images="", annotations="", train=True, class_na
     images, annotations = resolve_paths(dataset, split, images, annotations)
     if dataset == "demo" and images.startswith(DEMO_ROOT):
         from roilib.demo import ensure_demo
-        ensure_demo(DEMO_ROOT)
+        ensure_demo(DEMO_ROOT, announce=lambda line: print(line, flush=True))   # writes into the repo
     for path in (images, annotations):
         if not os.path.exists(path):
             raise UserError(f"{path}: not found ({HOW_TO_GET[dataset]})")

@@ -18,7 +18,7 @@ import torch
 
 from roilib.errors import UserError
 
-# The layout of the dict that AttentionNet.save writes; from_state refuses other versions.
+# The layout of the dict that model_checkpoint builds; model_from_state refuses other versions.
 CHECKPOINT_FORMAT = 1
 # A released model folder (see the module doc).
 RELEASE_WEIGHTS = "model.safetensors"
@@ -99,15 +99,41 @@ def load_checkpoint(path, map_location="cpu"):
 def load_model_state(path, map_location="cpu"):
     """A trained model's state from a .pt checkpoint or a released folder, as one dict shape:
     {"format", "model" (the state_dict), "config", and where known "window", "params",
-    "step"}; AttentionNet.from_state builds the model from it."""
+    "step"}; model_from_state (AttentionNet.from_state) builds the model from it."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return load_released_folder(path, map_location)
     return load_checkpoint(path, map_location)
 
 
+def model_checkpoint(model_state, config, **extra):
+    """The dict a model checkpoint holds: {"format", "model", "config", **extra}."""
+    return {"format": CHECKPOINT_FORMAT, "model": model_state, "config": dict(config), **extra}
+
+
+def model_from_state(state, path, build):
+    """Check a loaded state's layout and format version, then `build(config)` a model and load
+    its weights; every mismatch is one line naming `path`."""
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{path}: not an AttentionNet checkpoint (no 'model' and 'config' entries)")
+    found = state.get("format")
+    if found != CHECKPOINT_FORMAT:
+        age = "a newer" if isinstance(found, int) and found > CHECKPOINT_FORMAT else "an older"
+        raise UserError(f"{path}: checkpoint format {found} is from {age} version of this code "
+                        f"(this one reads format {CHECKPOINT_FORMAT}); use the matching version")
+    try:
+        model = build(dict(state["config"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: checkpoint does not match this version of AttentionNet ({first_line(e)})") from None
+    return model
+
+
 def load_released_folder(folder, map_location="cpu"):
     """Read RELEASE_CONFIG and RELEASE_WEIGHTS from `folder`: JSON and safetensors, no pickle."""
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: not a folder; a released model is a folder of {RELEASE_WEIGHTS} "
+                        f"and {RELEASE_CONFIG} (a .pt file is read with from_checkpoint)")
     config_path = os.path.join(folder, RELEASE_CONFIG)
     weights_path = os.path.join(folder, RELEASE_WEIGHTS)
     for name, file in ((RELEASE_CONFIG, config_path), (RELEASE_WEIGHTS, weights_path)):

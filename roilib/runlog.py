@@ -14,7 +14,8 @@ from roilib.outputs import atomic_write
 from roilib.progress import format_seconds
 from roilib.runtime import precision_name
 
-CSV_FIELDS = ["step", "loss", "lr", "img_per_s", "val_accuracy", "val_mean_class_accuracy"]
+RATE_FIELD = "img_per_s"   # train_log.csv's throughput column (Benchmark.py reads it back)
+CSV_FIELDS = ["step", "loss", "lr", RATE_FIELD, "val_accuracy", "val_mean_class_accuracy"]
 
 
 def trim_log(csv_path, step):
