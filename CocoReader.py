@@ -117,7 +117,7 @@ class CocoReader(SegmentDataset):
             text += f"; invalid annotations dropped: {', '.join(invalid)}"
         unused = self.unused_categories()
         if unused:
-            text += (f"; categories no annotation uses: {', '.join(unused)} (kept as classes "
+            text += (f"; categories with no usable annotation: {', '.join(unused)} (kept as classes "
                      f"with 0 segments, so that class ids stay stable)")
         return text
 
