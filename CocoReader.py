@@ -29,7 +29,7 @@ from roilib.compactindex import (StringTable, _View, adopt_segments, check_boxes
 from roilib.dataset import SegmentDataset
 from roilib.errors import UserError
 from roilib.imageio import orientation_hint
-from roilib.indexcache import cached_index, file_identity
+from roilib.indexcache import cached_index, content_digest, file_identity, notice
 
 # Annotation files from this size on say, before their first (slow) indexing, why.
 ANNOUNCE_BYTES = 50 * 2 ** 20
@@ -68,10 +68,20 @@ class CocoReader(SegmentDataset):
         if identity["size"] >= ANNOUNCE_BYTES:
             announce = (f"{self.annotation_file}: indexing {identity['size'] / 2 ** 20:.0f} "
                         f"MiB of annotations (first start only)")
-        return cached_index(self.annotation_file, "coco", identity, settings,
-                            lambda: build_coco_index(self.annotation_file, min_area,
-                                                     include_crowd),
-                            check_coco_index, announce)
+
+        def build(previous):
+            """Index the file, unless ``previous`` (a stale cache) is of the same content:
+            a touched or copied file (new mtime, ctime or inode) keeps its index."""
+            digest = content_digest(self.annotation_file)
+            if previous is not None and int(previous["source_digest"]) == digest:
+                return previous
+            if previous is not None and announce:
+                notice(announce)
+            return {**build_coco_index(self.annotation_file, min_area, include_crowd),
+                    "source_digest": np.array(digest, np.int64)}
+
+        return cached_index(self.annotation_file, "coco", identity, settings, build,
+                            check_coco_index, announce, incremental=True)
 
     def _adopt(self, arrays):
         """Index arrays -> the reader's tables, leaving out images whose file is missing
@@ -180,6 +190,7 @@ def check_coco_index(arrays):
         "segment_image": (ints, (None,)), "segment_id": (ints, (None,)),
         "segment_label": (ints, (None,)), "segment_area": (ints, (None,)),
         "segment_bbox": (ints, (None, 4)), "skipped": (ints, (len(SKIP_REASONS),)),
+        "source_digest": (ints, ()),
         "degenerate_ids": (ints, (None,)), "degenerate_reasons": (ints, (None,)),
         **{_invalid_key(reason): (ints, (None,)) for reason in INVALID_REASONS},
         **{f"{table}_{part}": (dtype, (None,)) for table in ("file_names", "class_names", "rle")

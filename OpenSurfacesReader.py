@@ -114,9 +114,9 @@ class OpenSurfacesReader(SegmentDataset):
             stem = os.path.splitext(name)[0]
             try:
                 status = os.stat(self._label_path(stem))
-            except OSError:
+            except OSError:  # none, or a dangling link (as os.path.isfile said before)
                 status = None
-            if status is None or not stat.S_ISREG(status.st_mode):
+            if not (status and stat.S_ISREG(status.st_mode)):
                 missing += 1
                 continue
             maps.append((name, stem, stat_row(status)))
@@ -144,16 +144,13 @@ class OpenSurfacesReader(SegmentDataset):
         self.images = LabelMapImages(self.image_dir, self.label_dir,
                                      StringTable.of(arrays, "image_names"),
                                      StringTable.of(arrays, "stems"), kept)
-        table = arrays["segments"]
-        column = {name: table[:, k] for k, name in enumerate(SEGMENT_COLUMNS)}
-        self._values, self._seeds = column["value"], table[:, 7:9]
+        table = arrays["segments"]  # columns: SEGMENT_COLUMNS
+        self._values, self._seeds = table[:, 6], table[:, 7:9]
         adopt_segments(self, len(kept), np.repeat(np.arange(len(kept)), counts[kept]),
-                       column["number"], self.labels_of(self._values), column["area"],
-                       table[:, 1:5])
+                       table[:, 0], self.labels_of(self._values), table[:, 5], table[:, 1:5])
 
     def _check_index(self, arrays):
-        """ValueError unless the arrays form an index of this reader: its structure, and
-        values of classes of these settings."""
+        """check_label_map_index, and every value a class of these settings."""
         check_label_map_index(arrays)
         values = arrays["segments"][:, 6]
         void = [v for v in (self.background, self.ignore) if v is not None]

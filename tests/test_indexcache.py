@@ -173,6 +173,9 @@ def test_cache_is_used_and_rebuilt_when_its_key_changes(demo, tmp_path, cache_fo
     assert len(builds) == 1 and len(first) == len(again)
     CocoReader(tmp_path / "images", annotations, min_area=50)  # other settings: own file
     assert len(builds) == 2 and len(list(cache_folder.glob("*.npz"))) == 2
+    os.utime(annotations, ns=(0, 10 ** 18))  # touched: a new mtime, the same content
+    assert len(CocoReader(tmp_path / "images", annotations)) == len(first)
+    assert len(builds) == 2
     data = json.loads(annotations.read_text())
     data["annotations"] = data["annotations"][:5]
     annotations.write_text(json.dumps(data))
