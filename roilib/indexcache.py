@@ -71,8 +71,8 @@ def content_digest(path):
 
 
 def folder_identity(folder, with_stat=True, names=None):
-    """Digest of a folder's file names (and sizes and mtimes when ``with_stat``); ``names``
-    (a callable on a name) keeps only some files."""
+    """Digest of a folder's file names (and each one's ``stat_row`` when ``with_stat``);
+    ``names`` (a callable on a name) keeps only some files."""
     digest = hashlib.sha1()
     count = 0
     with os.scandir(folder) as entries:
