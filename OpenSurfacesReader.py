@@ -96,8 +96,8 @@ class OpenSurfacesReader(SegmentDataset):
         todo = [i for i, (m, old) in enumerate(zip(maps, entries))
                 if old is None or old.stat != m[2]]
         if len(todo) >= ANNOUNCE_MAPS:
-            notice(f"{self.label_dir}: scanning {len(todo)} of {len(maps)} label maps (new "
-                   f"or changed; later starts reuse the index)")
+            notice(f"{self.label_dir}: reading {len(todo)} of {len(maps)} label maps, new or "
+                   f"changed on disk (scanned unless their content is the same)")
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             for i, entry in zip(todo, pool.map(lambda i: self._entry(maps[i], entries[i]),
                                                todo)):
