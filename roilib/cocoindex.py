@@ -27,6 +27,10 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotoo
 # ("out of bounds for uint8") on a list of more than 255 RLEs.
 _CHUNK = 255
 SKIP_REASONS = ("crowd", "degenerate", "small")
+# Why an annotation is degenerate (stored as its position here).
+DEGENERATE_REASONS = (
+    "polygon given as a dict: convert with `kwcoco conform --legacy=True`",
+    "no polygon of 3 or more points", "polygon with an odd number of coordinates")
 INVALID_REASONS = ("bad polygon", "bad RLE", "unknown image")
 
 
@@ -76,6 +80,7 @@ class CocoIndexBuilder:
         self.label_of = {cat: label for label, cat in enumerate(self.category_ids)}
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.invalid = {reason: [] for reason in INVALID_REASONS}
+        self.degenerate = []  # (annotation id, index in DEGENERATE_REASONS)
         self.pending = []  # (image id, annotation id, label, rle) waiting to be measured
         self.kept = defaultdict(list)  # column -> values of the kept segments, in order
 
@@ -112,11 +117,13 @@ class CocoIndexBuilder:
                                 f"category_id {ann.get('category_id')}")
             height, width = self._size(record)
             segmentation = ann.get("segmentation")
-            if isinstance(segmentation, list):
+            if _is_dict_polygon(segmentation):
+                self._degenerate(ann, 0)  # kwcoco's form: never read as something else
+            elif isinstance(segmentation, list):
                 parts = [p for p in segmentation if isinstance(p, list) and len(p) >= 6
                          and len(p) % 2 == 0]
                 if not parts:
-                    self.skipped["degenerate"] += 1
+                    self._degenerate(ann, _degenerate_reason(segmentation))
                 elif not polygon_in_bounds(parts, height, width):
                     self.invalid["bad polygon"].append(ann["id"])
                 else:
@@ -132,6 +139,10 @@ class CocoIndexBuilder:
                                 f"or RLE segmentation")
         for ann, rle in self._rasterise(usable, record):
             self._queue(image_id, ann, rle)
+
+    def _degenerate(self, ann, reason):
+        self.skipped["degenerate"] += 1
+        self.degenerate.append((ann.get("id", -1), reason))
 
     def _size(self, record):
         height, width = record.get("height"), record.get("width")
@@ -215,6 +226,8 @@ class CocoIndexBuilder:
                 "segment_bbox": np.concatenate(kept["bbox"] or [np.zeros((0, 4), np.int64)]),
                 **StringTable.from_bytes(kept["counts"]).arrays("rle"),
                 "skipped": np.array([self.skipped[r] for r in SKIP_REASONS], np.int64),
+                "degenerate_ids": self._ints([i for i, _ in self.degenerate]),
+                "degenerate_reasons": np.array([r for _, r in self.degenerate], np.int64),
                 **invalid}
 
     def _ints(self, values):
@@ -225,6 +238,18 @@ class CocoIndexBuilder:
         except (TypeError, ValueError, OverflowError):
             raise UserError(f"{self.file}: ids must be integers (got e.g. "
                             f"{values[:3]})") from None
+
+
+def _is_dict_polygon(segmentation):
+    """kwcoco's polygon: {"exterior": [...], "interiors": [...]}, alone or in a list."""
+    parts = segmentation if isinstance(segmentation, list) else [segmentation]
+    return any(isinstance(p, dict) and "exterior" in p for p in parts)
+
+
+def _degenerate_reason(segmentation):
+    """Why a polygon list has no usable part (a position in DEGENERATE_REASONS)."""
+    odd = any(isinstance(p, list) and len(p) >= 6 and len(p) % 2 for p in segmentation)
+    return 2 if odd else 1
 
 
 # ------------------------------------------------------------------ validation

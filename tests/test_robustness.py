@@ -433,7 +433,8 @@ def test_coco_counts_what_it_drops(data, tmp_path):
     reader = CocoReader(folder / "images", folder / "instances.json")
     assert len(reader) == before
     assert reader.missing_images == 1 and reader.skipped == {"crowd": 0, "degenerate": 2, "small": 1}
-    assert "2 degenerate, 1 small; missing image files: 1" in reader.summary()
+    assert "2 degenerate, 1 small (id 1001: no polygon of 3 or more points; id 1002: polygon " \
+        "with an odd number of coordinates); missing image files: 1" in reader.summary()
 
 
 def test_readers_take_16_bit_images_and_label_maps(tmp_path):
