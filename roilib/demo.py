@@ -44,6 +44,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from roilib.imageio import write_png
+from roilib.outputs import write_json
 
 VERSION = 3  # bump whenever the generated data changes: ensure_demo then rebuilds
 CLASS_NAMES = ["apple", "lime", "tile", "brick", "ring", "sail", "boat", "car", "hive", "kennel"]
@@ -350,13 +351,8 @@ def _write_split(folder, split, seed, count):
                   for k, name in enumerate(CLASS_NAMES)]
     coco = {"info": {"description": f"roilib demo v{VERSION}, seed {seed}, {split}"},
             "images": images, "annotations": annotations, "categories": categories}
-    _write_json(os.path.join(folder, "instances.json"), coco)
+    write_json(os.path.join(folder, "instances.json"), coco)
     return {"images": count, "segments": len(annotations), "per_class": per_class}
-
-
-def _write_json(path, data):
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(data, file, separators=(",", ":"))
 
 
 def _params(seed, n_train, n_val):
@@ -374,7 +370,7 @@ def make_demo(root, seed=0, n_train=600, n_val=200):
                     context_pair=CONTEXT_PAIR, far_context_pair=FAR_CONTEXT_PAIR, splits={})
         for split, count in (("train", n_train), ("val", n_val)):
             info["splits"][split] = _write_split(os.path.join(tmp, split), split, seed, count)
-        _write_json(os.path.join(tmp, "demo.json"), info)
+        write_json(os.path.join(tmp, "demo.json"), info)
         _swap_in(tmp, root, info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -84,7 +84,7 @@ def test_a_save_failing_with_a_runtime_error_is_named_and_keeps_the_old_file(tmp
     def full_disk(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file")
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserError, match=r"could not write checkpoint \(disk full\?"):
+    with pytest.raises(UserError, match=r"cannot write checkpoint \(disk full\?"):
         save_checkpoint({"step": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path) == {"step": 1}
