@@ -9,7 +9,9 @@ from pycocotools import mask as mask_utils
 from AttentionNet import AttentionNet
 from CocoReader import CocoReader
 from helpers import run_script
-from roilib.labelling import evaluate, label_masks, model_category_ids, read_masks
+from roilib.labelling import label_masks, model_category_ids
+from roilib.maskeval import evaluate
+from roilib.maskinputs import read_masks
 from roilib.windows import cut_windows
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
@@ -228,7 +230,7 @@ def test_bad_masks_are_skipped_counted_and_reported(demo, trained, tmp_path):
                         f"--IMAGES={demo['images']}", f"--IMAGE_INFO={info}", f"--OUT={out}",
                         "--WORKERS=1", "--TOPK=2")
     lines = result.stdout.splitlines()
-    for count, kind in ((1, "empty"), (1, "wrong size"), (1, "unknown image id"), (2, "missing image file")):
+    for count, kind in ((1, "empty"), (1, "RLE size differs from the image"), (1, "unknown image id"), (2, "missing image file")):
         assert sum(line.startswith(f"skipped {count} masks: {kind} (") for line in lines) == 1, result.stdout
     assert "labelled 3 masks" in result.stdout
     assert len(read_json(out)) == 6
