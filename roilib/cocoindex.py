@@ -120,7 +120,8 @@ class CocoIndexBuilder:
         """Count a segmentation that roilib.segmentation refused, by reason."""
         if reason == "degenerate polygon":
             self.skipped["degenerate"] += 1
-        elif reason.startswith("polygon not") or reason == "polygon outside the image":
+        elif reason in ("polygon not numbers", "polygon outside the image",
+                        "polygon outline too long"):
             self.invalid["bad polygon"].append(ann["id"])
         elif reason.startswith("RLE counts"):
             self.invalid["bad RLE"].append(ann["id"])

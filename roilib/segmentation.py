@@ -19,11 +19,16 @@ REASONS = {
     "degenerate polygon": "no part with 3 or more points",
     "polygon not numbers": "a coordinate that is not a finite number",
     "polygon outside the image": "a coordinate more than one image size outside the image",
+    "polygon outline too long": f"an outline longer than {2 ** 24} pixels (pycocotools' memory "
+                                "grows with it)",
     "RLE size differs from the image": "the RLE's 'size' is not the image's [height, width]",
     "RLE counts invalid": "counts that are not run lengths (integers or a COCO RLE string)",
     "RLE counts negative": "a negative run length",
     "RLE counts do not cover the image": "run lengths that do not add up to height x width",
 }
+
+
+_MAX_OUTLINE = 2 ** 24   # pixels: ~0.7 GB in pycocotools at most
 
 
 class BadSegmentation(ValueError):
@@ -56,6 +61,8 @@ def checked(segmentation, height, width):
         counts = counts.encode("utf-8")  # a non-ASCII character fails the check below
     if not isinstance(counts, bytes):
         raise BadSegmentation("RLE counts invalid")
+    if len(counts) > 7 * (height * width + 1):   # at most 7 characters a run, h × w + 1 runs
+        raise BadSegmentation("RLE counts do not cover the image")
     _check_runs(_compressed_runs(counts), height * width)
     return {"size": [height, width], "counts": counts}
 
@@ -93,6 +100,20 @@ def _check_polygon(parts, height, width):
         if not (-width <= min(xs) and max(xs) <= 2 * width
                 and -height <= min(ys) and max(ys) <= 2 * height):
             raise BadSegmentation("polygon outside the image")
+    # pycocotools draws each edge point by point (5x upsampled): many long edges in bounds
+    # cost as much memory as one far away. An edge in bounds is at most 3 image sides long,
+    # so only polygons of very many points need the exact sum.
+    edges = sum(len(part) // 2 for part in parts)
+    if edges * 3 * max(height, width) > _MAX_OUTLINE \
+            and sum(_outline(part) for part in parts) > _MAX_OUTLINE:
+        raise BadSegmentation("polygon outline too long")
+
+
+def _outline(part):
+    """Sum over the closed outline's edges of their longer side, in pixels."""
+    points = np.asarray(part, np.float64).reshape(-1, 2)
+    steps = np.abs(np.diff(points, axis=0, append=points[:1]))
+    return float(steps.max(axis=1).sum())
 
 
 def _check_runs(runs, pixels):

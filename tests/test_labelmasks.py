@@ -274,6 +274,8 @@ def hostile_cases(height, width):
         ({"segmentation": [[1, 1, None, 1, 20, 20]]}, "polygon not numbers"),
         ({"segmentation": [[0, 0, 1e9, 0, 1e9, 1e9]]}, "polygon outside the image"),
         ({"segmentation": [[0, 0, -5 * width, 0, 20, 20]]}, "polygon outside the image"),
+        ({"segmentation": [[0, 0, 2 * width, 2 * height] * (2 ** 22 // max(height, width) + 1)]},
+         "polygon outline too long"),           # in bounds, but 2^24 pixels of edges to draw
         ({"segmentation": {"exterior": [[1, 1], [20, 1], [20, 20]], "interiors": []}},
          "polygon given as a dict"),
         ({"segmentation": [[1, 2, 3, 4]]}, "degenerate polygon"),
