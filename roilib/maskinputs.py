@@ -29,8 +29,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SAM_METADATA = "metadata.csv"   # amg.py's default output, one per image folder
 # Skipped as read, with what each means.
 READ_KINDS = {
-    "not a mask record": "an entry that is not a JSON object (or a metadata.csv row "
-                         "without an integer id)",
+    "not a mask record": "an entry that is not a JSON object, or a metadata.csv row "
+                         "without an integer id",
     "bad image id": "image_id is neither an integer nor a name",
     "bad score": "score or predicted_iou is not a finite number",
 }

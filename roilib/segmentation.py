@@ -14,15 +14,15 @@ from pycocotools import mask as mask_utils
 # The reasons of BadSegmentation, with what each means; readers report counts by reason.
 REASONS = {
     "no segmentation": "neither a polygon list nor an RLE with 'counts'",
-    "polygon given as a dict": "a polygon as {'exterior', 'interiors'} (kwcoco), not COCO's "
-                               "list of coordinate lists: convert with `kwcoco conform --legacy=True`",
+    "polygon given as a dict": "kwcoco's {'exterior', 'interiors'}, not COCO's list of "
+                               "coordinate lists: convert with `kwcoco conform --legacy=True`",
     "degenerate polygon": "no part with 3 or more points",
     "polygon not numbers": "a coordinate that is not a finite number",
     "polygon outside the image": "a coordinate more than one image size outside the image",
-    "polygon outline too long": f"an outline longer than {2 ** 24} pixels (pycocotools' memory "
-                                "grows with it)",
+    "polygon outline too long": f"an outline longer than {2 ** 24} pixels, which pycocotools "
+                                "would draw point by point",
     "RLE size differs from the image": "the RLE's 'size' is not the image's [height, width]",
-    "RLE counts invalid": "counts that are not run lengths (integers or a COCO RLE string)",
+    "RLE counts invalid": "counts that are neither integer run lengths nor a COCO RLE string",
     "RLE counts negative": "a negative run length",
     "RLE counts do not cover the image": "run lengths that do not add up to height x width",
 }
