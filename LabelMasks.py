@@ -4,16 +4,17 @@
     python LabelMasks.py --MASKS=proposals.json --IMAGES=val2017 \\
         --IMAGE_INFO=annotations/instances_val2017.json --GT=annotations/instances_val2017.json
 
-MASKS: a COCO results list, a COCO instances file (its annotations are the masks) or a folder
-of per-image JSON files as Segment Anything's amg.py writes them with --convert-to-rle.
+MASKS: a COCO results list, a COCO instances file (its annotations are the masks), or Segment
+Anything's amg.py output: a folder of per-image JSON files (--convert-to-rle), or its default,
+a folder per image of PNG masks with metadata.csv (that folder, or the folder holding them).
 Writes OUT, a COCO results list: one entry per mask and class among its TOPK, with the
 training set's own category ids and score = class probability × the mask's score (or its
 predicted_iou). With GT (an instances file), pycocotools' COCOeval "segm" scores it: AP, AP50,
 AP75, APs/APm/APl and the region accuracy of the masks matched to a GT mask, printed and
 written to OUT's name + "_eval.json". Each mask is seen in a window of the model's training
 geometry at native scale (roilib/windows.py); windows of many masks and images are batched.
-Masks that cannot be used (empty, wrong size, unknown image, missing file) are skipped,
-counted and reported.
+Masks that cannot be used (empty, outside the image, RLE counts that do not cover it, NaN
+scores, unknown image, missing file...) are skipped, counted and reported by reason.
 """
 import os
 
@@ -22,9 +23,10 @@ import torch
 from AttentionNet import AttentionNet
 from roilib import cli
 from roilib.checkpoint import load_model_state
-from roilib.outputs import check_writable_folder, refuse_input_as_output
-from roilib.labelling import (evaluate, evaluation_path, format_evaluation, label_masks,
-                              model_category_ids, read_masks, skipped_lines, write_json)
+from roilib.outputs import check_writable_folder, refuse_input_as_output, write_json
+from roilib.labelling import label_masks, model_category_ids, skipped_lines
+from roilib.maskeval import evaluate, evaluation_path, format_evaluation
+from roilib.maskinputs import read_masks
 from roilib.paths import find_checkpoint, find_path
 from roilib.runtime import amp_dtype, precision_name, resolve_device
 from roilib.windows import model_window

@@ -1,14 +1,10 @@
 """COCO instances JSON -> the compact index of CocoReader (numpy arrays only).
 
-Every annotation is checked before pycocotools sees it, because pycocotools trusts its input:
-a NaN or 1e9 polygon coordinate makes it allocate until the kernel kills the process, RLE
-counts that do not add up raise deep inside evaluation, and an invalid compressed RLE string
-decodes to different garbage on each call. Such annotations are dropped and counted with
-their ids. Masks are kept as compressed RLE bytes in one buffer, read by position (two
+Every annotation is checked before pycocotools sees it, by roilib.segmentation (the one
+check, shared with LabelMasks): bad polygons and RLEs are dropped and counted with their ids. Masks are kept as compressed RLE bytes in one buffer, read by position (two
 annotations with one id both keep their own mask).
 """
 import json
-import math
 import operator
 import warnings
 from collections import defaultdict
@@ -18,6 +14,7 @@ from pycocotools import mask as mask_utils
 
 from roilib.compactindex import StringTable
 from roilib.errors import UserError
+from roilib.segmentation import BadSegmentation, checked, to_rles
 
 # pycocotools' decode trips numpy 2's __array__(copy=...) deprecation on every first call
 # in each process: harmless, and not the user's business.
@@ -119,26 +116,31 @@ class CocoIndexBuilder:
             segmentation = ann.get("segmentation")
             if _is_dict_polygon(segmentation):
                 self._degenerate(ann, 0)  # kwcoco's form: never read as something else
-            elif isinstance(segmentation, list):
-                parts = [p for p in segmentation if isinstance(p, list) and len(p) >= 6
-                         and len(p) % 2 == 0]
-                if not parts:
-                    self._degenerate(ann, _degenerate_reason(segmentation))
-                elif not polygon_in_bounds(parts, height, width):
-                    self.invalid["bad polygon"].append(ann["id"])
-                else:
-                    usable.append((ann, parts))
-            elif isinstance(segmentation, dict) and "counts" in segmentation:
-                rle = self._rle(ann, segmentation, height, width)
-                if rle is None:
-                    self.invalid["bad RLE"].append(ann["id"])
-                else:
-                    usable.append((ann, rle))
-            else:
-                raise UserError(f"{self.file}: annotation {ann.get('id')} has no polygon "
-                                f"or RLE segmentation")
-        for ann, rle in self._rasterise(usable, record):
+                continue
+            try:
+                usable.append((ann, checked(segmentation, height, width)))
+            except BadSegmentation as bad:
+                self._refuse(ann, str(bad), height, width)
+        shapes = to_rles([shape for _, shape in usable], height, width) if usable else []
+        for (ann, _), rle in zip(usable, shapes):
             self._queue(image_id, ann, rle)
+
+    def _refuse(self, ann, reason, height, width):
+        """Count a segmentation that roilib.segmentation refused, by reason."""
+        if reason == "degenerate polygon":
+            self._degenerate(ann, _degenerate_reason(ann["segmentation"]))
+        elif reason in ("polygon not numbers", "polygon outside the image",
+                        "polygon outline too long"):
+            self.invalid["bad polygon"].append(ann["id"])
+        elif reason.startswith("RLE counts"):
+            self.invalid["bad RLE"].append(ann["id"])
+        elif reason == "RLE size differs from the image":
+            raise UserError(f"{self.file}: annotation {ann['id']} RLE size "
+                            f"{ann['segmentation'].get('size')} differs from image "
+                            f"{height}x{width} (HxW)")
+        else:
+            raise UserError(f"{self.file}: annotation {ann.get('id')} has no polygon "
+                            f"or RLE segmentation")
 
     def _degenerate(self, ann, reason):
         self.skipped["degenerate"] += 1
@@ -149,35 +151,6 @@ class CocoIndexBuilder:
         if not height or not width:
             raise UserError(f"{self.file}: image {record.get('id')} has no height/width")
         return height, width
-
-    def _rasterise(self, usable, record):
-        """(annotation, RLE) for each usable annotation, in order: all polygon parts of the
-        image in one pycocotools call; an annotation of several parts is their union."""
-        parts = [part for _, shape in usable if isinstance(shape, list) for part in shape]
-        rles = iter(mask_utils.frPyObjects(parts, record["height"], record["width"])
-                    if parts else ())
-        for ann, shape in usable:
-            if isinstance(shape, list):
-                pieces = [next(rles) for _ in shape]
-                shape = pieces[0] if len(pieces) == 1 else mask_utils.merge(pieces)
-            yield ann, shape
-
-    def _rle(self, ann, segmentation, height, width):
-        """An RLE annotation as compressed RLE, or None when its counts are invalid."""
-        if list(segmentation.get("size", [])) != [height, width]:
-            raise UserError(f"{self.file}: annotation {ann['id']} RLE size "
-                            f"{segmentation.get('size')} differs from image "
-                            f"{height}x{width} (HxW)")
-        counts = segmentation["counts"]
-        if isinstance(counts, list):  # uncompressed
-            if not uncompressed_counts_ok(counts, height * width):
-                return None
-            return mask_utils.frPyObjects(segmentation, height, width)
-        if isinstance(counts, str):
-            counts = counts.encode("utf-8")  # a non-ASCII character fails the check below
-        if not isinstance(counts, bytes) or not compressed_counts_ok(counts, height * width):
-            return None
-        return {"size": [height, width], "counts": counts}
 
     def _queue(self, image_id, ann, rle):
         self.pending.append((image_id, ann["id"], self.label_of[ann["category_id"]], rle))
@@ -250,56 +223,3 @@ def _degenerate_reason(segmentation):
     """Why a polygon list has no usable part (a position in DEGENERATE_REASONS)."""
     odd = any(isinstance(p, list) and len(p) >= 6 and len(p) % 2 for p in segmentation)
     return 2 if odd else 1
-
-
-# ------------------------------------------------------------------ validation
-
-def polygon_in_bounds(parts, height, width):
-    """Every coordinate a finite number within one image size of the image. (pycocotools
-    upsamples the outline 5×, so its memory grows with the coordinates: 1e9 is 23 GB.)"""
-    try:
-        for part in parts:
-            xs, ys = part[0::2], part[1::2]
-            if not (math.isfinite(sum(part)) and -width <= min(xs) and max(xs) <= 2 * width
-                    and -height <= min(ys) and max(ys) <= 2 * height):
-                return False
-    except TypeError:  # a coordinate that is not a number
-        return False
-    return True
-
-
-def uncompressed_counts_ok(counts, pixels):
-    """Non-negative integer run lengths that cover the image exactly."""
-    try:
-        runs = np.asarray(counts)
-    except (TypeError, ValueError, OverflowError):
-        return False
-    return (runs.ndim == 1 and runs.dtype.kind in "iu" and not (runs < 0).any()
-            and int(runs.sum(dtype=np.int64)) == pixels)
-
-
-def compressed_counts_ok(counts, pixels):
-    """A COCO compressed RLE string that decodes to run lengths covering the image exactly
-    (pycocotools' rleFrString, vectorised: 6-bit characters from '0', 5 value bits, bit 5 =
-    more characters follow, bit 4 of the last = sign; from the third run on, a value is the
-    difference to the run two before)."""
-    codes = np.frombuffer(counts, np.uint8).astype(np.int64) - 48
-    if codes.size == 0 or codes.min() < 0 or codes.max() > 63:
-        return False
-    more = (codes & 0x20) != 0
-    if more[-1]:
-        return False  # the last run is cut off: pycocotools would read past the string
-    token = np.concatenate([[0], np.cumsum(~more[:-1])])
-    starts = np.flatnonzero(np.concatenate([[True], ~more[:-1]]))
-    digit = np.arange(codes.size) - starts[token]
-    if digit.max() > 6:
-        return False  # beyond 35 bits: no run of a real image is that long
-    values = np.zeros(len(starts), np.int64)
-    np.add.at(values, token, (codes & 0x1F) << (5 * digit))
-    ends = np.flatnonzero(~more)
-    negative = (codes[ends] & 0x10) != 0
-    values[negative] -= np.left_shift(1, 5 * (digit[ends][negative] + 1))
-    runs = values.copy()
-    for parity in (1, 2):  # run i (i >= 3) = value i + run i - 2
-        runs[parity::2] = np.cumsum(values[parity::2])
-    return not (runs < 0).any() and int(runs.sum()) == pixels

@@ -26,6 +26,7 @@ from pycocotools import mask as mask_utils
 from roilib.demo_example import write_example
 from roilib.demo_scenes import CLASS_NAMES, CONTEXT_PAIR, FAR_CONTEXT_PAIR, SPLIT_CODES, make_scene
 from roilib.imageio import write_png
+from roilib.outputs import write_json
 
 # Bump whenever the generated data changes (demo_scenes.py and demo_shapes.py included):
 # ensure_demo then rebuilds.
@@ -66,13 +67,8 @@ def _write_split(folder, split, seed, count):
                   for k, name in enumerate(CLASS_NAMES)]
     coco = {"info": {"description": f"roilib demo v{VERSION}, seed {seed}, {split}"},
             "images": images, "annotations": annotations, "categories": categories}
-    _write_json(os.path.join(folder, "instances.json"), coco)
+    write_json(os.path.join(folder, "instances.json"), coco)
     return {"images": count, "segments": len(annotations), "per_class": per_class}
-
-
-def _write_json(path, data):
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(data, file, separators=(",", ":"))
 
 
 def _params(seed, n_train, n_val):
@@ -90,7 +86,7 @@ def make_demo(root, seed=0, n_train=600, n_val=200):
                     context_pair=CONTEXT_PAIR, far_context_pair=FAR_CONTEXT_PAIR, splits={})
         for split, count in (("train", n_train), ("val", n_val)):
             info["splits"][split] = _write_split(os.path.join(tmp, split), split, seed, count)
-        _write_json(os.path.join(tmp, "demo.json"), info)
+        write_json(os.path.join(tmp, "demo.json"), info)
         _swap_in(tmp, root, info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,12 +27,12 @@ import json
 import math
 import os
 import sys
-import uuid
 import zipfile
 
 import numpy as np
 
 from roilib.errors import UserError
+from roilib.outputs import atomic_write
 
 try:
     import fcntl
@@ -225,17 +225,11 @@ def _same_format(stored, key, fields):
 
 def _save(path, key, arrays):
     """Write atomically; a cache that cannot be written costs a notice, not the run."""
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     try:
-        with open(tmp, "wb") as file:
+        with atomic_write(path, "wb", what="the index cache") as file:
             np.savez(file, **{_KEY: np.frombuffer(key.encode(), np.uint8)}, **arrays)
-        os.replace(tmp, path)
-    except OSError as error:
-        notice(f"{path}: cannot write the index cache ({error.strerror or error}); "
-               f"the next start builds it again")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except UserError as error:
+        notice(f"{error}; the next start builds it again")
 
 
 def notice(line):

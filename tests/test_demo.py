@@ -183,7 +183,7 @@ def test_killed_build_leaves_no_half_dataset(tmp_path, monkeypatch):
     def crash(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo_module, "_write_json", crash)
+    monkeypatch.setattr(demo_module, "write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         make_demo(tmp_path / "d", n_train=2, n_val=1)
     assert os.listdir(tmp_path) == []

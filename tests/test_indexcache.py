@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import CocoReader as coco_reader_module  # noqa: E402
 from CocoReader import CocoReader  # noqa: E402
 from OpenSurfacesReader import OpenSurfacesReader  # noqa: E402
-from roilib.cocoindex import compressed_counts_ok  # noqa: E402
+from roilib.segmentation import checked  # noqa: E402
 from roilib.crops import crop_sample  # noqa: E402
 from roilib.dataset import Segment, make_sample  # noqa: E402
 from roilib.demo import CLASS_NAMES, make_demo  # noqa: E402
@@ -338,7 +338,7 @@ def test_invalid_compressed_rle_is_dropped_and_valid_ones_kept(tmp_path):
     disk = np.zeros((60, 80), np.uint8)
     cv2.circle(disk, (40, 30), 12, 1, -1)
     good = _rle_counts(disk)
-    assert compressed_counts_ok(good.encode(), 60 * 80)
+    assert checked({"size": [60, 80], "counts": good}, 60, 80)["counts"] == good.encode()
     bad = {"cut off": good[:-1] + "h",  # continuation bit on the last character
            "wrong total": _rle_counts(disk[:, :40]),
            "not RLE characters": "\x01\x02zz~",

@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from AttentionNet import AttentionNet
-from roilib.checkpoint import remove_stale_temporaries, save_checkpoint
+from roilib.checkpoint import save_checkpoint
+from roilib.outputs import remove_stale_temporaries
 from CocoReader import CocoReader
 from OpenSurfacesReader import OpenSurfacesReader
 from roilib import runlog
@@ -609,7 +610,7 @@ def test_failed_checkpoint_rename_keeps_previous_file(tmp_path, monkeypatch):
     def denied(*args):
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(os, "replace", denied)
-    with pytest.raises(UserError, match="last.pt: could not write checkpoint.*Permission denied"):
+    with pytest.raises(UserError, match="last.pt: cannot write checkpoint.*Permission denied"):
         model.save(tmp_path / "last.pt", step=2)
     monkeypatch.undo()
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 1
