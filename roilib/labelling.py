@@ -198,10 +198,6 @@ def _assemble(mask_set, rles, top, seconds):
             "masks_per_s": len(labelled) / max(seconds, 1e-9)}
 
 
-def rle_bytes(rle):
-    return {"size": rle["size"], "counts": rle["counts"].encode()}
-
-
 def skipped_lines(skipped):
     """One line per kind of skipped mask (none when nothing was skipped)."""
     return [f"skipped {skipped[kind]} masks: {kind} ({why})"
