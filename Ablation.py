@@ -40,15 +40,15 @@ VAL_IMAGES = ""             # evaluation image folder
 VAL_ANNOTATIONS = ""        # evaluation instances JSON or label-map folder
 ARCH = "resnet18"           # backbone of every variant
 WEIGHTS = None              # None | imagenet | path (same start for every variant)
-STEPS = 200                 # [>=1] training steps per run
-LR = 2e-3                   # [>0] peak learning rate
-MIN_SIZE = 96               # [>=32] training crop sizes (see Train.py)
-MAX_SIZE = 128              # [>=32]   (evaluation then uses MAX_SIZExMAX_SIZE windows, see Train.py)
-MAX_PIXELS = 300000         # [>=1024] pixels per batch
-MAX_BATCH = 32              # [>=1] samples per batch at most
-WORKERS = 2                 # [>=0] DataLoader workers per run
+STEPS = 200                 # [1..1e7] training steps per run
+LR = 2e-3                   # [1e-9..10] peak learning rate
+MIN_SIZE = 96               # [32..8192] training crop sizes (see Train.py)
+MAX_SIZE = 128              # [32..8192]   (evaluation then uses MAX_SIZExMAX_SIZE windows, see Train.py)
+MAX_PIXELS = 300000         # [1024..1e9] pixels per batch
+MAX_BATCH = 32              # [1..65536] samples per batch at most
+WORKERS = 2                 # [0..256] DataLoader workers per run
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
-JOBS = 1                    # [>=1] runs at once: on the CPU each gets cores/JOBS torch threads; with DEVICE=auto or cuda and several GPUs, runs go to GPUs in turn
+JOBS = 1                    # [1..256] runs at once: on the CPU each gets cores/JOBS torch threads; with DEVICE=auto or cuda and several GPUs, runs go to GPUs in turn
 AMP = True                  # bf16 autocast where the device runs it natively (False: float32)
 CONTEXT_CLASSES = "boat,car"   # near pair: classes that differ only by their surroundings (demo data)
 FAR_CONTEXT_CLASSES = "hive,kennel"   # far pair: classes that differ only by a cue outside the crop's box

@@ -35,6 +35,9 @@ ATTENTION_MODES = ("attention", "crop+attention")   # the modes with a mask side
 # of the input (24-40 px at 96-160 px inputs, about the demo's segments under 1k px) is still
 # magnified, and the box holds the context up to 1.5 segment sizes away on every side.
 DEFAULT_CROP_MARGINS = {"crop": 0.5, "crop+attention": 1.5}
+# Context beyond 20 box sizes on each side is the whole image for any segment worth a crop;
+# an unbounded margin overflows the crop's coordinates.
+MAX_CROP_MARGIN = 20
 MERGE_POINTS = ("stem", "layer1", "layer2", "layer3", "layer4")
 MERGES = ("add", "mul", "muladd")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -153,8 +156,8 @@ class AttentionNet(nn.Module):
         points = parse_attention(attention) if mode in ATTENTION_MODES else ()
         if crop_margin is None:
             crop_margin = DEFAULT_CROP_MARGINS.get(mode, 0.5)
-        if not isinstance(crop_margin, (int, float)) or not crop_margin >= 0:
-            raise ValueError(f"crop_margin must be >= 0, got {crop_margin!r}")
+        if not isinstance(crop_margin, (int, float)) or not 0 <= crop_margin <= MAX_CROP_MARGIN:
+            raise ValueError(f"crop_margin must be in [0, {MAX_CROP_MARGIN}], got {crop_margin!r}")
         self.config = {"arch": arch, "num_classes": int(num_classes), "mode": mode,
                        "attention": list(points), "merge": merge, "crop_margin": float(crop_margin),
                        "class_names": list(class_names) if class_names is not None else None,

@@ -29,29 +29,31 @@ from roilib.benchutil import report
 from roilib.errors import UserError
 from roilib.paths import REPO
 from roilib.runtime import amp_dtype, precision_name, resolve_device
-from roilib.windows import parse_window
+from roilib.windows import check_memory, parse_window
+
+MAX_IMAGE_SIDE = 32767   # OpenCV refuses larger sides in its warps (SHRT_MAX)
 
 # ---- parameters: edit here, or override as --NAME=value ----
 PARTS = "a,b,c,d,e"         # [list of a|b|c|d|e|f] which measurements to run
 ARCH = "resnet50"           # [resnet18|resnet34|resnet50|resnet101|resnet152] the architecture measured (the paper's)
 CONFIG_ARCH = "resnet18"    # [""|resnet18|resnet34|resnet50|resnet101|resnet152] also measured in (a): the configured default of Train.py ("" = skip)
-BATCH = 8                   # [>=1] training batch for (a) and (b)
-SIZE = 224                  # [>=32] training crop side for (a) and (b)
-STEPS = 8                   # [>=1] timed steps in (a) (after WARMUP); (b) runs 4 * STEPS + warm-up
-WARMUP = 3                  # [>=0] untimed steps first (allocations, autotuning)
-EVAL_IMAGES = 24            # [>=1] demo validation images used in (d)
+BATCH = 8                   # [1..65536] training batch for (a) and (b)
+SIZE = 224                  # [32..8192] training crop side for (a) and (b)
+STEPS = 8                   # [1..1e6] timed steps in (a) (after WARMUP); (b) runs 4 * STEPS + warm-up
+WARMUP = 3                  # [0..1e6] untimed steps first (allocations, autotuning)
+EVAL_IMAGES = 24            # [1..1e6] demo validation images used in (d)
 EVAL_SIZE = "480x640"       # also time (d) at this HxW with 8 masks on one image (synthetic)
 EVAL_WINDOW = "160x160"     # [HxW] evaluation window in (d) (the demo run's: Train.py's MAX_SIZE)
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = True                  # bf16 where the device runs it natively (the scripts' default)
 CHANNELS_LAST = True        # channels-last memory format (the scripts' default)
 COMPILE = False             # also torch.compile the model in (a) (GPU)
-WORKERS = 2                 # [>=0] DataLoader workers in (b)
+WORKERS = 2                 # [0..256] DataLoader workers in (b)
 SCALE_DATA = ""             # (f) folder of tools/make_scale_data.py ("" = temporary); made if absent
-SCALE_IMAGES = 118287       # [>=1] (f) COCO images when making the data (train2017's count)
-SCALE_MAPS = 25000          # [>=1] (f) label maps when making the data (OpenSurfaces' ~25k)
-SCALE_WORKERS = 4           # [>=0] (f) DataLoader workers; their USS is summed with the main process's
-SCALE_BATCHES = 1000        # [>=10] (f) batches of 32 crops of 224² read before the last memory reading
+SCALE_IMAGES = 118287       # [1..1e7] (f) COCO images when making the data (train2017's count)
+SCALE_MAPS = 25000          # [1..1e7] (f) label maps when making the data (OpenSurfaces' ~25k)
+SCALE_WORKERS = 4           # [0..256] (f) DataLoader workers; their USS is summed with the main process's
+SCALE_BATCHES = 1000        # [10..1e7] (f) batches of 32 crops of 224² read before the last memory reading
 OUT = "logs/benchmark"      # [nonempty] where the table is written
 # ---- end of parameters ----
 
@@ -102,6 +104,9 @@ def check_parameters(cfg):
     if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", cfg.EVAL_SIZE):
         raise UserError(f"--EVAL_SIZE={cfg.EVAL_SIZE}: expected HxW, e.g. 480x640")
     full_hw = tuple(int(v) for v in cfg.EVAL_SIZE.split("x"))
+    if max(full_hw) > MAX_IMAGE_SIDE:
+        raise UserError(f"--EVAL_SIZE={cfg.EVAL_SIZE}: expected sides of at most {MAX_IMAGE_SIDE} (OpenCV's limit)")
+    check_memory(f"--BATCH={cfg.BATCH} --SIZE={cfg.SIZE}", cfg.BATCH * cfg.SIZE ** 2)
     window = parse_window(cfg.EVAL_WINDOW, "EVAL_WINDOW")
     out = cfg.OUT if os.path.isabs(cfg.OUT) else os.path.join(REPO, cfg.OUT)
     try:

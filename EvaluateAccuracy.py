@@ -24,7 +24,7 @@ from roilib.metrics import summarize
 from roilib.outputs import atomic_write, check_writable_folder
 from roilib.paths import find_checkpoint
 from roilib.runtime import amp_dtype, precision_name, resolve_device
-from roilib.windows import WINDOW_RULE, model_window
+from roilib.windows import WINDOW_RULE, check_memory, model_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] checkpoint to evaluate (relative paths: to this repository)
@@ -32,12 +32,12 @@ DATASET = ""                # [""|demo|coco|opensurfaces] dataset ("" = the one 
 IMAGES = ""                 # image folder ("" = the DATASET's validation images)
 ANNOTATIONS = ""            # instances JSON or label-map folder ("" = the DATASET's validation set)
 CLASS_NAMES = None          # label maps only: comma-separated names (None = as in training)
-MIN_AREA = 1                # [>=1] ignore segments smaller than this (pixels)
+MIN_AREA = 1                # [1..1e12] ignore segments smaller than this (pixels)
 OUT = ""                    # output folder ("" = the checkpoint's folder)
 WINDOW = ""                 # [""|HxW] evaluation window HxW around each segment ("" = the one stored in the checkpoint by Train.py)
-MAX_BATCH = 32              # [>=1] windows per forward pass
-WORKERS = 2                 # [>=0] DataLoader worker processes
-LIMIT = 0                   # [>=0] evaluate the first N images only (0 = all)
+MAX_BATCH = 32              # [1..65536] windows per forward pass
+WORKERS = 2                 # [0..256] DataLoader worker processes
+LIMIT = 0                   # [0..1e12] evaluate the first N images only (0 = all)
 MATCH_BY_INDEX = False      # evaluate a checkpoint whose class names differ from the dataset's, matching classes by index
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = True                  # bf16 where the device runs it natively (else float32)
@@ -50,12 +50,14 @@ def main():
     checkpoint = find_checkpoint(cfg.CHECKPOINT)
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint)
+    window = model_window(state, cfg.WINDOW)
+    check_memory(f"--MAX_BATCH={cfg.MAX_BATCH} (windows of {window[0]}x{window[1]})",
+                 cfg.MAX_BATCH * window[0] * window[1], device)
     dataset_name, images, annotations, dataset = open_evaluation_set(cfg, state)
     check_classes(model, dataset, checkpoint, annotations, cfg.MATCH_BY_INDEX)
     folder = cfg.OUT or os.path.dirname(os.path.abspath(checkpoint))
     check_writable_folder(folder)  # before the evaluation, not after it
 
-    window = model_window(state, cfg.WINDOW)
     dtype = amp_dtype(device, cfg.AMP)
     model.to(device, memory_format=torch.channels_last)
     config = model.config

@@ -24,18 +24,18 @@ from roilib.export import (check_parity, export_onnx, format_parity, onnx_metada
                            parity_geometries, parity_inputs, read_onnx_metadata, require_parity,
                            write_release)
 from roilib.paths import find_checkpoint
-from roilib.windows import model_window
+from roilib.windows import MAX_SIDE, check_memory, model_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model: a .pt checkpoint or a released folder
 FORMAT = "onnx"             # [onnx|safetensors] onnx (one .onnx file with metadata) | safetensors (folder: model.safetensors + config.json)
 OUT = ""                    # output .onnx file or folder ("" = next to the checkpoint: best.pt -> best.onnx or best/)
-OPSET = 18                  # [>=18] ONNX opset version
+OPSET = 18                  # [18..99] ONNX opset version
 CHECK = True                # after export: onnx vs PyTorch (onnx); bitwise-equal logits after reloading (safetensors)
 CHECK_ONLY = False          # onnx: check the existing OUT against CHECKPOINT, do not export
 GEOMETRIES = ""             # parity check sizes, comma-separated HxW ("" = the window, a larger one, one not a multiple of 32)
 BATCHES = "1,8"             # parity check batch sizes, comma-separated
-TOLERANCE = 1e-3            # [>0] largest allowed max abs difference of the logits
+TOLERANCE = 1e-3            # [1e-12..1000] largest allowed max abs difference of the logits
 # ---- end of parameters ----
 
 
@@ -62,6 +62,10 @@ def default_out(checkpoint, fmt):
 
 def export_and_check_onnx(model, state, out, cfg):
     window = model_window(state)
+    sizes = parse_sizes(cfg.GEOMETRIES) if cfg.GEOMETRIES else parity_geometries(window)
+    batches = batch_sizes(cfg.BATCHES)
+    check_memory(f"--BATCHES={cfg.BATCHES} (sizes {', '.join(f'{h}x{w}' for h, w in sizes)})",
+                 max(batches) * max(h * w for h, w in sizes))
     if not cfg.CHECK_ONLY:
         start = time.perf_counter()
         export_onnx(model, out, window, onnx_metadata(state), cfg.OPSET)
@@ -72,8 +76,7 @@ def export_and_check_onnx(model, state, out, cfg):
     meta = read_onnx_metadata(session, out)
     print(f"metadata: window {meta['window']}, {len(model.class_names or [])} class names, "
           f"arch {meta.get('arch')}, mode {meta.get('mode')}")
-    sizes = parse_sizes(cfg.GEOMETRIES) if cfg.GEOMETRIES else parity_geometries(window)
-    rows = check_parity(model, session, sizes, batch_sizes(cfg.BATCHES))
+    rows = check_parity(model, session, sizes, batches)
     print("onnxruntime vs PyTorch float32 (logits):")
     print(format_parity(rows))
     require_parity(rows, out, cfg.TOLERANCE)
@@ -105,8 +108,8 @@ def parse_sizes(text):
     sizes = []
     for size in (t for t in text.split(",") if t.strip()):
         parts = size.lower().strip().split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) >= 32 for p in parts):
-            raise UserError(f"--GEOMETRIES={text}: expected HxW sizes of at least 32, comma-separated")
+        if len(parts) != 2 or not all(p.isdigit() and 32 <= int(p) <= MAX_SIDE for p in parts):
+            raise UserError(f"--GEOMETRIES={text}: expected HxW sizes from 32 to {MAX_SIDE}, comma-separated")
         sizes.append((int(parts[0]), int(parts[1])))
     return sizes
 

@@ -29,7 +29,7 @@ from roilib.maskeval import evaluate, evaluation_path, format_evaluation
 from roilib.maskinputs import read_masks
 from roilib.paths import find_checkpoint, find_path
 from roilib.runtime import amp_dtype, precision_name, resolve_device
-from roilib.windows import model_window
+from roilib.windows import check_memory, model_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model (relative paths: to this repository if not found here)
@@ -37,12 +37,12 @@ IMAGES = "Test/demo/val/images"    # image folder
 MASKS = "Test/demo/val/instances.json"  # [nonempty] COCO results list, instances file, or folder of SAM amg.py JSON files
 IMAGE_INFO = ""             # instances file mapping image ids to files, where MASKS has no 'images' ("" = IMAGES' listing: 00042.png -> id 42)
 OUT = "logs/labelled.json"  # [nonempty] COCO results JSON to write (and, with GT, <OUT>_eval.json next to it)
-TOPK = 1                    # [>=1] results per mask: one per class among its TOPK
+TOPK = 1                    # [1..1e6] results per mask: one per class among its TOPK
 GT = ""                     # instances file to score OUT against with COCOeval "segm" ("" = no evaluation)
 KEEP_CATEGORIES = False     # keep each mask's own category_id instead of labelling it (checks files and ids; no model is run)
 WINDOW = ""                 # [""|HxW] window HxW around each mask ("" = the one the model was trained and validated with)
-MAX_BATCH = 64              # [>=1] windows per forward pass (from many masks and images)
-WORKERS = 2                 # [>=0] DataLoader worker processes (decode masks, cut windows)
+MAX_BATCH = 64              # [1..65536] windows per forward pass (from many masks and images)
+WORKERS = 2                 # [0..256] DataLoader worker processes (decode masks, cut windows)
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = True                  # bf16 where the device runs it natively (else float32)
 # ---- end of parameters ----
@@ -86,6 +86,8 @@ def load_model(cfg, device):
     if warning:
         print(warning)
     window = model_window(state, cfg.WINDOW)
+    check_memory(f"--MAX_BATCH={cfg.MAX_BATCH} (windows of {window[0]}x{window[1]})",
+                 cfg.MAX_BATCH * window[0] * window[1], device)
     dtype = amp_dtype(device, cfg.AMP)
     print(f"model {checkpoint} ({model.config['arch']}, {model.num_classes} classes), windows of "
           f"{window[0]}x{window[1]}, {device}, {precision_name(dtype)}")

@@ -29,18 +29,18 @@ from roilib.outputs import check_writable_folder, refuse_input_as_output
 from roilib.paths import find_checkpoint, find_path
 from roilib.evaluation import forward_windows
 from roilib.runtime import amp_dtype, resolve_device
-from roilib.windows import cut_windows, model_window
+from roilib.windows import check_memory, cut_windows, model_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model (relative paths: to this repository if not found here)
 IMAGE = "Test/example.png"         # [nonempty] the image
 MASKS = "Test/example_mask*.png"   # ROI mask PNG(s): one path, comma-separated paths, or a glob
 INSTANCE_MAP = ""           # instead of MASKS: an instance map whose nonzero values are segments ("" = use MASKS)
-TOPK = 3                    # [>=1] classes listed per mask
+TOPK = 3                    # [1..1e6] classes listed per mask
 JSON = False                # print JSON instead of text
 OVERLAY = ""                # write the image with outlined, labelled masks to this file, .png or .jpg ("" = no)
 WINDOW = ""                 # [""|HxW] window HxW around each segment ("" = the one the model was trained and validated with)
-MAX_BATCH = 32              # [>=1] windows per forward pass (bounds memory for maps with many instances)
+MAX_BATCH = 32              # [1..65536] windows per forward pass (bounds memory for maps with many instances)
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = False                 # bf16 autocast (faster on GPUs; float32 is exact and fast enough for a few masks)
 # ---- end of parameters ----
@@ -61,6 +61,8 @@ def main():
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint).to(device).eval()
     window = model_window(state, cfg.WINDOW)
+    check_memory(f"--MAX_BATCH={cfg.MAX_BATCH} (windows of {window[0]}x{window[1]})",
+                 cfg.MAX_BATCH * window[0] * window[1], device)
     results = predict(model, image, masks, device, window, cfg.MAX_BATCH, cfg.TOPK,
                       amp_dtype(device, cfg.AMP))
     for result, name, mask in zip(results, names, masks):

@@ -32,10 +32,10 @@ from roilib.paths import REPO
 from roilib.runlock import claim_run_folder
 from roilib.runlog import LossMeter, RunLogger
 from roilib.runtime import amp_dtype, autocast, resolve_device
-from roilib.sampler import VaryingSizeBatchSampler, check_sizes, make_train_loader
+from roilib.sampler import VaryingSizeBatchSampler, batch_pixels, check_sizes, make_train_loader
 from roilib.skipped import SkippedFiles
 from roilib.trainparams import check_class_names, check_weights, due, parse_jitter, resume_changes
-from roilib.windows import WINDOW_RULE, parse_window, training_window
+from roilib.windows import WINDOW_RULE, check_memory, parse_window, training_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
 DATASET = "demo"            # [demo|coco|opensurfaces] which default layout and class names to use (see README)
@@ -44,7 +44,7 @@ TRAIN_ANNOTATIONS = ""      # coco: instances JSON; opensurfaces: label-map fold
 VAL_IMAGES = ""             # validation image folder ("" = default)
 VAL_ANNOTATIONS = ""        # validation instances JSON or label-map folder ("" = default)
 CLASS_NAMES = None          # label maps only: comma-separated names in value order (None = the 45 OpenSurfaces materials)
-MIN_AREA = 1                # [>=1] segments smaller than this (pixels) are not used
+MIN_AREA = 1                # [1..1e12] segments smaller than this (pixels) are not used
 ARCH = "resnet18"           # [resnet18|resnet34|resnet50|resnet101|resnet152] backbone (resnet50: the paper's)
 WEIGHTS = None              # None (random init) | imagenet | path to a torchvision ResNet state_dict
 MODE = "attention"          # [attention|crop+attention|blackout|crop|channel|none] attention, crop+attention, or one of the paper's baselines
@@ -53,31 +53,31 @@ MERGE = "add"               # [add|mul|muladd] how attention maps merge with the
 RUN = "demo"                # [nonempty] run name: outputs go to LOG_DIR/RUN/
 LOG_DIR = "logs"            # [nonempty] folder of all runs (relative paths: to this repository)
 RESUME = True               # resume from LOG_DIR/RUN/last.pt if it exists
-STEPS = 1200                # [>=1] optimiser steps in total (the LR cosine spans those of the run's start; steps added on resume run at 1% of LR)
-STOP_AT = 0                 # [>=0] stop (with last.pt saved) after this step, e.g. to fit a job's time limit; 0 = STEPS
-LR = 2e-3                   # [>0] peak learning rate (AdamW)
-WEIGHT_DECAY = 0.05         # [>=0] AdamW weight decay (not applied to norms and biases)
-WARMUP_STEPS = 100          # [>=0] linear warm-up (at most a tenth of STEPS), then cosine decay to 1% of LR
-MIN_SIZE = 96               # [>=32] training crops: height and width drawn in [MIN_SIZE, MAX_SIZE],
-MAX_SIZE = 160              # [>=32]   rounded to multiples of 32
-MAX_PIXELS = 400000         # [>=1024] pixels per batch (batch size = MAX_PIXELS // (H*W), at most MAX_BATCH)
-MAX_BATCH = 32              # [>=1] samples per batch at most (per process; all processes draw the same geometry)
+STEPS = 1200                # [1..1e9] optimiser steps in total (the LR cosine spans those of the run's start; steps added on resume run at 1% of LR)
+STOP_AT = 0                 # [0..1e9] stop (with last.pt saved) after this step, e.g. to fit a job's time limit; 0 = STEPS
+LR = 2e-3                   # [1e-9..10] peak learning rate (AdamW)
+WEIGHT_DECAY = 0.05         # [0..10] AdamW weight decay (not applied to norms and biases)
+WARMUP_STEPS = 100          # [0..1e9] linear warm-up (at most a tenth of STEPS), then cosine decay to 1% of LR
+MIN_SIZE = 96               # [32..8192] training crops: height and width drawn in [MIN_SIZE, MAX_SIZE],
+MAX_SIZE = 160              # [32..8192]   rounded to multiples of 32
+MAX_PIXELS = 400000         # [1024..1e9] pixels per batch (batch size = MAX_PIXELS // (H*W), at most MAX_BATCH)
+MAX_BATCH = 32              # [1..65536] samples per batch at most (per process; all processes draw the same geometry)
 JITTER = "0.8,1.25"         # training scale jitter: native scale times a log-uniform factor in [low,high] ("1,1" = none)
-CROP_MARGIN = None          # [None|>=0] MODE=crop, crop+attention: context around the mask's box, as a fraction of its size on each side (None = the mode's: 0.5, 1.5)
+CROP_MARGIN = None          # [None|0..20] MODE=crop, crop+attention: context around the mask's box, as a fraction of its size on each side (None = the mode's: 0.5, 1.5)
 BALANCED = True             # class-balanced sampling (class -> image -> segment) or by frequency
 FLIP = True                 # random horizontal flips
-WORKERS = 2                 # [>=0] DataLoader worker processes (training and validation)
+WORKERS = 2                 # [0..256] DataLoader worker processes (training and validation)
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = True                  # bf16 autocast on GPUs and on CPUs with native bf16 (else float32)
 CHANNELS_LAST = True        # channels-last memory format (faster convolutions)
 COMPILE = False             # torch.compile the model (GPU; slow first steps)
-SEED = 0                    # [>=0] seeds the weights and the data order
-LOG_EVERY = 20              # [>=0] progress line and train_log.csv row every N steps (0 = at the end only)
-VAL_EVERY = 400             # [>=0] validate (and update best.pt) every N steps and at the end (0 = never)
-VAL_MAX_IMAGES = 0          # [>=0] validate on the first N images only (0 = all)
+SEED = 0                    # [0..4294967295] seeds the weights and the data order
+LOG_EVERY = 20              # [0..1e9] progress line and train_log.csv row every N steps (0 = at the end only)
+VAL_EVERY = 400             # [0..1e9] validate (and update best.pt) every N steps and at the end (0 = never)
+VAL_MAX_IMAGES = 0          # [0..1e12] validate on the first N images only (0 = all)
 WINDOW = ""                 # [""|HxW] evaluation window HxW, stored in the checkpoint for EvaluateAccuracy/RunPrediction ("" = MAX_SIZExMAX_SIZE)
-SAVE_EVERY = 200            # [>=0] write last.pt every N steps (0 = at the end only; also before each validation)
-SNAPSHOT_EVERY = 0          # [>=0] keep step_N.pt every N steps (0 = never)
+SAVE_EVERY = 200            # [0..1e9] write last.pt every N steps (0 = at the end only; also before each validation)
+SNAPSHOT_EVERY = 0          # [0..1e9] keep step_N.pt every N steps (0 = never)
 # ---- end of parameters ----
 
 # How a resumed run treats each parameter (roilib/trainparams.py): FIXED ones define the model,
@@ -90,6 +90,8 @@ FIXED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNO
 CHANGEABLE = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "WORKERS", "DEVICE", "AMP", "CHANNELS_LAST",
               "COMPILE", "LOG_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
 FOLDER = ("LOG_DIR", "RUN", "RESUME")
+# What to do about a last.pt that cannot be resumed from.
+RESUME_WAY_OUT = "start afresh with --RESUME=False (the old run is moved aside) or choose another --RUN"
 
 
 def main():
@@ -104,6 +106,10 @@ def main():
             check_weights(cfg.WEIGHTS)
             jitter = parse_jitter(cfg.JITTER)
             window = parse_window(cfg.WINDOW) if cfg.WINDOW else training_window(cfg.MAX_SIZE)
+            check_memory(f"--MAX_SIZE={cfg.MAX_SIZE} --MAX_PIXELS={cfg.MAX_PIXELS} --MAX_BATCH={cfg.MAX_BATCH} "
+                         f"(windows of {window[0]}x{window[1]})",
+                         max(batch_pixels(cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH),
+                             cfg.MAX_BATCH * window[0] * window[1]), device)
         train(cfg, params, jitter, window, dist, device)
     finally:
         dist.stop()
@@ -118,7 +124,7 @@ def train(cfg, params, jitter, window, dist, device):
         lock = claim_run_folder(run_dir, cfg.RESUME) if dist.is_main else None
     with dist.together():
         last = os.path.join(run_dir, "last.pt")
-        state = load_checkpoint(last) if cfg.RESUME and os.path.exists(last) else None
+        state = load_checkpoint(last, way_out=RESUME_WAY_OUT) if cfg.RESUME and os.path.exists(last) else None
         train_set = open_dataset(cfg.DATASET, "train", cfg.TRAIN_IMAGES, cfg.TRAIN_ANNOTATIONS,
                                  train=True, class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA)
         val_set = open_dataset(cfg.DATASET, "val", cfg.VAL_IMAGES, cfg.VAL_ANNOTATIONS, train=False,

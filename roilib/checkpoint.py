@@ -17,6 +17,7 @@ import torch
 
 from roilib.errors import UserError
 from roilib.outputs import atomic_path, atomic_write
+from roilib.windows import check_stored_window
 
 # The layout of the dict that model_checkpoint builds; model_from_state refuses other versions.
 CHECKPOINT_FORMAT = 1
@@ -42,10 +43,21 @@ def save_checkpoint(state, path):
                         "the previous file there, if any, is intact") from None
 
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint(path, map_location="cpu", way_out=""):
     """torch.load with weights_only=True: a checkpoint holds tensors and plain data, and a file
-    carrying pickled code is refused instead of run."""
-    path = os.fspath(path)
+    carrying pickled code is refused instead of run. `way_out`: what the caller's user can do
+    about a damaged file (e.g. start afresh), added to its one-line error."""
+    try:
+        return _load_checkpoint(os.fspath(path), map_location)
+    except UserError as error:
+        if way_out:
+            raise UserError(f"{error}; {way_out}") from None
+        raise
+
+
+def _load_checkpoint(path, map_location):
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise UserError(f"{path}: checkpoint not found")
     try:
@@ -57,17 +69,26 @@ def load_checkpoint(path, map_location="cpu"):
         detail = str(e).split("WeightsUnpickler error:")[-1]   # after torch's generic preamble
         raise UserError(f"{path}: not a readable checkpoint (corrupt, or not a PyTorch file: "
                         f"{first_line(detail)})") from None
-    except MemoryError:
-        raise UserError(f"{path}: out of memory while loading the checkpoint (the file itself may "
-                        "be fine); free memory or load it on a larger machine") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        if "DefaultCPUAllocator" in str(e) or "out of memory" in str(e).lower():
-            raise UserError(f"{path}: out of memory while loading the checkpoint (the file "
-                            "itself may be fine); free memory or load it on a larger machine") from None
+    except (MemoryError, RuntimeError, EOFError, OSError, ValueError) as e:
+        if out_of_memory(e):
+            raise UserError(out_of_memory_message(path, "loading the checkpoint")) from None
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {first_line(e)})") from None
     if not isinstance(state, dict):
         raise UserError(f"{path}: not a checkpoint (expected a dict, found {type(state).__name__})")
+    check_stored_window(state, path)
     return state
+
+
+def out_of_memory(error):
+    """Whether `error` is an allocation failure (Python's, or torch's RuntimeError)."""
+    text = str(error)
+    return (isinstance(error, MemoryError) or "DefaultCPUAllocator" in text
+            or "out of memory" in text.lower())
+
+
+def out_of_memory_message(path, doing):
+    return (f"{path}: out of memory while {doing} (the file itself may be fine); free memory "
+            "or load it on a larger machine")
 
 
 def load_model_state(path, map_location="cpu"):
@@ -98,7 +119,9 @@ def model_from_state(state, path, build):
     try:
         model = build(dict(state["config"]))
         model.load_state_dict(state["model"])
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, MemoryError) as e:
+        if out_of_memory(e):
+            raise UserError(out_of_memory_message(path, "building the model")) from None
         raise UserError(f"{path}: checkpoint does not match this version of AttentionNet ({first_line(e)})") from None
     return model
 
@@ -115,6 +138,7 @@ def load_released_folder(folder, map_location="cpu"):
             raise UserError(f"{folder}: not a released model ({name} missing); "
                             "`python Export.py --FORMAT=safetensors` writes one")
     state = read_release_config(config_path)
+    check_stored_window(state, config_path)
     state["model"] = read_safetensors(weights_path, map_location)
     return state
 
@@ -136,9 +160,9 @@ def read_safetensors(path, map_location="cpu"):
     safetensors_torch = require("safetensors.torch", "safetensors")
     try:
         return safetensors_torch.load_file(path, device=str(map_location))
-    except MemoryError:
-        raise UserError(f"{path}: out of memory while loading the weights") from None
     except Exception as e:  # safetensors' own SafetensorError, or OSError from the mmap
+        if out_of_memory(e):
+            raise UserError(out_of_memory_message(path, "loading the weights")) from None
         raise UserError(f"{path}: not readable safetensors weights (truncated or corrupt: "
                         f"{first_line(e)})") from None
 

@@ -8,11 +8,13 @@ Each script opens with a block of UPPER_CASE parameters between two marker comme
 
 A comment may open with the parameter's valid values in brackets, declared once, next to
 the default; every value (the default edited in the block too) is checked against it before
-the script does any work, and `--help` shows it:
+the script does any work, and `--help` shows it. Every number is finite (inf and nan are
+refused whatever the spec), and every numeric parameter declares a range bounded on both
+sides that the machine can meet (tests/test_parameters.py checks both):
 
     MODE = "attention"   # [attention|blackout|none] choices ("" or None may be among them)
     ATTENTION = "stem"   # [list of stem|layer1|all] comma-separated choices
-    STEPS = 1000         # [>=1]  also >N, <=N, <N, and N..M (inclusive)
+    STEPS = 1000         # [1..1e9]  also >=N, >N, <=N, <N (N..M: inclusive)
     MARGIN = None        # [None|>=0] None, or a number in the range
     WINDOW = ""          # [""|HxW] a window geometry (roilib.windows.parse_window)
     RUN = "demo"         # [nonempty]
@@ -28,6 +30,7 @@ into one line on stderr and exit code 2 instead of a traceback (StopRun: exit co
 """
 import ast
 import difflib
+import math
 import re
 import sys
 import time
@@ -83,6 +86,12 @@ def check_value(name, value, spec):
         raise UserError(f"--{name}={shown}: expected {problem}")
 
 
+def check_finite(name, value):
+    """Every number a script takes is finite: inf and nan are refused whatever the spec."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"--{name}={value}: expected a finite number")
+
+
 def _spec_problem(value, spec):
     """What `value` should have been under `spec`, or None when it is valid."""
     if _none_or_range(spec):
@@ -120,7 +129,7 @@ def _none_or_range(spec):
 
 
 def _in_range(value, bound):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
     op, limit, low, high = bound.groups()
     if op is None:
@@ -193,6 +202,8 @@ def parse_parameters(defaults, script_path, argv=None):
         name, text = match.group(1), match.group(2)
         check_name(name, names)
         namespace[name] = convert(name, text, namespace[name])
+    for name in names:
+        check_finite(name, namespace[name])
     for name, spec in read_specs(script_path, block).items():
         check_value(name, namespace[name], spec)
     return {name: namespace[name] for name in names}

@@ -22,6 +22,13 @@ def check_sizes(min_size, max_size):
                         f"with a multiple of {SIZE_STEP} between them")
 
 
+def batch_pixels(max_size, max_pixels, max_batch):
+    """The most pixels one training batch can hold: the largest crop alone (a batch holds at
+    least one), or as many smaller ones as fit max_pixels and max_batch."""
+    top = max(SIZE_STEP, max_size // SIZE_STEP * SIZE_STEP) ** 2
+    return max(top, min(max_pixels, max_batch * top))
+
+
 class VaryingSizeBatchSampler:
     """Infinite batches of ``(index, H, W, item_seed)`` items, one geometry per batch.
 

@@ -10,6 +10,10 @@ import os
 
 from roilib.errors import UserError
 
+# Scale jitter beyond this shows a segment at 1/100 or 100x its size: no augmentation, and the
+# crop's source box would outgrow the integers OpenCV takes.
+MAX_JITTER = 100.0
+
 
 def check_weights(weights):
     """None, "imagenet" or the path of an existing file."""
@@ -19,13 +23,14 @@ def check_weights(weights):
 
 
 def parse_jitter(text):
-    """'low,high' -> (low, high) scale factors, 0 < low <= high; '1,1' -> None (native)."""
+    """'low,high' -> (low, high) scale factors, 1/MAX_JITTER <= low <= high <= MAX_JITTER;
+    '1,1' -> None (native)."""
     try:
         low, high = (float(v) for v in str(text).split(","))
     except ValueError:
         raise UserError(f"--JITTER={text}: expected low,high (e.g. 0.8,1.25)") from None
-    if not 0 < low <= high:
-        raise UserError(f"--JITTER={text}: expected 0 < low <= high")
+    if not 1 / MAX_JITTER <= low <= high <= MAX_JITTER:   # also refuses inf and nan
+        raise UserError(f"--JITTER={text}: expected {1 / MAX_JITTER:g} <= low <= high <= {MAX_JITTER:g}")
     return None if low == high == 1 else (low, high)
 
 

@@ -13,6 +13,8 @@ The window is stored in the checkpoint ("window": [H, W]), so every script follo
 model's own training unless told otherwise (--WINDOW=HxW). Whatever the photo's size, the net
 sees segments at the scale it learnt them: a 4000x3000 photo is not shrunk as a whole.
 """
+import os
+
 import numpy as np
 import torch
 
@@ -24,19 +26,62 @@ WINDOW_RULE = ("native scale (scaled down only where the segment's box does not 
 # For checkpoints that carry neither a window nor their training geometry (written before
 # windows existed): torchvision's classification size.
 DEFAULT_WINDOW = (224, 224)
+# The largest window side (and training crop side): past it OpenCV's warps refuse the sizes,
+# and one window of float32 activations no longer fits a GPU.
+MAX_SIDE = 8192
+# A lower bound of the memory one window pixel takes in a ResNet forward pass: the uint8 image
+# and mask (4 B), the float32 input (12 B) and the stem's 64 float32 channels at stride 2 (64 B).
+# Training keeps several times more for the backward pass; what is refused can never run.
+BYTES_PER_PIXEL = 80
+_GIB = 2 ** 30
 
 
 def parse_window(text, name="WINDOW"):
-    """'HxW' or 'N' (square) -> (H, W); both multiples of 32 and at least 32."""
+    """'HxW' or 'N' (square) -> (H, W); both multiples of 32 in [32, MAX_SIDE]."""
     parts = str(text).lower().replace(" ", "").split("x")
     try:
         height, width = (int(parts[0]), int(parts[0])) if len(parts) == 1 else map(int, parts)
     except ValueError:
         raise UserError(f"--{name}={text}: expected HxW (e.g. 160x160) or one size") from None
-    if len(parts) > 2 or min(height, width) < SIZE_STEP or height % SIZE_STEP or width % SIZE_STEP:
+    if len(parts) > 2 or not valid_window((height, width)):
         raise UserError(f"--{name}={text}: expected HxW with both sides multiples of {SIZE_STEP}, "
-                        f"at least {SIZE_STEP}")
+                        f"from {SIZE_STEP} to {MAX_SIDE}")
     return height, width
+
+
+def valid_window(window):
+    """Whether `window` is (H, W) of integers, multiples of 32 in [32, MAX_SIDE]."""
+    return (isinstance(window, (list, tuple)) and len(window) == 2
+            and all(isinstance(side, int) and not isinstance(side, bool)
+                    and SIZE_STEP <= side <= MAX_SIDE and side % SIZE_STEP == 0 for side in window))
+
+
+def check_stored_window(state, path):
+    """Refuse, where a checkpoint is loaded, one whose stored window is not a window (zero,
+    absurd, not integers): every script would otherwise fail deep inside OpenCV or torch."""
+    window = state.get("window") if isinstance(state, dict) else None
+    if window is not None and not valid_window(window):
+        raise UserError(f"{path}: the checkpoint's window {window!r} is not a window (expected "
+                        f"[H, W], multiples of {SIZE_STEP} from {SIZE_STEP} to {MAX_SIDE}); "
+                        "the file is damaged or was edited")
+
+
+def check_memory(setting, pixels, device=None):
+    """Refuse before any work a `setting` (e.g. "--MAX_BATCH=65536 with windows of 160x160")
+    under which one forward pass over `pixels` window pixels would need more memory than
+    `device` (None: the CPU) has, naming what it would need."""
+    need = int(pixels) * BYTES_PER_PIXEL
+    have = device_memory(device)
+    if need > have:
+        raise UserError(f"{setting}: one forward pass would need at least {need / _GIB:.1f} GiB "
+                        f"of memory; this machine has {have / _GIB:.1f} GiB")
+
+
+def device_memory(device=None):
+    """Bytes of memory of a CUDA device, or of the machine (physical RAM) otherwise."""
+    if device is not None and torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def training_window(max_size):
@@ -53,7 +98,8 @@ def model_window(state, override=""):
     if override:
         return parse_window(override)
     window = state.get("window")
-    if isinstance(window, (list, tuple)) and len(window) == 2:
+    if window is not None:
+        check_stored_window(state, "the checkpoint")
         return int(window[0]), int(window[1])
     return DEFAULT_WINDOW
 
