@@ -16,7 +16,7 @@ import pickle
 import torch
 
 from roilib.errors import UserError
-from roilib.outputs import atomic_path, atomic_write
+from roilib.outputs import atomic_path, atomic_write, write_error
 from roilib.windows import check_stored_window
 
 # The layout of the dict that model_checkpoint builds; model_from_state refuses other versions.
@@ -39,8 +39,8 @@ def save_checkpoint(state, path):
     except RuntimeError as e:
         # torch.save reports a full disk as a RuntimeError ("enforce fail at
         # inline_container..."), open/fsync/replace as an OSError: the same for the user.
-        raise UserError(f"{os.fspath(path)}: cannot write checkpoint (disk full? {first_line(e)}); "
-                        "the previous file there, if any, is intact") from None
+        raise UserError(write_error(os.fspath(path), OSError(f"disk full? {first_line(e)}"),
+                                    "checkpoint")) from None
 
 
 def load_checkpoint(path, map_location="cpu", way_out=""):

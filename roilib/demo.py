@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 from roilib.demo_example import write_example
 from roilib.demo_scenes import CLASS_NAMES, CONTEXT_PAIR, FAR_CONTEXT_PAIR, SPLIT_CODES, make_scene
 from roilib.imageio import write_png
-from roilib.outputs import write_json
+from roilib.outputs import write_json, writing
 
 # Bump whenever the generated data changes (demo_scenes.py and demo_shapes.py included):
 # ensure_demo then rebuilds.
@@ -82,12 +82,13 @@ def make_demo(root, seed=0, n_train=600, n_val=200):
     root = os.path.abspath(root)
     tmp = f"{root}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        info = dict(_params(seed, n_train, n_val), class_names=CLASS_NAMES,
-                    context_pair=CONTEXT_PAIR, far_context_pair=FAR_CONTEXT_PAIR, splits={})
-        for split, count in (("train", n_train), ("val", n_val)):
-            info["splits"][split] = _write_split(os.path.join(tmp, split), split, seed, count)
-        write_json(os.path.join(tmp, "demo.json"), info)
-        _swap_in(tmp, root, info)
+        with writing(root, "the demo dataset"):
+            info = dict(_params(seed, n_train, n_val), class_names=CLASS_NAMES,
+                        context_pair=CONTEXT_PAIR, far_context_pair=FAR_CONTEXT_PAIR, splits={})
+            for split, count in (("train", n_train), ("val", n_val)):
+                info["splits"][split] = _write_split(os.path.join(tmp, split), split, seed, count)
+            write_json(os.path.join(tmp, "demo.json"), info)
+            _swap_in(tmp, root, info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info

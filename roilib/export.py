@@ -19,7 +19,7 @@ import torch
 from roilib.checkpoint import RELEASE_CONFIG, RELEASE_WEIGHTS, first_line, require, write_safetensors
 from roilib.crops import MEAN_COLOUR
 from roilib.errors import UserError
-from roilib.outputs import atomic_path, write_json
+from roilib.outputs import atomic_path, write_json, writing
 from roilib.windows import WINDOW_RULE, model_window
 
 INPUT_NAMES = ["images", "masks"]
@@ -57,10 +57,8 @@ def onnx_metadata(state):
 # ---- safetensors ---------------------------------------------------------------------------
 def write_release(state, folder):
     """model.safetensors + config.json in `folder` (created if needed); returns the paths."""
-    try:
+    with writing(folder, "the release folder"):
         os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{folder}: cannot create the folder ({e.strerror or first_line(e)})") from None
     weights, config = os.path.join(folder, RELEASE_WEIGHTS), os.path.join(folder, RELEASE_CONFIG)
     # {"format": "pt"} is the tag model hubs read to know the tensors are PyTorch's.
     write_safetensors(state["model"], weights, metadata={"format": "pt"})

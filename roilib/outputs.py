@@ -15,6 +15,8 @@ import uuid
 
 from roilib.errors import UserError
 
+# What a failed atomic write leaves: the file as it was.
+KEPT = "the previous file there, if any, is intact"
 # temporary_path's names: .<name>.tmp<pid of the writer>
 _TEMPORARY = re.compile(r"^\..+\.tmp\d+$")
 
@@ -69,13 +71,23 @@ def write_json(path, data, indent=None, fsync=False):
                         "is intact") from None
 
 
-def write_error(path, error, what=""):
-    """One line for a failed write of ``path``; a full disk is called so."""
+def write_error(path, error, what="", kept=KEPT):
+    """The one line for every failed write of ``path`` (``what``: e.g. "checkpoint"); a full
+    disk is called so. ``kept``: what the failure left intact, said after it."""
     reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
     if getattr(error, "errno", None) == errno.ENOSPC:
         reason = f"disk full: {reason}"
-    return (f"{path}: cannot write{' ' + what if what else ''} ({reason}); the previous file "
-            "there, if any, is intact")
+    return f"{path}: cannot write{' ' + what if what else ''} ({reason}){'; ' + kept if kept else ''}"
+
+
+@contextlib.contextmanager
+def writing(path, what="", kept=""):
+    """Writes that cannot be atomic (an append, a folder, a lock, a library's own writer): an
+    OSError in the block becomes write_error's one line, a full disk called so."""
+    try:
+        yield
+    except OSError as error:
+        raise UserError(write_error(path, error, what, kept)) from None
 
 
 def remove_stale_temporaries(folder):
@@ -119,14 +131,12 @@ def save_figure(fig, path, **kwargs):
 
 def check_writable_folder(folder, what="output folder"):
     """Create `folder` if needed and prove a file can be written there, before any work."""
-    try:
+    with writing(folder, f"to the {what}"):
         os.makedirs(folder, exist_ok=True)
         probe = os.path.join(folder, f".write-test-{uuid.uuid4().hex}")
         with open(probe, "w"):
             pass
         os.remove(probe)
-    except OSError as error:
-        raise UserError(f"{folder}: cannot write to the {what} ({error.strerror or error})") from None
 
 
 def refuse_input_as_output(output, inputs, name):

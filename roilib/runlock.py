@@ -7,7 +7,7 @@ import shutil
 import time
 
 from roilib.errors import UserError
-from roilib.outputs import remove_stale_temporaries
+from roilib.outputs import remove_stale_temporaries, writing
 
 LOCK_NAME = ".lock"
 
@@ -17,12 +17,9 @@ class RunLock:
 
     def __init__(self, run_dir):
         self.run_dir = run_dir
-        try:
+        with writing(run_dir, "the run folder", "check --LOG_DIR and --RUN"):
             os.makedirs(run_dir, exist_ok=True)
             self.file = open(os.path.join(run_dir, LOCK_NAME), "a+")
-        except OSError as error:
-            raise UserError(f"{run_dir}: cannot create the run folder ({error.strerror or error}); "
-                            "check --LOG_DIR and --RUN") from None
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -31,10 +28,11 @@ class RunLock:
             self.file.close()
             raise UserError(f"{run_dir} is in use by another Train.py (pid {holder}); wait for it to "
                             "end, stop it, or use another --RUN") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"{os.getpid()}\n")
-        self.file.flush()
+        with writing(self.file.name, "the run's lock"):
+            self.file.seek(0)
+            self.file.truncate()
+            self.file.write(f"{os.getpid()}\n")
+            self.file.flush()
 
     def release(self):
         if not self.file.closed:

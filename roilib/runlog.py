@@ -9,11 +9,12 @@ import time
 
 import torch
 
-from roilib.errors import UserError
-from roilib.outputs import atomic_write
+from roilib.outputs import atomic_write, writing
 from roilib.progress import format_seconds
 from roilib.runtime import precision_name
 
+# What a failed write of the run's records leaves.
+KEPT = "the checkpoints saved before are intact"
 RATE_FIELD = "img_per_s"   # train_log.csv's throughput column (Benchmark.py reads it back)
 CSV_FIELDS = ["step", "loss", "lr", RATE_FIELD, "val_accuracy", "val_mean_class_accuracy"]
 
@@ -74,17 +75,14 @@ class RunLogger:
         self.tensorboard = None
         if not self.active:
             return
-        try:
+        with writing(run_dir, "the run folder"):
             os.makedirs(run_dir, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"{run_dir}: cannot create the run folder ({error.strerror or error}); "
-                            "check --LOG_DIR and --RUN") from None
         config = {"params": params, "num_classes": train_set.num_classes,
                   "class_names": train_set.class_names, "world_size": dist.world_size,
                   "device": str(device), "precision": precision_name(dtype),
                   "lr_schedule": schedule, "resumed_from_step": resumed_step,
                   "torch": torch.__version__, "command": sys.argv}
-        with atomic_write(os.path.join(run_dir, "config.json")) as f:
+        with atomic_write(os.path.join(run_dir, "config.json"), what="the run's config") as f:
             json.dump(config, f, indent=2)
         self.csv_path = os.path.join(run_dir, "train_log.csv")
         if os.path.exists(self.csv_path):
@@ -93,15 +91,17 @@ class RunLogger:
                 self.print(f"train_log.csv: dropped {dropped} rows logged after step "
                            f"{self.first_step} by the interrupted run (those steps are done again)")
         else:
-            with open(self.csv_path, "w", newline="") as f:
+            with atomic_write(self.csv_path, newline="", what="the training log") as f:
                 csv.writer(f).writerow(CSV_FIELDS)
         try:
             from torch.utils.tensorboard import SummaryWriter
-            # Events after the resumed step were written by the interrupted run: hidden.
-            purge = self.first_step + 1 if resumed_step is not None else None
-            self.tensorboard = SummaryWriter(run_dir, purge_step=purge)
         except ImportError:
             self.print("TensorBoard is not installed: no event files (pip install tensorboard)")
+            return
+        # Events after the resumed step were written by the interrupted run: hidden.
+        purge = self.first_step + 1 if resumed_step is not None else None
+        with writing(run_dir, "the TensorBoard events", KEPT):
+            self.tensorboard = SummaryWriter(run_dir, purge_step=purge)
 
     def print(self, text):
         if self.active:
@@ -132,11 +132,7 @@ class RunLogger:
         self.print(f"step {step:>6}/{self.steps} | loss {loss:.4f} | lr {lr:.2e} | {rate:7.1f} img/s | "
                    f"ETA {format_seconds(eta)}")
         self._csv([step, f"{loss:.5f}", f"{lr:.3e}", f"{rate:.1f}", "", ""])
-        if self.tensorboard:
-            self.tensorboard.add_scalar("train/loss", loss, step)
-            self.tensorboard.add_scalar("train/lr", lr, step)
-            self.tensorboard.add_scalar("train/img_per_s", rate, step)
-            self.tensorboard.flush()
+        self._events(step, {"train/loss": loss, "train/lr": lr, "train/img_per_s": rate})
 
     def log_val(self, step, metrics, segments_per_s):
         if not self.active:
@@ -145,10 +141,8 @@ class RunLogger:
                    f"{metrics['mean_class_accuracy']:.4f} ({metrics['count']} segments, "
                    f"{segments_per_s:.0f} segments/s)")
         self._csv([step, "", "", "", f"{metrics['accuracy']:.5f}", f"{metrics['mean_class_accuracy']:.5f}"])
-        if self.tensorboard:
-            self.tensorboard.add_scalar("val/accuracy", metrics["accuracy"], step)
-            self.tensorboard.add_scalar("val/mean_class_accuracy", metrics["mean_class_accuracy"], step)
-            self.tensorboard.flush()
+        self._events(step, {"val/accuracy": metrics["accuracy"],
+                            "val/mean_class_accuracy": metrics["mean_class_accuracy"]})
 
     def log_skipped(self, skipped):
         """Each image the loader could not read (and replaced), once, when first met."""
@@ -156,18 +150,24 @@ class RunLogger:
             self.print(f"skipped an unreadable image (another segment used instead): {reason}")
 
     def _csv(self, row):
-        try:
-            with open(self.csv_path, "a", newline="") as f:
-                csv.writer(f).writerow(row)
-        except OSError as error:
-            raise UserError(f"{self.csv_path}: cannot write ({error.strerror or error}); the "
-                            "checkpoints saved before are intact") from None
+        with writing(self.csv_path, "the training log", KEPT), open(self.csv_path, "a", newline="") as f:
+            csv.writer(f).writerow(row)
+
+    def _events(self, step, scalars):
+        """TensorBoard scalars, flushed: its writer thread's OSError (a full disk) shows here."""
+        if not self.tensorboard:
+            return
+        with writing(self.run_dir, "the TensorBoard events", KEPT):
+            for tag, value in scalars.items():
+                self.tensorboard.add_scalar(tag, value, step)
+            self.tensorboard.flush()
 
     def finish(self, step, best, skipped):
         if not self.active:
             return
         if self.tensorboard:
-            self.tensorboard.close()
+            with writing(self.run_dir, "the TensorBoard events", KEPT):
+                self.tensorboard.close()
         minutes = (time.perf_counter() - self.start) / 60
         skipped_note = f"; {skipped.summary()}" if skipped else ""
         best_path = os.path.join(self.run_dir, "best.pt")
