@@ -29,7 +29,7 @@ from roilib.compactindex import (StringTable, _View, adopt_segments, check_boxes
 from roilib.dataset import SegmentDataset
 from roilib.errors import UserError
 from roilib.imageio import orientation_hint
-from roilib.indexcache import cached_index, content_digest, file_identity, notice
+from roilib.indexcache import cached_index, content_digest, file_identity, is_file_entry, notice
 
 # Annotation files from this size on say, before their first (slow) indexing, why.
 ANNOUNCE_BYTES = 50 * 2 ** 20
@@ -167,7 +167,7 @@ class CocoImages(_View):
 def _present(image_dir, file_names):
     """Which image files exist: one listing of the folder instead of 118k stat calls."""
     with os.scandir(image_dir) as entries:
-        files = {entry.name for entry in entries if entry.is_file()}
+        files = {entry.name for entry in entries if is_file_entry(entry)}
     return np.array([name in files if os.sep not in name and "/" not in name
                      else os.path.isfile(os.path.join(image_dir, name))
                      for name in file_names], bool)

@@ -107,19 +107,24 @@ class OpenSurfacesReader(SegmentDataset):
     def _maps(self):
         """(image name, stem, stat row of its label map) of each image with a label map, by
         name; and how many images have none."""
-        maps, missing = [], 0
+        maps, missing, broken = [], 0, []
         for name in sorted(os.listdir(self.image_dir)):
             if not _is_image_name(name):
                 continue
             stem = os.path.splitext(name)[0]
             try:
                 status = os.stat(self._label_path(stem))
-            except OSError:  # none, or a dangling link (as os.path.isfile said before)
+            except OSError as error:  # none, a dangling link or a link loop
                 status = None
+                if os.path.islink(self._label_path(stem)):
+                    broken.append(f"{self._label_path(stem)} ({error.strerror})")
             if not (status and stat.S_ISREG(status.st_mode)):
                 missing += 1
                 continue
             maps.append((name, stem, stat_row(status)))
+        if broken:
+            notice(f"skipped {len(broken)} label maps that are broken symbolic links, counted as "
+                   f"images without a label map (first: {broken[0]})")
         return maps, missing
 
     def _entry(self, found, old):

@@ -81,9 +81,26 @@ def folder_identity(folder, with_stat=True, names=None):
                 continue
             digest.update(entry.name.encode("utf-8", "surrogateescape") + b"\0")
             if with_stat:
-                digest.update(":".join(map(str, stat_row(entry.stat()))).encode() + b"\0")
+                digest.update(":".join(map(str, stat_row(_entry_stat(entry)))).encode() + b"\0")
             count += 1
     return {"path": os.path.abspath(folder), "files": count, "digest": digest.hexdigest()}
+
+
+def _entry_stat(entry):
+    """A folder entry's stat; a dangling link or a link loop has the link's own (the reader
+    then skips and counts its file), so a changed link still changes the identity."""
+    try:
+        return entry.stat()
+    except OSError:
+        return entry.stat(follow_symlinks=False)
+
+
+def is_file_entry(entry):
+    """Whether a folder entry is a file; a link loop is not (its reader skips and counts it)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def cache_folders(source):
