@@ -27,11 +27,10 @@ from benchmarks.common import Bench
 from roilib import cli
 from roilib.benchutil import report
 from roilib.errors import UserError
+from roilib.imageinfo import size_problem
 from roilib.paths import REPO
 from roilib.runtime import amp_dtype, precision_name, resolve_device
 from roilib.windows import check_memory, parse_window
-
-MAX_IMAGE_SIDE = 32767   # OpenCV refuses larger sides in its warps (SHRT_MAX)
 
 # ---- parameters: edit here, or override as --NAME=value ----
 PARTS = "a,b,c,d,e"         # [list of a|b|c|d|e|f] which measurements to run
@@ -104,8 +103,8 @@ def check_parameters(cfg):
     if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", cfg.EVAL_SIZE):
         raise UserError(f"--EVAL_SIZE={cfg.EVAL_SIZE}: expected HxW, e.g. 480x640")
     full_hw = tuple(int(v) for v in cfg.EVAL_SIZE.split("x"))
-    if max(full_hw) > MAX_IMAGE_SIDE:
-        raise UserError(f"--EVAL_SIZE={cfg.EVAL_SIZE}: expected sides of at most {MAX_IMAGE_SIDE} (OpenCV's limit)")
+    if size_problem(full_hw[1], full_hw[0]):
+        raise UserError(f"--EVAL_SIZE={cfg.EVAL_SIZE}: {size_problem(full_hw[1], full_hw[0])}")
     check_memory(f"--BATCH={cfg.BATCH} --SIZE={cfg.SIZE}", cfg.BATCH * cfg.SIZE ** 2)
     window = parse_window(cfg.EVAL_WINDOW, "EVAL_WINDOW")
     out = cfg.OUT if os.path.isabs(cfg.OUT) else os.path.join(REPO, cfg.OUT)

@@ -16,7 +16,7 @@ import torch
 
 from AttentionNet import AttentionNet
 from Datasets import open_dataset, resolve_paths
-from roilib.checkpoint import load_model_state
+from roilib.checkpoint import describe_model, load_model_state
 from roilib import cli
 from roilib.errors import UserError, one_line
 from roilib.evaluation import predict_dataset
@@ -31,7 +31,7 @@ CHECKPOINT = "logs/demo/best.pt"   # [nonempty] checkpoint to evaluate (relative
 DATASET = ""                # [""|demo|coco|opensurfaces] dataset ("" = the one the checkpoint was trained on)
 IMAGES = ""                 # image folder ("" = the DATASET's validation images)
 ANNOTATIONS = ""            # instances JSON or label-map folder ("" = the DATASET's validation set)
-CLASS_NAMES = None          # label maps only: comma-separated names (None = as in training)
+CLASS_NAMES = None          # [None|names] label maps only: comma-separated names (None = as in training)
 MIN_AREA = 1                # [1..1e12] ignore segments smaller than this (pixels)
 OUT = ""                    # output folder ("" = the checkpoint's folder)
 WINDOW = ""                 # [""|HxW] evaluation window HxW around each segment ("" = the one stored in the checkpoint by Train.py)
@@ -61,8 +61,7 @@ def main():
     dtype = amp_dtype(device, cfg.AMP)
     model.to(device, memory_format=torch.channels_last)
     config = model.config
-    print(f"evaluating {checkpoint} ({config['arch']}, mode={config['mode']}, "
-          f"attention={','.join(config['attention']) or '-'}, merge={config['merge']}) on {annotations}: "
+    print(f"evaluating {checkpoint} ({describe_model(config)}) on {annotations}: "
           f"{len(dataset)} segments in {len(dataset.images)} images, windows of {window[0]}x{window[1]}, {device}, "
           f"{precision_name(dtype)}")
     print(dataset.summary())

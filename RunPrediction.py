@@ -14,6 +14,7 @@ of masks or the size of the photo beyond the photo and the masks themselves.
 import glob
 import json
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -24,9 +25,10 @@ from roilib import cli
 from roilib.checkpoint import load_model_state
 from roilib.crops import BoxMask, box_mask
 from roilib.errors import UserError, one_line
+from roilib.imageinfo import exif_notice
 from roilib.imageio import check_image_extension, read_image, read_label_map, read_mask, write_image
 from roilib.outputs import check_writable_folder, refuse_input_as_output
-from roilib.paths import find_checkpoint, find_path
+from roilib.paths import find_checkpoint, find_path, split_paths
 from roilib.evaluation import forward_windows
 from roilib.runtime import amp_dtype, resolve_device
 from roilib.windows import check_memory, cut_windows, model_window
@@ -57,6 +59,9 @@ def main():
         check_image_extension(cfg.OVERLAY)
         check_writable_folder(os.path.dirname(os.path.abspath(cfg.OVERLAY)), "OVERLAY's folder")
     image = read_image(image_path)
+    notice = exif_notice(image_path)
+    if notice:
+        print(notice, file=sys.stderr)
     names, masks = read_segments(image.shape[:2], sources, instance_map=bool(cfg.INSTANCE_MAP))
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint).to(device).eval()
@@ -85,9 +90,10 @@ def main():
 
 
 def mask_paths(masks):
-    """The mask files of --MASKS: paths and globs, comma-separated."""
+    """The mask files of --MASKS: paths and globs, comma-separated (a name with a comma:
+    see split_paths)."""
     paths = []
-    for part in (p.strip() for p in masks.split(",") if p.strip()):
+    for part in split_paths(masks):
         part = find_path(part)
         if any(c in part for c in "*?["):
             found = sorted(glob.glob(part))

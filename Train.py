@@ -43,7 +43,7 @@ TRAIN_IMAGES = ""           # training image folder ("" = the DATASET's default 
 TRAIN_ANNOTATIONS = ""      # coco: instances JSON; opensurfaces: label-map folder ("" = default)
 VAL_IMAGES = ""             # validation image folder ("" = default)
 VAL_ANNOTATIONS = ""        # validation instances JSON or label-map folder ("" = default)
-CLASS_NAMES = None          # label maps only: comma-separated names in value order (None = the 45 OpenSurfaces materials)
+CLASS_NAMES = None          # [None|names] label maps only: comma-separated names in value order (None = the 45 OpenSurfaces materials)
 MIN_AREA = 1                # [1..1e12] segments smaller than this (pixels) are not used
 ARCH = "resnet18"           # [resnet18|resnet34|resnet50|resnet101|resnet152] backbone (resnet50: the paper's)
 WEIGHTS = None              # None (random init) | imagenet | path to a torchvision ResNet state_dict

@@ -106,6 +106,13 @@ def model_checkpoint(model_state, config, **extra):
     return {"format": CHECKPOINT_FORMAT, "model": model_state, "config": dict(config), **extra}
 
 
+def describe_model(config):
+    """'resnet18 mode=crop+attention attention=stem merge=add': a model's config in words
+    (attention=- where the mode has no mask side branch: its stored list is empty)."""
+    return (f"{config['arch']} mode={config['mode']} "
+            f"attention={','.join(config['attention']) or '-'} merge={config['merge']}")
+
+
 def model_from_state(state, path, build):
     """Check a loaded state's layout and format version, then `build(config)` a model and load
     its weights; every mismatch is one line naming `path`."""

@@ -18,6 +18,7 @@ sides that the machine can meet (tests/test_parameters.py checks both):
     MARGIN = None        # [None|>=0] None, or a number in the range
     WINDOW = ""          # [""|HxW] a window geometry (roilib.windows.parse_window)
     RUN = "demo"         # [nonempty]
+    CLASS_NAMES = None   # [None|names] comma-separated names, none empty, none twice
 
 `parse_parameters(globals(), __file__)` reads the block's names and comments from the source,
 applies the command line (types checked against the defaults), checks every value and returns
@@ -101,6 +102,12 @@ def _spec_problem(value, spec):
         return problem and f"None or {problem}"
     if spec == "nonempty":
         return None if value not in ("", None) else "a non-empty value"
+    if spec in ("names", "None|names"):
+        if value is None and spec.startswith("None"):
+            return None
+        items = [item.strip() for item in str(value).split(",")]
+        ok = isinstance(value, str) and all(items) and len(set(items)) == len(items)
+        return None if ok else "comma-separated names, none empty, none twice"
     if spec.startswith("list of "):
         choices = spec[len("list of "):].split("|")
         items = [item.strip() for item in str(value).split(",") if item.strip()]

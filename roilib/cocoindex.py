@@ -14,6 +14,7 @@ from pycocotools import mask as mask_utils
 
 from roilib.compactindex import StringTable
 from roilib.errors import UserError
+from roilib.imageinfo import size_problem
 from roilib.segmentation import BadSegmentation, checked, to_rles
 
 # pycocotools' decode trips numpy 2's __array__(copy=...) deprecation on every first call
@@ -147,9 +148,17 @@ class CocoIndexBuilder:
         self.degenerate.append((ann.get("id", -1), reason))
 
     def _size(self, record):
+        """The image's (height, width): positive integers, checked before any mask is read
+        against them (a string "480" would otherwise read as an RLE size mismatch)."""
         height, width = record.get("height"), record.get("width")
-        if not height or not width:
+        if height is None or width is None:
             raise UserError(f"{self.file}: image {record.get('id')} has no height/width")
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{self.file}: image {record.get('id')} has {name} {value!r}: "
+                                "expected a whole number of pixels")
+        if size_problem(width, height):
+            raise UserError(f"{self.file}: image {record.get('id')}: {size_problem(width, height)}")
         return height, width
 
     def _queue(self, image_id, ann, rle):

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from roilib.errors import UserError
+from roilib.imageinfo import too_large
 from roilib.outputs import atomic_write
 
 _JPEG_START = b"\xff\xd8"
@@ -108,6 +109,9 @@ _quiet_decoding = _SilencedNativeStderr()
 def _decode(path, flags=cv2.IMREAD_UNCHANGED, data=None):
     data = _read_bytes(path) if data is None else data
     _check_jpeg_complete(path, data)
+    size_problem = too_large(data[:1 << 16].tobytes())
+    if size_problem:
+        raise UserError(f"{path}: {size_problem}")
     try:
         with _quiet_decoding:
             array = cv2.imdecode(data, flags)

@@ -1,6 +1,7 @@
 """Where things are: the repository, the user's paths, and a trained model."""
 import glob
 import os
+import re
 
 from roilib.errors import UserError
 
@@ -13,6 +14,22 @@ def find_path(path):
     if os.path.isabs(path) or glob.glob(path):
         return path
     return os.path.join(REPO, path)
+
+
+def split_paths(text):
+    """A comma-separated list of paths -> [path]. A file name with a comma in it is taken
+    whole where that file exists (the longest run of parts that names one), or written with
+    the comma escaped as ``\\,``."""
+    parts = [part.replace("\\,", ",") for part in re.split(r"(?<!\\),", text)]
+    paths, start = [], 0
+    while start < len(parts):
+        end = next((end for end in range(len(parts), start + 1, -1)
+                    if os.path.isfile(find_path(",".join(parts[start:end]).strip()))), start + 1)
+        path = ",".join(parts[start:end]).strip()
+        if path:
+            paths.append(path)
+        start = end
+    return paths
 
 
 def find_checkpoint(path):

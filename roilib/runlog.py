@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from roilib.checkpoint import describe_model
 from roilib.outputs import atomic_write, writing
 from roilib.progress import format_seconds
 from roilib.runtime import precision_name
@@ -111,12 +112,10 @@ class RunLogger:
         """The run's first lines; `settings`: how it runs, in words (weights, memory format,
         workers, crop sizes...)."""
         what = f"resuming {self.run_dir} at step {step}" if self.first_step else f"new run in {self.run_dir}"
-        cfg = model.config
-        points = ",".join(cfg["attention"]) if cfg["mode"] == "attention" else "-"
         self.print(f"{what}\n"
                    f"data: {len(train_set)} training segments in {len(train_set.images)} images, "
                    f"{len(val_set)} validation segments, {train_set.num_classes} classes\n"
-                   f"model: {cfg['arch']} mode={cfg['mode']} attention={points} merge={cfg['merge']}\n"
+                   f"model: {describe_model(model.config)}\n"
                    f"device: {self.device} x{self.dist.world_size}, {precision_name(self.dtype)}; "
                    f"{self.steps} steps, {settings}")
         summary = getattr(train_set, "summary", None)

@@ -69,6 +69,8 @@ def invalid_example(spec, default):
         spec = spec[5:]
     if spec == "nonempty":
         return ""
+    if spec.endswith("names"):
+        return "a,,b"
     if spec.startswith("list of ") or "|" in spec and not spec.endswith("HxW"):
         return "no-such-choice"
     if spec.endswith("HxW"):
