@@ -36,7 +36,7 @@ from roilib.windows import check_memory, cut_windows, model_window
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model (relative paths: to this repository if not found here)
 IMAGE = "Test/example.png"         # [nonempty] the image
-MASKS = "Test/example_mask*.png"   # ROI mask PNG(s): one path, comma-separated paths, or a glob
+MASKS = "Test/example_mask*.png"   # ROI mask PNG(s): one path, comma-separated paths, or a glob (a name with a comma: taken whole if it exists, or write \,)
 INSTANCE_MAP = ""           # instead of MASKS: an instance map whose nonzero values are segments ("" = use MASKS)
 TOPK = 3                    # [1..1e6] classes listed per mask
 JSON = False                # print JSON instead of text

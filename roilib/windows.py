@@ -30,9 +30,10 @@ DEFAULT_WINDOW = (224, 224)
 # and one window of float32 activations no longer fits a GPU.
 MAX_SIDE = 8192
 # A lower bound of the memory one window pixel takes in a ResNet forward pass: the uint8 image
-# and mask (4 B), the float32 input (12 B) and the stem's 64 float32 channels at stride 2 (64 B).
-# Training keeps several times more for the backward pass; what is refused can never run.
-BYTES_PER_PIXEL = 80
+# and mask (4 B), the float32 input (12 B) and the stem's 64 channels at stride 2, in bf16 as
+# under AMP (32 B). Training keeps several times more for the backward pass: what is refused
+# can never run.
+BYTES_PER_PIXEL = 48
 _GIB = 2 ** 30
 
 
