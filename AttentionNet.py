@@ -316,7 +316,7 @@ class AttentionNet(nn.Module):
             model.load_state_dict(state["model"])
         except (TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"{path}: checkpoint does not match this version of AttentionNet ({first_line(e)})") from None
-        return model
+        return model.eval()   # loaded to predict: eval mode (Train.py sets train mode itself)
 
 
 # ---- backbone and weights ------------------------------------------------------------------
