@@ -1,9 +1,9 @@
 """Where the model looked, as heat maps over evaluation windows (what the net saw).
 
-    images, masks = cut_windows(image, regions, window)        # roilib.windows
+    panels = explain_regions(model, image, regions, window)   # RGB pictures per region
+    images, masks = cut_windows(image, regions, window)        # or the maps themselves:
     attention = attention_map(model, images, masks)            # [S,H,W] in [0, 1]
     cam = grad_cam(model, images, masks)                       # [S,H,W] in [0, 1]
-    panel = heat_overlay(images_as_rgb[0], cam[0])             # roilib.overlay
 
 attention_map: what the mask's side branch adds to the feature map at its merge point (for the
 default additive merge exactly A(mask), for a multiplicative one x·M(mask) - x), averaged over
@@ -12,13 +12,36 @@ the last feature map before pooling. Both are scaled to the window and to a maxi
 they show where, not how much. A user compares them: attention on the region and Grad-CAM
 on its surroundings means the class came from the context.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from roilib.errors import UserError
+from roilib.overlay import heat_overlay
+from roilib.windows import cut_windows
 
 # The modes whose feature maps lie over the window; the crop modes resample a box of it.
 WINDOW_MODES = ("attention", "blackout", "channel", "none")
+
+
+def explain_regions(model, image, regions, window):
+    """Per region (a BoxMask of the RGB `image`), RGB uint8 pictures of the window's size:
+    {"window": the window as the net saw it, "attention": it under the attention map (None for
+    a model without a mask branch), "grad_cam": it under Grad-CAM of the predicted class},
+    each with the region's edge in white."""
+    images, masks = cut_windows(image, regions, window)
+    device = next(model.parameters()).device
+    images, masks = images.to(device), masks.to(device)
+    attention = attention_map(model, images, masks) if len(model.branches) else None
+    cams = grad_cam(model, images, masks)
+    panels = []
+    for i in range(len(regions)):
+        rgb = np.ascontiguousarray(images[i].permute(1, 2, 0).cpu().numpy())
+        outline = masks[i, 0].cpu().numpy()
+        panels.append({"window": rgb, "grad_cam": heat_overlay(rgb, cams[i], outline=outline),
+                       "attention": None if attention is None else
+                       heat_overlay(rgb, attention[i], outline=outline)})
+    return panels
 
 
 def attention_map(model, images, masks, point=None):
