@@ -165,7 +165,8 @@ def example_rows(count, camvid):
             pairs = [line.split() for line in file if len(line.split()) == 2][:count]
         root = os.path.dirname(listing)
         rows += [[os.path.join(root, photo), os.path.join(root, labels), False] for photo, labels in pairs]
-    return [row for row in rows if os.path.isfile(row[0]) and os.path.isfile(row[1])]
+    return [[os.path.abspath(row[0]), os.path.abspath(row[1]), row[2]] for row in rows
+            if os.path.isfile(row[0]) and os.path.isfile(row[1])]
 
 
 # ---- the page --------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def build_app(classifier, topk, max_pixels, examples=()):
         with gr.Row():
             with gr.Column():
                 editor = gr.ImageEditor(label="Photo: upload, then paint the region", type="numpy",
-                                        image_mode="RGBA", layers=False, transforms=(),
+                                        image_mode="RGBA", layers=False, transforms=(), format="png",
                                         brush=gr.Brush(colors=["#ff2060"], color_mode="fixed", default_size=12))
                 brush_button = gr.Button("Classify the painted region", variant="primary")
                 with gr.Accordion("... or upload a mask", open=False):
@@ -224,10 +225,10 @@ def build_app(classifier, topk, max_pixels, examples=()):
             with gr.Column():
                 message = gr.Markdown()
                 scores = gr.Label(num_top_classes=topk, label="Classes")
-                outlined = gr.Image(label="Region (outline) and the window the model saw (box)")
+                outlined = gr.Image(label="Region (outline) and the window the model saw (box)", format="png")
                 with gr.Row():
-                    attention = gr.Image(label="Attention branch at its merge point")
-                    cam = gr.Image(label="Grad-CAM of the class at layer4")
+                    attention = gr.Image(label="Attention branch at its merge point", format="png")
+                    cam = gr.Image(label="Grad-CAM of the class at layer4", format="png")
         outputs = [scores, outlined, attention, cam, message]
         if examples:
             gr.Examples(list(map(list, examples)), inputs=[editor, map_file, whole_value])

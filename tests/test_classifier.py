@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from AttentionNet import AttentionNet
-from helpers import EXAMPLE_CLASSES, EXAMPLE_IMAGE, EXAMPLE_MASKS, run_script, train_on_example
+from helpers import EXAMPLE_CLASSES, EXAMPLE_IMAGE, EXAMPLE_MASKS, run_script
 from RegionClassifier import RegionClassifier
 from roilib.crops import box_mask, box_mask_bbox
 from roilib.errors import UserError
@@ -13,8 +13,8 @@ from roilib.imageio import read_image, read_mask
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return train_on_example(tmp_path_factory.mktemp("example_model") / "example.pt")
+def checkpoint(example_checkpoint):
+    return example_checkpoint
 
 
 @pytest.fixture(scope="module")
