@@ -29,7 +29,7 @@ from roilib.overlay import draw_regions, region_colour  # noqa: E402
 from roilib.paths import find_checkpoint, find_path  # noqa: E402
 
 # ---- parameters: edit here, or override as --NAME=value ----
-CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model, .pt or a release folder (relative paths: to this repository if not found here)
+CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model, .pt or release folder (relative: to this repository if not found here)
 HOST = "127.0.0.1"          # [nonempty] address to serve on (0.0.0.0: anyone who reaches this machine can use the page)
 PORT = 7860                 # [1..65535] port to serve on
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
