@@ -50,7 +50,8 @@ def main():
     app = build_app(classifier, params["TOPK"], params["MAX_PIXELS"], examples)
     print(f"model {params['CHECKPOINT']} on {classifier.device}, window {classifier.window[0]}x"
           f"{classifier.window[1]}; open http://{params['HOST']}:{params['PORT']} (Ctrl-C stops)")
-    app.launch(server_name=params["HOST"], server_port=params["PORT"], quiet=True)
+    app.launch(server_name=params["HOST"], server_port=params["PORT"], quiet=True,
+               allowed_paths=sorted({os.path.dirname(path) for row in examples for path in row[:2]}))
 
 
 # ---- regions from what the page sends -----------------------------------------------------------
@@ -113,6 +114,7 @@ def map_view(value, map_path):
         return None
     label_map = read_label_map(map_path)
     colours = np.array([region_colour(i) for i in range(int(label_map.max()) + 1)], np.uint8)
+    colours[0] = 0   # value 0 (background in an instance map) only darkened
     view = colours[label_map]
     background = value.get("background") if isinstance(value, dict) else None
     if background is not None and np.asarray(background).shape[:2] == label_map.shape:
@@ -217,21 +219,22 @@ def build_app(classifier, topk, max_pixels, examples=()):
                     map_file = gr.File(label="Instance or label map PNG", type="filepath")
                     whole_value = gr.Checkbox(True, label="instance map (a value is one segment; "
                                               "untick for a label map: the clicked piece)")
-                    view = gr.Image(label="Click a segment", interactive=False)
+                    view = gr.Image(label="Click a segment", interactive=False, elem_id="map-view")
                     with gr.Row():
                         x = gr.Number(0, label="x", precision=0)
                         y = gr.Number(0, label="y", precision=0)
                         click_button = gr.Button("Classify the segment at x, y")
             with gr.Column():
-                message = gr.Markdown()
-                scores = gr.Label(num_top_classes=topk, label="Classes")
+                message = gr.Markdown(elem_id="message")
+                scores = gr.Label(num_top_classes=topk, label="Classes", elem_id="scores")
                 outlined = gr.Image(label="Region (outline) and the window the model saw (box)", format="png")
                 with gr.Row():
                     attention = gr.Image(label="Attention branch at its merge point", format="png")
                     cam = gr.Image(label="Grad-CAM of the class at layer4", format="png")
         outputs = [scores, outlined, attention, cam, message]
         if examples:
-            gr.Examples(list(map(list, examples)), inputs=[editor, map_file, whole_value])
+            gr.Examples([list(row) for row in examples], inputs=[editor, map_file, whole_value], elem_id="examples",
+                        example_labels=[os.path.basename(row[0]) for row in examples])
         brush_button.click(by_brush, [editor], outputs, api_name="classify_brush")
         mask_button.click(by_mask, [editor, mask_file], outputs, api_name="classify_mask")
         click_button.click(by_click, [editor, map_file, whole_value, x, y], outputs, api_name="classify_click")

@@ -2,7 +2,8 @@
 
 A label is drawn as text on a filled box of its region's colour, black or white text
 (whichever contrasts), with a dark border: readable on any photo, unlike text in the outline's
-own colour, which vanishes on a background of that colour.
+own colour, which vanishes on a background of that colour. Outlines and boxes run over a dark
+edge for the same reason.
 """
 import cv2
 import numpy as np
@@ -27,6 +28,7 @@ def draw_regions(image, regions, labels, boxes=None):
         colour = region_colour(i)
         contours, _ = cv2.findContours(region.mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
                                        offset=(region.x, region.y))
+        cv2.drawContours(canvas, contours, -1, (0, 0, 0), thickness + 2, cv2.LINE_AA)   # dark edge
         cv2.drawContours(canvas, contours, -1, colour, thickness, cv2.LINE_AA)
         if boxes is not None:
             draw_box(canvas, boxes[i], colour, max(1, thickness // 2))
