@@ -77,8 +77,8 @@ def brush_mask(value, shape):
         if layer.shape[:2] != tuple(shape[:2]):
             raise UserError(f"painted layer is {layer.shape[1]}x{layer.shape[0]} but the photo is "
                             f"{shape[1]}x{shape[0]}")
-        painted |= (layer[:, :, 3] if layer.ndim == 3 and layer.shape[2] == 4 else layer.reshape(
-            layer.shape[0], layer.shape[1], -1).max(axis=2)) > 0
+        has_alpha = layer.ndim == 3 and layer.shape[2] == 4
+        painted |= (layer[:, :, 3] if has_alpha else layer.reshape(*layer.shape[:2], -1).max(axis=2)) > 0
     if not painted.any():
         raise UserError("no region painted: paint over the region with the brush, then press the button")
     return painted

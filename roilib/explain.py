@@ -1,6 +1,7 @@
 """Where the model looked, as heat maps over evaluation windows (what the net saw).
 
     panels = explain_regions(model, image, regions, window)   # RGB pictures per region
+    write_image(path, explanation_strip(panels[0]))           # window | attention | Grad-CAM
     images, masks = cut_windows(image, regions, window)        # or the maps themselves:
     attention = attention_map(model, images, masks)            # [S,H,W] in [0, 1]
     cam = grad_cam(model, images, masks)                       # [S,H,W] in [0, 1]
@@ -42,6 +43,13 @@ def explain_regions(model, image, regions, window):
                        "attention": None if attention is None else
                        heat_overlay(rgb, attention[i], outline=outline)})
     return panels
+
+
+def explanation_strip(panel, gap=4):
+    """One picture of an explain_regions panel: the window, then its heat maps, side by side."""
+    pictures = [panel[key] for key in ("window", "attention", "grad_cam") if panel[key] is not None]
+    spacer = np.full((pictures[0].shape[0], gap, 3), 255, np.uint8)
+    return np.hstack([part for picture in pictures for part in (picture, spacer)][:-1])
 
 
 def attention_map(model, images, masks, point=None):

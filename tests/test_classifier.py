@@ -79,3 +79,12 @@ def test_window_box_holds_the_region_at_native_scale(classifier):
         assert (x1 - x0, y1 - y0) == pytest.approx((64, 64))
     else:                                                          # scaled down to fit
         assert max(x1 - x0, y1 - y0) == pytest.approx(max(w, h), abs=1)
+
+
+def test_release_folder_gives_the_same_answers(checkpoint, classifier, tmp_path):
+    from roilib.checkpoint import load_checkpoint
+    from roilib.export import write_release
+    write_release(load_checkpoint(checkpoint), str(tmp_path / "release"))
+    released = RegionClassifier.from_pretrained(tmp_path / "release", device="cpu")
+    assert released.window == classifier.window
+    assert released.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS) == classifier.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS)

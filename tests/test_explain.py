@@ -7,7 +7,7 @@ from AttentionNet import AttentionNet
 from helpers import EXAMPLE_IMAGE, EXAMPLE_MASKS
 from roilib.crops import BoxMask, box_mask
 from roilib.errors import UserError
-from roilib.explain import attention_map, explain_regions, grad_cam
+from roilib.explain import attention_map, explain_regions, explanation_strip, grad_cam
 from roilib.imageio import read_image, read_mask
 from roilib.overlay import draw_label, draw_regions, heat_overlay
 from roilib.windows import cut_windows
@@ -72,6 +72,9 @@ def test_explain_regions_pictures(trained):
     for key in ("window", "attention", "grad_cam"):
         assert panels[0][key].shape == (*WINDOW, 3) and panels[0][key].dtype == np.uint8
     assert (panels[0]["grad_cam"] == 255).all(axis=2).any()     # the region's edge in white
+    strip = explanation_strip(panels[0])
+    assert strip.shape == (WINDOW[0], 3 * WINDOW[1] + 2 * 4, 3)
+    assert np.array_equal(strip[:, -WINDOW[1]:], panels[0]["grad_cam"])
 
 
 def test_label_contrasts_with_its_box():
