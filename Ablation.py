@@ -77,36 +77,36 @@ SUMMARY_BINS = ("<1k", "1k-2k", "2k-4k", "4k-8k")
 
 
 def main():
-    cli.parse_parameters(globals(), __file__)
-    variants = list(VARIANT_TABLE) if VARIANTS == "all" else [v.strip() for v in VARIANTS.split(",")]
+    cfg = cli.parse_config(globals(), __file__)
+    variants = list(VARIANT_TABLE) if cfg.VARIANTS == "all" else [v.strip() for v in cfg.VARIANTS.split(",")]
     unknown = [v for v in variants if v not in VARIANT_TABLE]
     if unknown:
         raise UserError(f"--VARIANTS: unknown {', '.join(unknown)}; known: {', '.join(VARIANT_TABLE)}")
     try:
-        seeds = [int(s) for s in str(SEEDS).split(",")]
+        seeds = [int(s) for s in str(cfg.SEEDS).split(",")]
     except ValueError:
-        raise UserError(f"--SEEDS={SEEDS}: expected comma-separated integers") from None
-    resolve_device(DEVICE)   # a wrong device stops here, not in the first of many runs
-    check_sizes(MIN_SIZE, MAX_SIZE)
-    folder = os.path.join(REPO, LOG_DIR, NAME)   # an absolute LOG_DIR stays as it is
+        raise UserError(f"--SEEDS={cfg.SEEDS}: expected comma-separated integers") from None
+    resolve_device(cfg.DEVICE)   # a wrong device stops here, not in the first of many runs
+    check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE)
+    folder = os.path.join(REPO, cfg.LOG_DIR, cfg.NAME)   # an absolute LOG_DIR stays as it is
     runs = os.path.join(folder, "runs")
     start = time.perf_counter()
-    print(f"ablation '{NAME}': {len(variants)} variants x {len(seeds)} seeds, {STEPS} steps each, {ARCH}, "
-          f"{JOBS} at a time; "
-          f"results in {folder}", flush=True)
+    print(f"ablation '{cfg.NAME}': {len(variants)} variants x {len(seeds)} seeds, {cfg.STEPS} steps each, "
+          f"{cfg.ARCH}, {cfg.JOBS} at a time; results in {folder}", flush=True)
     jobs = [(v, s) for v in variants for s in seeds]
-    done = run_all(jobs, runs, start)
+    done = run_all(jobs, runs, start, cfg)
     results = {v: [done[(v, s)] for s in seeds] for v in variants}
-    table = aggregate(results)
-    write_results(table, results, folder)
+    pairs = {"near pair": cfg.CONTEXT_CLASSES, "far pair": cfg.FAR_CONTEXT_CLASSES}
+    table = aggregate(results, pairs)
+    write_results(table, results, folder, vars(cfg), pairs)
     print(format_table(table))
     print(f"wrote results.csv, results.json, results.png in {folder}")
 
 
-def run_all(jobs, runs, start):
-    """Run (variant, seed) jobs, JOBS at a time; -> {(variant, seed): eval result}. After a
+def run_all(jobs, runs, start, cfg):
+    """Run (variant, seed) jobs, cfg.JOBS at a time; -> {(variant, seed): eval result}. After a
     failure no new run starts, the running ones finish (their work is kept), then it is raised."""
-    slots = job_slots(JOBS, DEVICE)
+    slots = job_slots(cfg.JOBS, cfg.DEVICE)
     free = list(range(len(slots)))
     results, failure = {}, None
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(slots)) as pool:
@@ -118,7 +118,7 @@ def run_all(jobs, runs, start):
                 slot = free.pop(0)
                 print(f"[{i}/{len(jobs)}] {variant} seed {seed}{slots[slot]['label']} "
                       f"({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
-                future = pool.submit(run_variant, variant, seed, runs, **slots[slot]["run"])
+                future = pool.submit(run_variant, variant, seed, runs, cfg, **slots[slot]["run"])
                 pending[future] = (slot, (variant, seed))
             if not pending:
                 break
@@ -151,29 +151,29 @@ def job_slots(jobs, device):
     return [{"label": label, "run": {"env": env}} for _ in range(jobs)]
 
 
-def run_variant(variant, seed, runs, device=None, env=None):
+def run_variant(variant, seed, runs, cfg, device=None, env=None):
     """Train (or resume) and evaluate one variant; reuse an evaluation of the finished run.
-    `device` overrides DEVICE for this run, `env` adds environment variables to its processes."""
+    `device` overrides cfg.DEVICE for this run, `env` adds environment variables to its processes."""
     run = f"{variant}-s{seed}"
     run_dir = os.path.join(runs, run)
     eval_path = os.path.join(run_dir, "eval.json")
     if os.path.exists(eval_path):
         with open(eval_path) as f:
             result = json.load(f)
-        if result.get("step") == STEPS:
+        if result.get("step") == cfg.STEPS:
             print(f"  done before: {run}", flush=True)
             return result
-    overrides = {name: globals()[name] for name in SHARED}
-    device = device or DEVICE
+    overrides = {name: getattr(cfg, name) for name in SHARED}
+    device = device or cfg.DEVICE
     overrides.update(VARIANT_TABLE[variant], SEED=seed, RUN=run, LOG_DIR=runs, DEVICE=device,
-                     VAL_EVERY=STEPS, VAL_MAX_IMAGES=20, SAVE_EVERY=max(STEPS // 4, 1),
-                     LOG_EVERY=max(STEPS // 10, 1))
+                     VAL_EVERY=cfg.STEPS, VAL_MAX_IMAGES=20, SAVE_EVERY=max(cfg.STEPS // 4, 1),
+                     LOG_EVERY=max(cfg.STEPS // 10, 1))
     check_same_settings(run_dir, overrides)
     call("Train.py", overrides, env)
     # The final model, not best.pt: picking the best on the evaluation set would flatter it.
-    call("EvaluateAccuracy.py", {"CHECKPOINT": os.path.join(run_dir, "last.pt"), "DATASET": DATASET,
-                                 "IMAGES": VAL_IMAGES, "ANNOTATIONS": VAL_ANNOTATIONS,
-                                 "OUT": run_dir, "DEVICE": device, "WORKERS": WORKERS, "AMP": AMP}, env)
+    call("EvaluateAccuracy.py", {"CHECKPOINT": os.path.join(run_dir, "last.pt"), "DATASET": cfg.DATASET,
+                                 "IMAGES": cfg.VAL_IMAGES, "ANNOTATIONS": cfg.VAL_ANNOTATIONS,
+                                 "OUT": run_dir, "DEVICE": device, "WORKERS": cfg.WORKERS, "AMP": cfg.AMP}, env)
     with open(eval_path) as f:
         return json.load(f)
 
@@ -214,22 +214,21 @@ def pair_accuracy(per_class, classes):
     return float(np.mean(found)) if found else None
 
 
-def metrics_of(result):
-    """The figures compared across variants, from one eval.json."""
+def metrics_of(result, pairs):
+    """The figures compared across variants, from one eval.json; `pairs`: {figure: classes}."""
     bins = {row["bin"]: row["mean_class_accuracy"] for row in result["by_size"]}
     per_class = {row["class"]: row["accuracy"] for row in result["per_class"]}
     figures = {"mean_class_accuracy": result["mean_class_accuracy"], "accuracy": result["accuracy"]}
     figures.update({f"size {b}": bins.get(b) for b in SUMMARY_BINS})
-    figures["near pair"] = pair_accuracy(per_class, CONTEXT_CLASSES)
-    figures["far pair"] = pair_accuracy(per_class, FAR_CONTEXT_CLASSES)
+    figures.update({name: pair_accuracy(per_class, classes) for name, classes in pairs.items()})
     return figures
 
 
-def aggregate(results):
+def aggregate(results, pairs):
     """variant -> {figure: (mean, spread, values)}; spread = (max - min) / 2 over seeds."""
     table = {}
     for variant, runs in results.items():
-        per_seed = [metrics_of(r) for r in runs]
+        per_seed = [metrics_of(r, pairs) for r in runs]
         row = {}
         for key in per_seed[0]:
             values = [m[key] for m in per_seed if m[key] is not None]
@@ -249,7 +248,7 @@ def format_table(table):
     return "\n".join(lines)
 
 
-def write_results(table, results, folder):
+def write_results(table, results, folder, params, pairs):
     os.makedirs(folder, exist_ok=True)
     keys = list(next(iter(table.values())).keys())
     with atomic_write(os.path.join(folder, "results.csv"), newline="") as f:
@@ -258,24 +257,23 @@ def write_results(table, results, folder):
         for variant, row in table.items():
             cells = [f"{row[k][i]:.4f}" if k in row else "" for k in keys for i in (0, 1)]
             writer.writerow([variant] + cells + [len(results[variant])])
-    summary = {"params": {k: globals()[k] for k in SHARED + ("SEEDS", "CONTEXT_CLASSES", "FAR_CONTEXT_CLASSES")},
+    summary = {"params": {k: params[k] for k in SHARED + ("SEEDS", "CONTEXT_CLASSES", "FAR_CONTEXT_CLASSES")},
                "variants": {v: {k: {"mean": m, "spread": s, "per_seed": vals} for k, (m, s, vals) in row.items()}
                             for v, row in table.items()},
                "table": format_table(table)}
     with atomic_write(os.path.join(folder, "results.json")) as f:
         json.dump(summary, f, indent=1)
-    plot_results(table, os.path.join(folder, "results.png"))
+    plot_results(table, os.path.join(folder, "results.png"), pairs)
 
 
-def plot_results(table, path):
+def plot_results(table, path, pairs):
     """Grouped bars: mean class accuracy per variant, overall, per size bin and on the two
     context pairs."""
     from roilib.plots import pyplot
     plt = pyplot()
     keys = ["mean_class_accuracy"] + [f"size {b}" for b in SUMMARY_BINS] + ["near pair", "far pair"]
     labels = (["overall"] + [f"segments {b} px" for b in SUMMARY_BINS]
-              + [f"near pair ({CONTEXT_CLASSES.replace(',', '/')})",
-                 f"far pair ({FAR_CONTEXT_CLASSES.replace(',', '/')})"])
+              + [f"{name} ({classes.replace(',', '/')})" for name, classes in pairs.items()])
     variants = list(table)
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(variants)), 4.8))

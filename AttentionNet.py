@@ -16,16 +16,14 @@ the input as "crop" does (small segments magnified), with the mask resampled ali
 by the attention branch (so the net knows which pixels of the box are the region). Every
 variant shares one code path for training and evaluation.
 """
-import os
-
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from roilib.checkpoint import (CHECKPOINT_FORMAT, first_line, load_checkpoint, load_model_state,
-                               load_released_folder, save_checkpoint)
-from roilib.errors import UserError
+from roilib.checkpoint import (load_model_state, load_released_folder, model_checkpoint,
+                               model_from_state, save_checkpoint)
+from roilib.weights import build_backbone
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 MODES = ("attention", "blackout", "crop", "crop+attention", "channel", "none")
@@ -279,12 +277,11 @@ class AttentionNet(nn.Module):
             out["topk_names"] = [[self.class_names[i] for i in row] for row in top_i.tolist()]
         return out
 
-    # ---- checkpoints -----------------------------------------------------------------------
+    # ---- checkpoints (the file formats and their checks live in roilib/checkpoint.py) -------
     def save(self, path, **extra):
         """Write {"format", "model", "config", **extra} atomically: a crash mid-write leaves any
         previous file at `path` intact."""
-        save_checkpoint({"format": CHECKPOINT_FORMAT, "model": self.state_dict(),
-                         "config": dict(self.config), **extra}, path)
+        save_checkpoint(model_checkpoint(self.state_dict(), self.config, **extra), path)
 
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu"):
@@ -296,66 +293,12 @@ class AttentionNet(nn.Module):
     def from_pretrained(cls, folder, map_location="cpu"):
         """Rebuild the model from a folder written by `Export.py --FORMAT=safetensors`
         (model.safetensors + config.json): no pickle is read, so any such folder is safe to load."""
-        if not os.path.isdir(folder):
-            raise UserError(f"{folder}: not a folder; from_pretrained reads model.safetensors and "
-                            "config.json from one (use from_checkpoint for a .pt file)")
         return cls.from_state(load_released_folder(folder, map_location), folder)
 
     @classmethod
     def from_state(cls, state, path="checkpoint"):
-        if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
-            raise UserError(f"{path}: not an AttentionNet checkpoint (no 'model' and 'config' entries)")
-        found = state.get("format")
-        if found != CHECKPOINT_FORMAT:
-            age = "a newer" if isinstance(found, int) and found > CHECKPOINT_FORMAT else "an older"
-            raise UserError(f"{path}: checkpoint format {found} is from {age} version of this code "
-                            f"(this one reads format {CHECKPOINT_FORMAT}); use the matching version")
-        config = dict(state["config"])
-        try:
-            model = cls(weights=None, **config)
-            model.load_state_dict(state["model"])
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise UserError(f"{path}: checkpoint does not match this version of AttentionNet ({first_line(e)})") from None
-        return model.eval()   # loaded to predict: eval mode (Train.py sets train mode itself)
-
-
-# ---- backbone and weights ------------------------------------------------------------------
-def build_backbone(arch, weights):
-    """A torchvision ResNet with random (None), ImageNet ("imagenet") or local-file weights."""
-    builder = getattr(torchvision.models, arch)
-    if weights is None or weights == "none":
-        return builder(weights=None)
-    if weights == "imagenet":
-        enum = torchvision.models.get_model_weights(arch).DEFAULT
-        try:
-            return builder(weights=enum)
-        except Exception as e:  # download errors come from urllib, ssl, http, hashing ...
-            url = enum.url
-            target = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
-            raise UserError(f"could not get ImageNet weights for {arch} ({first_line(e)}); "
-                            f"download {url} and put it at {target}, or set WEIGHTS=None") from None
-    net = builder(weights=None)
-    load_backbone_file(net, weights)
-    return net
-
-
-def load_backbone_file(net, path):
-    """Load a torchvision state_dict (possibly wrapped in {"state_dict"} or {"model"}); its
-    classifier is ignored because fc is replaced for the task's classes."""
-    state = load_checkpoint(path)
-    for key in ("state_dict", "model"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()
-             if not k.removeprefix("module.").removeprefix("backbone.").startswith("fc.")}
-    try:
-        missing, unexpected = net.load_state_dict(state, strict=False)
-    except RuntimeError as e:   # shapes differ: another arch
-        raise UserError(f"{path}: not a ResNet state_dict for this arch ({first_line(e)})") from None
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise UserError(f"{path}: not a ResNet state_dict for this arch "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        """The model of a loaded checkpoint or released folder (load_model_state's dict)."""
+        return model_from_state(state, path, lambda config: cls(weights=None, **config)).eval()   # loaded to predict
 
 
 def _with_mask_channel(conv):

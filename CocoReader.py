@@ -22,13 +22,14 @@ import os
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from roilib.cocoindex import INVALID_REASONS, SKIP_REASONS, build_coco_index
-from roilib.compactindex import (StringTable, _View, adopt_segments, check_lengths,
-                                 check_offsets)
+from roilib.cocoindex import (DEGENERATE_REASONS, INVALID_REASONS, SKIP_REASONS,
+                              build_coco_index)
+from roilib.compactindex import (StringTable, _View, adopt_segments, check_boxes,
+                                 check_lengths, check_offsets, check_range, check_schema)
 from roilib.dataset import SegmentDataset
 from roilib.errors import UserError
 from roilib.imageio import orientation_hint
-from roilib.indexcache import cached_index, file_identity
+from roilib.indexcache import cached_index, content_digest, file_identity, notice
 
 # Annotation files from this size on say, before their first (slow) indexing, why.
 ANNOUNCE_BYTES = 50 * 2 ** 20
@@ -36,7 +37,9 @@ ANNOUNCE_BYTES = 50 * 2 ** 20
 
 class CocoReader(SegmentDataset):
     def __init__(self, image_dir, annotation_file, train=True, min_area=1,
-                 include_crowd=False):
+                 include_crowd=False, class_names=None):
+        """`class_names` is taken for the readers' common signature (Datasets.FORMATS) and not
+        used: a COCO file names its own categories."""
         super().__init__(train)
         self.image_dir = str(image_dir)
         self.annotation_file = str(annotation_file)
@@ -48,6 +51,8 @@ class CocoReader(SegmentDataset):
         self.skipped = dict(zip(SKIP_REASONS, arrays["skipped"].tolist()))
         self.invalid_ids = {reason: arrays[_invalid_key(reason)] for reason in INVALID_REASONS}
         self.invalid = {reason: len(ids) for reason, ids in self.invalid_ids.items()}
+        self.degenerate_ids = {reason: arrays["degenerate_ids"][arrays["degenerate_reasons"] == k]
+                               for k, reason in enumerate(DEGENERATE_REASONS)}
         self._adopt(arrays)
 
     # ------------------------------------------------------------------ construction
@@ -65,10 +70,20 @@ class CocoReader(SegmentDataset):
         if identity["size"] >= ANNOUNCE_BYTES:
             announce = (f"{self.annotation_file}: indexing {identity['size'] / 2 ** 20:.0f} "
                         f"MiB of annotations (first start only)")
-        return cached_index(self.annotation_file, "coco", identity, settings,
-                            lambda: build_coco_index(self.annotation_file, min_area,
-                                                     include_crowd),
-                            check_coco_index, announce)
+
+        def build(previous):
+            """Index the file, unless ``previous`` (a stale cache) is of the same content:
+            a touched or copied file (new mtime, ctime or inode) keeps its index."""
+            digest = content_digest(self.annotation_file)
+            if previous is not None and int(previous["source_digest"]) == digest:
+                return previous
+            if previous is not None and announce:
+                notice(announce)
+            return {**build_coco_index(self.annotation_file, min_area, include_crowd),
+                    "source_digest": np.array(digest, np.int64)}
+
+        return cached_index(self.annotation_file, "coco", identity, settings, build,
+                            check_coco_index, announce, incremental=True)
 
     def _adopt(self, arrays):
         """Index arrays -> the reader's tables, leaving out images whose file is missing
@@ -103,13 +118,26 @@ class CocoReader(SegmentDataset):
     def summary(self):
         skipped = ", ".join(f"{count} {why}" for why, count in self.skipped.items())
         text = (f"{self.annotation_file}: {len(self.images)} images, {len(self)} segments, "
-                f"{self.num_classes} classes; skipped annotations: {skipped}; "
-                f"missing image files: {self.missing_images}")
+                f"{self.num_classes} classes; skipped annotations: {skipped}")
+        degenerate = [f"{_some_ids(ids)}: {why}" for why, ids in self.degenerate_ids.items()
+                      if len(ids)]
+        text += f" ({'; '.join(degenerate)})" if degenerate else ""
+        text += f"; missing image files: {self.missing_images}"
         invalid = [f"{len(ids)} {why} ({_some_ids(ids)})"
                    for why, ids in self.invalid_ids.items() if len(ids)]
         if invalid:
             text += f"; invalid annotations dropped: {', '.join(invalid)}"
+        unused = self.unused_categories()
+        if unused:
+            text += (f"; categories with no usable annotation: {', '.join(unused)} (kept as classes "
+                     f"with 0 segments, so that class ids stay stable)")
         return text
+
+    def unused_categories(self):
+        """'name (id N)' of each category with no segment (kwcoco's background, id 0)."""
+        counts = np.bincount(self.labels, minlength=self.num_classes)
+        return [f"{self.class_names[k]} (id {self.category_ids[k]})"
+                for k in np.flatnonzero(counts == 0)]
 
 
 class CocoImages(_View):
@@ -155,17 +183,47 @@ def _some_ids(ids, shown=5):
 
 
 def check_coco_index(arrays):
-    """ValueError unless the arrays form a CocoReader index."""
+    """ValueError unless the arrays form a CocoReader index: types, shapes, and every value
+    that is later a position or a size within its range."""
+    ints = np.int64
+    check_schema(arrays, {
+        "category_ids": (ints, (None,)), "image_ids": (ints, (None,)),
+        "image_heights": (ints, (None,)), "image_widths": (ints, (None,)),
+        "segment_image": (ints, (None,)), "segment_id": (ints, (None,)),
+        "segment_label": (ints, (None,)), "segment_area": (ints, (None,)),
+        "segment_bbox": (ints, (None, 4)), "skipped": (ints, (len(SKIP_REASONS),)),
+        "source_digest": (ints, ()),
+        "degenerate_ids": (ints, (None,)), "degenerate_reasons": (ints, (None,)),
+        **{_invalid_key(reason): (ints, (None,)) for reason in INVALID_REASONS},
+        **{f"{table}_{part}": (dtype, (None,)) for table in ("file_names", "class_names", "rle")
+           for part, dtype in (("data", np.uint8), ("offsets", ints))}})
     check_lengths(arrays, [("image_ids", "image_heights", "image_widths"),
                            ("segment_image", "segment_id", "segment_label", "segment_area",
-                            "segment_bbox")])
-    check_offsets(arrays["file_names_offsets"], arrays["file_names_data"])
-    check_offsets(arrays["class_names_offsets"], arrays["class_names_data"])
-    check_offsets(arrays["rle_offsets"], arrays["rle_data"])
-    if any(_invalid_key(reason) not in arrays for reason in INVALID_REASONS):
-        raise ValueError("index lacks the ids of invalid annotations")
-    segments, images = len(arrays["segment_id"]), len(arrays["image_ids"])
-    if len(arrays["rle_offsets"]) != segments + 1 or arrays["skipped"].shape != (3,) or \
-            arrays["segment_bbox"].shape != (segments, 4) or (segments and not (
-                0 <= arrays["segment_image"].min() and arrays["segment_image"].max() < images)):
-        raise ValueError("index arrays do not fit together")
+                            "segment_bbox"), ("degenerate_ids", "degenerate_reasons")])
+    for table, items in (("file_names", "image_ids"), ("class_names", "category_ids"),
+                         ("rle", "segment_id")):
+        check_offsets(arrays[f"{table}_offsets"], arrays[f"{table}_data"])
+        if len(arrays[f"{table}_offsets"]) != len(arrays[items]) + 1:
+            raise ValueError(f"index table {table} does not fit {items}")
+    image = arrays["segment_image"]
+    check_range("segment_image", image, 0, len(arrays["image_ids"]) - 1)
+    check_range("segment_image order", np.diff(image), 0, np.inf)
+    check_range("segment_label", arrays["segment_label"], 0, len(arrays["category_ids"]) - 1)
+    check_range("image size", np.minimum(arrays["image_heights"], arrays["image_widths"]), 1,
+                np.inf)
+    check_boxes(arrays["segment_bbox"], arrays["image_heights"][image],
+                arrays["image_widths"][image], arrays["segment_area"])
+    check_range("skipped", arrays["skipped"], 0, np.inf)
+    check_range("degenerate_reasons", arrays["degenerate_reasons"], 0,
+                len(DEGENERATE_REASONS) - 1)
+    check_rle_strings(arrays["rle_data"], arrays["rle_offsets"])
+
+
+def check_rle_strings(data, offsets):
+    """ValueError unless each compressed RLE is a non-empty string of RLE characters whose
+    last one ends its run: pycocotools would read past it. (Cheap: one pass over the
+    buffer; whether the runs cover the image was checked when the index was built.)"""
+    if len(offsets) > 1 and ((np.diff(offsets) < 1).any() or (data < 48).any() or
+                             (data > 48 + 63).any() or
+                             ((data[offsets[1:] - 1] - 48) & 0x20).any()):
+        raise ValueError("index RLE strings are not compressed RLE")

@@ -13,7 +13,8 @@ from OpenSurfacesReader import OpenSurfacesReader
 from roilib.errors import UserError
 from roilib.paths import REPO
 
-# format -> reader class: an instances JSON file (COCO), or a folder of label-map PNGs.
+# format -> reader class: an instances JSON file (COCO), or a folder of label-map PNGs. Every
+# reader takes (images, annotations, train=, class_names=, min_area=).
 FORMATS = {"coco": CocoReader, "labelmap": OpenSurfacesReader}
 DEMO_ROOT = os.path.join(REPO, "Test", "demo")
 DATASETS = ("demo", "coco", "opensurfaces")
@@ -58,19 +59,15 @@ def open_dataset(dataset, split, images="", annotations="", train=True, class_na
     images, annotations = resolve_paths(dataset, split, images, annotations)
     if dataset == "demo" and images.startswith(DEMO_ROOT):
         from roilib.demo import ensure_demo
-        ensure_demo(DEMO_ROOT)
+        ensure_demo(DEMO_ROOT, announce=lambda line: print(line, flush=True))   # writes into the repo
     for path in (images, annotations):
         if not os.path.exists(path):
             raise UserError(f"{path}: not found ({HOW_TO_GET[dataset]})")
-    reader_class = FORMATS[annotation_format(dataset, annotations)]
-    if reader_class is OpenSurfacesReader:
-        names = class_names.split(",") if isinstance(class_names, str) else class_names
-        if names is None and dataset == "demo":
-            from roilib.demo import CLASS_NAMES as names
-        reader = reader_class(images, annotations, train=train, class_names=names,
-                              min_area=min_area)
-    else:
-        reader = reader_class(images, annotations, train=train, min_area=min_area)
+    names = class_names.split(",") if isinstance(class_names, str) else class_names
+    if names is None and dataset == "demo":   # the demo's label maps name no classes
+        from roilib.demo import CLASS_NAMES as names
+    reader = FORMATS[annotation_format(dataset, annotations)](
+        images, annotations, train=train, class_names=names, min_area=min_area)
     if len(reader) == 0:
         raise UserError(f"{annotations}: no usable segment ({reader.summary()})")
     return reader

@@ -45,49 +45,56 @@ AMP = True                  # bf16 where the device runs it natively (else float
 
 
 def main():
-    cli.parse_parameters(globals(), __file__)
-    device = resolve_device(DEVICE)
-    checkpoint = find_checkpoint(CHECKPOINT)
+    cfg = cli.parse_config(globals(), __file__)
+    device = resolve_device(cfg.DEVICE)
+    checkpoint = find_checkpoint(cfg.CHECKPOINT)
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint)
-    trained = state.get("params") if isinstance(state.get("params"), dict) else {}
-    dataset_name = DATASET or trained.get("DATASET") or "demo"
-    names = CLASS_NAMES if CLASS_NAMES is not None else trained.get("CLASS_NAMES")
-    images, annotations = IMAGES, ANNOTATIONS
-    if not DATASET and not IMAGES and not ANNOTATIONS:   # the validation set used in training
-        images, annotations = trained.get("VAL_IMAGES", ""), trained.get("VAL_ANNOTATIONS", "")
-    images, annotations = resolve_paths(dataset_name, "val", images, annotations)
-    dataset = open_dataset(dataset_name, "val", images, annotations, train=False,
-                           class_names=names, min_area=MIN_AREA)
-    check_classes(model, dataset, checkpoint, annotations, MATCH_BY_INDEX)
-    folder = OUT or os.path.dirname(os.path.abspath(checkpoint))
+    dataset_name, images, annotations, dataset = open_evaluation_set(cfg, state)
+    check_classes(model, dataset, checkpoint, annotations, cfg.MATCH_BY_INDEX)
+    folder = cfg.OUT or os.path.dirname(os.path.abspath(checkpoint))
     check_writable_folder(folder)  # before the evaluation, not after it
 
-    window = model_window(state, WINDOW)
-    dtype = amp_dtype(device, AMP)
+    window = model_window(state, cfg.WINDOW)
+    dtype = amp_dtype(device, cfg.AMP)
     model.to(device, memory_format=torch.channels_last)
-    cfg = model.config
-    print(f"evaluating {checkpoint} ({cfg['arch']}, mode={cfg['mode']}, "
-          f"attention={','.join(cfg['attention']) or '-'}, merge={cfg['merge']}) on {annotations}: "
+    config = model.config
+    print(f"evaluating {checkpoint} ({config['arch']}, mode={config['mode']}, "
+          f"attention={','.join(config['attention']) or '-'}, merge={config['merge']}) on {annotations}: "
           f"{len(dataset)} segments in {len(dataset.images)} images, windows of {window[0]}x{window[1]}, {device}, "
           f"{precision_name(dtype)}")
     print(dataset.summary())
-    out = predict_dataset(model, dataset, device, dtype, window=window, max_batch=MAX_BATCH,
-                          workers=WORKERS, limit=LIMIT or None)
+    out = predict_dataset(model, dataset, device, dtype, window=window, max_batch=cfg.MAX_BATCH,
+                          workers=cfg.WORKERS, limit=cfg.LIMIT or None)
     report_skipped(out)
     if len(out["labels"]) == 0:
-        raise UserError(f"no segment was evaluated (LIMIT={LIMIT}); the results already in {folder} "
+        raise UserError(f"no segment was evaluated (LIMIT={cfg.LIMIT}); the results already in {folder} "
                         "are left as they were")
     result = summarize(out["labels"], out["preds"], out["areas"], dataset.class_names, out["topk"])
     result.update({"checkpoint": os.path.abspath(checkpoint), "dataset": dataset_name,
                    "images": os.path.abspath(images), "annotations": os.path.abspath(annotations),
-                   "model": cfg, "step": state.get("step"), "window": list(window), "window_rule": WINDOW_RULE,
+                   "model": config, "step": state.get("step"), "window": list(window), "window_rule": WINDOW_RULE,
                    "segments_per_s": out["segments_per_s"], "seconds": out["seconds"],
                    "precision": precision_name(dtype), "device": str(device),
                    "skipped_images": out["skipped"].as_list()})
     print(format_report(result))
     written = write_outputs(result, folder)
     print(f"{out['segments_per_s']:.1f} segments/s ({out['seconds']:.1f} s); wrote {', '.join(written)} in {folder}")
+
+
+def open_evaluation_set(cfg, state):
+    """(dataset name, images, annotations, reader): the parameters' data, or by default the
+    validation set the checkpoint was trained with (Train.py's parameters stored in it)."""
+    trained = state.get("params") if isinstance(state.get("params"), dict) else {}
+    dataset_name = cfg.DATASET or trained.get("DATASET") or "demo"
+    names = cfg.CLASS_NAMES if cfg.CLASS_NAMES is not None else trained.get("CLASS_NAMES")
+    images, annotations = cfg.IMAGES, cfg.ANNOTATIONS
+    if not cfg.DATASET and not cfg.IMAGES and not cfg.ANNOTATIONS:
+        images, annotations = trained.get("VAL_IMAGES", ""), trained.get("VAL_ANNOTATIONS", "")
+    images, annotations = resolve_paths(dataset_name, "val", images, annotations)
+    dataset = open_dataset(dataset_name, "val", images, annotations, train=False,
+                           class_names=names, min_area=cfg.MIN_AREA)
+    return dataset_name, images, annotations, dataset
 
 
 def report_skipped(out):

@@ -40,53 +40,52 @@ TOLERANCE = 1e-3            # [>0] largest allowed max abs difference of the log
 
 
 def main():
-    cli.parse_parameters(globals(), __file__)
-    if FORMAT not in ("onnx", "safetensors"):
-        raise UserError(f"--FORMAT={FORMAT}: expected onnx or safetensors")
-    checkpoint = find_checkpoint(CHECKPOINT)
+    cfg = cli.parse_config(globals(), __file__)   # FORMAT's choices are declared in the block
+    checkpoint = find_checkpoint(cfg.CHECKPOINT)
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint).float().eval()
-    out = OUT or default_out(checkpoint)
-    if FORMAT == "onnx":
-        export_and_check_onnx(model, state, out)
+    out = cfg.OUT or default_out(checkpoint, cfg.FORMAT)
+    if cfg.FORMAT == "onnx":
+        export_and_check_onnx(model, state, out, cfg)
     else:
-        release(model, state, checkpoint, out)
+        release(model, state, checkpoint, out, cfg.CHECK)
 
 
-def default_out(checkpoint):
+def default_out(checkpoint, fmt):
     stem = os.path.splitext(os.path.normpath(checkpoint))[0]
-    if FORMAT == "onnx":
+    if fmt == "onnx":
         return stem + ".onnx"
     if os.path.isdir(checkpoint):
         raise UserError(f"{checkpoint} is already a released folder; give --OUT=folder for a copy")
     return stem
 
 
-def export_and_check_onnx(model, state, out):
+def export_and_check_onnx(model, state, out, cfg):
     window = model_window(state)
-    if not CHECK_ONLY:
+    if not cfg.CHECK_ONLY:
         start = time.perf_counter()
-        export_onnx(model, out, window, onnx_metadata(state), OPSET)
+        export_onnx(model, out, window, onnx_metadata(state), cfg.OPSET)
         print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s")
-    if not (CHECK or CHECK_ONLY):
+    if not (cfg.CHECK or cfg.CHECK_ONLY):
         return
     session = open_onnx(out)
     meta = read_onnx_metadata(session, out)
     print(f"metadata: window {meta['window']}, {len(model.class_names or [])} class names, "
           f"arch {meta.get('arch')}, mode {meta.get('mode')}")
-    rows = check_parity(model, session, geometries(window), batch_sizes())
+    sizes = parse_sizes(cfg.GEOMETRIES) if cfg.GEOMETRIES else parity_geometries(window)
+    rows = check_parity(model, session, sizes, batch_sizes(cfg.BATCHES))
     print("onnxruntime vs PyTorch float32 (logits):")
     print(format_parity(rows))
-    require_parity(rows, out, TOLERANCE)
-    print(f"parity ok: max |diff| {max(r['max_abs_diff'] for r in rows):.2e} <= {TOLERANCE:g}")
+    require_parity(rows, out, cfg.TOLERANCE)
+    print(f"parity ok: max |diff| {max(r['max_abs_diff'] for r in rows):.2e} <= {cfg.TOLERANCE:g}")
 
 
-def release(model, state, checkpoint, out):
+def release(model, state, checkpoint, out, check):
     if os.path.abspath(out) == os.path.abspath(checkpoint):
         raise UserError(f"--OUT={out} is the checkpoint itself; choose another folder")
     paths = write_release(state, out)
     print(f"wrote {', '.join(paths)}")
-    if CHECK:
+    if check:
         check_release(model, out, model_window(state))
 
 
@@ -100,27 +99,25 @@ def check_release(model, folder, window):
     print(f"round trip ok: logits bitwise equal after AttentionNet.from_pretrained({folder!r})")
 
 
-def geometries(window):
-    if not GEOMETRIES:
-        return parity_geometries(window)
-    return [parse_size(text) for text in GEOMETRIES.split(",") if text.strip()]
+def parse_sizes(text):
+    """'HxW,...' -> [(H, W), ...]: any sides of at least 32 (parity sizes need not be multiples
+    of 32)."""
+    sizes = []
+    for size in (t for t in text.split(",") if t.strip()):
+        parts = size.lower().strip().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) >= 32 for p in parts):
+            raise UserError(f"--GEOMETRIES={text}: expected HxW sizes of at least 32, comma-separated")
+        sizes.append((int(parts[0]), int(parts[1])))
+    return sizes
 
 
-def parse_size(text):
-    """'HxW' -> (H, W): any sides of at least 32 (parity sizes need not be multiples of 32)."""
-    parts = text.lower().strip().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 32 for p in parts):
-        raise UserError(f"--GEOMETRIES={GEOMETRIES}: expected HxW sizes of at least 32, comma-separated")
-    return int(parts[0]), int(parts[1])
-
-
-def batch_sizes():
+def batch_sizes(text):
     try:
-        sizes = [int(b) for b in BATCHES.split(",") if b.strip()]
+        sizes = [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
         sizes = []
     if not sizes or min(sizes) < 1:
-        raise UserError(f"--BATCHES={BATCHES}: expected positive integers, comma-separated")
+        raise UserError(f"--BATCHES={text}: expected positive integers, comma-separated")
     return sizes
 
 

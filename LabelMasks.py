@@ -4,16 +4,17 @@
     python LabelMasks.py --MASKS=proposals.json --IMAGES=val2017 \\
         --IMAGE_INFO=annotations/instances_val2017.json --GT=annotations/instances_val2017.json
 
-MASKS: a COCO results list, a COCO instances file (its annotations are the masks) or a folder
-of per-image JSON files as Segment Anything's amg.py writes them with --convert-to-rle.
+MASKS: a COCO results list, a COCO instances file (its annotations are the masks), or Segment
+Anything's amg.py output: a folder of per-image JSON files (--convert-to-rle), or its default,
+a folder per image of PNG masks with metadata.csv (that folder, or the folder holding them).
 Writes OUT, a COCO results list: one entry per mask and class among its TOPK, with the
 training set's own category ids and score = class probability × the mask's score (or its
 predicted_iou). With GT (an instances file), pycocotools' COCOeval "segm" scores it: AP, AP50,
 AP75, APs/APm/APl and the region accuracy of the masks matched to a GT mask, printed and
 written to OUT's name + "_eval.json". Each mask is seen in a window of the model's training
 geometry at native scale (roilib/windows.py); windows of many masks and images are batched.
-Masks that cannot be used (empty, wrong size, unknown image, missing file) are skipped,
-counted and reported.
+Masks that cannot be used (empty, outside the image, RLE counts that do not cover it, NaN
+scores, unknown image, missing file...) are skipped, counted and reported by reason.
 """
 import os
 
@@ -22,9 +23,10 @@ import torch
 from AttentionNet import AttentionNet
 from roilib import cli
 from roilib.checkpoint import load_model_state
-from roilib.outputs import check_writable_folder, refuse_input_as_output
-from roilib.labelling import (evaluate, evaluation_path, format_evaluation, label_masks,
-                              model_category_ids, read_masks, skipped_lines, write_json)
+from roilib.outputs import check_writable_folder, refuse_input_as_output, write_json
+from roilib.labelling import label_masks, model_category_ids, skipped_lines
+from roilib.maskeval import evaluate, evaluation_path, format_evaluation
+from roilib.maskinputs import read_masks
 from roilib.paths import find_checkpoint, find_path
 from roilib.runtime import amp_dtype, precision_name, resolve_device
 from roilib.windows import model_window
@@ -47,45 +49,44 @@ AMP = True                  # bf16 where the device runs it natively (else float
 
 
 def main():
-    cli.parse_parameters(globals(), __file__)
-    device = resolve_device(DEVICE)
-    inputs = [find_path(p) for p in (MASKS, GT, IMAGE_INFO, CHECKPOINT) if p]
-    for output in (OUT, evaluation_path(OUT)):   # before any work: never over an input
+    cfg = cli.parse_config(globals(), __file__)
+    device = resolve_device(cfg.DEVICE)
+    inputs = [find_path(p) for p in (cfg.MASKS, cfg.GT, cfg.IMAGE_INFO, cfg.CHECKPOINT) if p]
+    for output in (cfg.OUT, evaluation_path(cfg.OUT)):   # before any work: never over an input
         refuse_input_as_output(output, inputs, "OUT")
-    check_writable_folder(os.path.dirname(os.path.abspath(OUT)), "OUT's folder")
-    mask_set = read_masks(find_path(MASKS), find_path(IMAGES), find_path(IMAGE_INFO) if IMAGE_INFO else "")
+    check_writable_folder(os.path.dirname(os.path.abspath(cfg.OUT)), "OUT's folder")
+    mask_set = read_masks(find_path(cfg.MASKS), find_path(cfg.IMAGES),
+                          find_path(cfg.IMAGE_INFO) if cfg.IMAGE_INFO else "")
     print(f"{len(mask_set.masks)} masks on {len(mask_set.image_paths)} images from {mask_set.source}")
-    model, window, dtype = load_model(device)
-    labelled = label_masks(model, mask_set, device, window, TOPK, dtype, MAX_BATCH, WORKERS,
-                           keep_categories=KEEP_CATEGORIES)
+    model, window, dtype = (None, None, None) if cfg.KEEP_CATEGORIES else load_model(cfg, device)
+    labelled = label_masks(model, mask_set, device, window, cfg.TOPK, dtype, cfg.MAX_BATCH, cfg.WORKERS,
+                           keep_categories=cfg.KEEP_CATEGORIES)
     for line in skipped_lines(mask_set.skipped):
         print(line)
-    write_json(OUT, labelled["results"])
+    write_json(cfg.OUT, labelled["results"])
     print(f"labelled {len(labelled['masks'])} masks ({labelled['masks_per_s']:.1f} masks/s); "
-          f"wrote {len(labelled['results'])} results to {OUT}")
-    if GT:
-        report = evaluate(labelled["results"], labelled["masks"], find_path(GT))
+          f"wrote {len(labelled['results'])} results to {cfg.OUT}")
+    if cfg.GT:
+        report = evaluate(labelled["results"], labelled["masks"], find_path(cfg.GT))
         report.update(masks_per_s=labelled["masks_per_s"], labelled=len(labelled["masks"]),
-                      skipped=dict(mask_set.skipped), results=OUT, gt=GT, topk=TOPK,
+                      skipped=dict(mask_set.skipped), results=cfg.OUT, gt=cfg.GT, topk=cfg.TOPK,
                       window=list(window) if window else None,
-                      checkpoint=None if KEEP_CATEGORIES else CHECKPOINT)
+                      checkpoint=None if cfg.KEEP_CATEGORIES else cfg.CHECKPOINT)
         print("\n".join(format_evaluation(report)))
-        write_json(evaluation_path(OUT), report, indent=1)
-        print(f"wrote {evaluation_path(OUT)}")
+        write_json(evaluation_path(cfg.OUT), report, indent=1)
+        print(f"wrote {evaluation_path(cfg.OUT)}")
 
 
-def load_model(device):
-    """(model, window, autocast dtype); (None, None, None) when the masks keep their categories."""
-    if KEEP_CATEGORIES:
-        return None, None, None
-    checkpoint = find_checkpoint(CHECKPOINT)
+def load_model(cfg, device):
+    """(model, window, autocast dtype) of cfg.CHECKPOINT."""
+    checkpoint = find_checkpoint(cfg.CHECKPOINT)
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint).to(device, memory_format=torch.channels_last)
     _, warning = model_category_ids(model)
     if warning:
         print(warning)
-    window = model_window(state, WINDOW)
-    dtype = amp_dtype(device, AMP)
+    window = model_window(state, cfg.WINDOW)
+    dtype = amp_dtype(device, cfg.AMP)
     print(f"model {checkpoint} ({model.config['arch']}, {model.num_classes} classes), windows of "
           f"{window[0]}x{window[1]}, {device}, {precision_name(dtype)}")
     return model, window, dtype

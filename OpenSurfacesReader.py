@@ -14,22 +14,27 @@ indices; ``ignore`` (VOC: 255) declares a value that is neither a class nor back
 All label maps are scanned once (threads: cv2 releases the GIL); for each segment its bbox
 and one of its pixels are kept in numpy arrays, so a mask is later rebuilt from the label
 map inside the bbox only. The index is cached on disk (roilib/indexcache.py), keyed on both
-folders' file lists, sizes and mtimes: later starts do not scan.
+folders' file lists and the label maps' sizes, mtimes, ctimes and inodes: later starts do
+not scan. It holds one entry per label map (its stat, a content digest, its size and its
+segments), so when the folders change only the maps that are new or whose content changed
+are scanned again (a map whose stat changed is hashed: a touched or copied map is kept).
 """
 import os
+import stat
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 
-from roilib.compactindex import (StringTable, _View, adopt_segments, check_lengths,
-                                 check_offsets)
+from roilib.compactindex import (StringTable, _View, adopt_segments, check_boxes,
+                                 check_lengths, check_offsets, check_range, check_schema)
 from roilib.crops import BoxMask
 from roilib.dataset import SegmentDataset
 from roilib.errors import UserError
 from roilib.imageio import read_label_map
-from roilib.indexcache import cached_index, folder_identity
+from roilib.indexcache import (cached_index, content_digest, folder_identity, notice,
+                               stat_row)
 
 # The 45 OpenSurfaces materials, in the order of the original repository
 # (sagieppel/Classification-of-the-material-given-region-of-an-image-using-a-convolutional-
@@ -49,6 +54,10 @@ ANNOUNCE_MAPS = 2000
 
 # value: label-map value; seed: (x, y) of one pixel of the component, to find it again.
 Component = namedtuple("Component", "value area bbox seed")
+# One label map in the index: its stat row, content digest, (height, width), and its
+# segments as rows of SEGMENT_COLUMNS.
+MapEntry = namedtuple("MapEntry", "name stem stat digest shape segments")
+SEGMENT_COLUMNS = ("number", "x", "y", "w", "h", "area", "value", "seed_x", "seed_y")
 
 
 class OpenSurfacesReader(SegmentDataset):
@@ -75,53 +84,79 @@ class OpenSurfacesReader(SegmentDataset):
                     "labels": folder_identity(self.label_dir)}
         settings = {"background": self.background, "ignore": self.ignore,
                     "classes": self.num_classes, "min_area": self.min_area}
-        announce = None
-        if identity["labels"]["files"] >= ANNOUNCE_MAPS:
-            announce = (f"{self.label_dir}: scanning {identity['labels']['files']} label maps "
-                        f"(first start only)")
         return cached_index(self.label_dir, "labelmap", identity, settings, self._scan,
-                            check_label_map_index, announce)
+                            self._check_index, incremental=True)
 
-    def _scan(self):
-        """Every label map, once -> the index arrays."""
-        pairs, missing = [], 0
+    def _scan(self, previous):
+        """The index arrays: the entries of ``previous`` (a stale index of these settings)
+        for maps whose stat or content is unchanged, a scan of the others."""
+        maps, missing = self._maps()
+        known = _known_entries(previous)
+        entries = [known.get(stem) for _, stem, _ in maps]
+        todo = [i for i, (m, old) in enumerate(zip(maps, entries))
+                if old is None or old.stat != m[2]]
+        if len(todo) >= ANNOUNCE_MAPS:
+            notice(f"{self.label_dir}: reading {len(todo)} of {len(maps)} label maps, new or "
+                   f"changed on disk (scanned unless their content is the same)")
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for i, entry in zip(todo, pool.map(lambda i: self._entry(maps[i], entries[i]),
+                                               todo)):
+                entries[i] = entry
+        return _pack(entries, missing)
+
+    def _maps(self):
+        """(image name, stem, stat row of its label map) of each image with a label map, by
+        name; and how many images have none."""
+        maps, missing = [], 0
         for name in sorted(os.listdir(self.image_dir)):
             if not _is_image_name(name):
                 continue
             stem = os.path.splitext(name)[0]
-            if not os.path.isfile(os.path.join(self.label_dir, stem + ".png")):
+            try:
+                status = os.stat(self._label_path(stem))
+            except OSError:  # none, or a dangling link (as os.path.isfile said before)
+                status = None
+            if not (status and stat.S_ISREG(status.st_mode)):
                 missing += 1
                 continue
-            pairs.append((name, stem))
-        names, stems, rows = [], [], []
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            scans = pool.map(lambda pair: self._components_of(self._label_path(pair[1])),
-                             pairs)
-            for (name, stem), components in zip(pairs, scans):
-                if components:
-                    rows += [(len(names), number, *c.bbox, c.area, c.value, *c.seed)
-                             for number, c in enumerate(components)]
-                    names.append(name)
-                    stems.append(stem)
-        table = np.array(rows, np.int64).reshape(-1, 10)
-        return {**StringTable.build(names).arrays("image_names"),
-                **StringTable.build(stems).arrays("stems"),
-                "segment_image": table[:, 0], "segment_number": table[:, 1],
-                "segment_bbox": table[:, 2:6], "segment_area": table[:, 6],
-                "segment_value": table[:, 7], "segment_seed": table[:, 8:10],
-                "missing_labels": np.array(missing, np.int64)}
+            maps.append((name, stem, stat_row(status)))
+        return maps, missing
+
+    def _entry(self, found, old):
+        """The index entry of a map whose stat differs from ``old``'s (None: a new map):
+        ``old``'s segments when the content is the same, else a scan."""
+        name, stem, status = found
+        path = self._label_path(stem)
+        digest = content_digest(path)
+        if old is not None and old.digest == digest:
+            return old._replace(name=name, stat=status)
+        label_map = read_label_map(path)
+        rows = [(number, *c.bbox, c.area, c.value, *c.seed)
+                for number, c in enumerate(self._components_of(label_map, path))]
+        return MapEntry(name, stem, status, digest, label_map.shape,
+                        np.array(rows, np.int64).reshape(-1, len(SEGMENT_COLUMNS)))
 
     def _adopt(self, arrays):
+        """Index arrays -> the reader's tables; maps without a segment are left out."""
         self.missing_labels = int(arrays["missing_labels"])
+        counts = np.diff(arrays["map_segments"])
+        kept = np.flatnonzero(counts)
         self.images = LabelMapImages(self.image_dir, self.label_dir,
                                      StringTable.of(arrays, "image_names"),
-                                     StringTable.of(arrays, "stems"))
-        self._values, self._seeds = arrays["segment_value"], arrays["segment_seed"]
-        labels = np.array([self.label_of(v) for v in range(int(self._values.max(initial=0)) + 1)],
-                          np.int64)[self._values]
-        adopt_segments(self, len(self.images), arrays["segment_image"],
-                       arrays["segment_number"], labels, arrays["segment_area"],
-                       arrays["segment_bbox"])
+                                     StringTable.of(arrays, "stems"), kept)
+        table = arrays["segments"]  # columns: SEGMENT_COLUMNS
+        self._values, self._seeds = table[:, 6], table[:, 7:9]
+        adopt_segments(self, len(kept), np.repeat(np.arange(len(kept)), counts[kept]),
+                       table[:, 0], self.labels_of(self._values), table[:, 5], table[:, 1:5])
+
+    def _check_index(self, arrays):
+        """check_label_map_index, and every value a class of these settings."""
+        check_label_map_index(arrays)
+        values = arrays["segments"][:, 6]
+        void = [v for v in (self.background, self.ignore) if v is not None]
+        if np.isin(values, void).any():
+            raise ValueError("index holds segments of the background or ignore value")
+        check_range("segment label", self.labels_of(values), 0, self.num_classes - 1)
 
     def _label_path(self, stem):
         return os.path.join(self.label_dir, stem + ".png")
@@ -129,12 +164,17 @@ class OpenSurfacesReader(SegmentDataset):
     def label_of(self, value):
         """Label of a class value: its index among the values that are neither background
         nor ``ignore``."""
-        skipped = (value > self.background) + (self.ignore is not None and value > self.ignore)
-        return int(value) - int(skipped)
+        return int(self.labels_of(np.int64(value)))
 
-    def _components_of(self, label_path):
+    def labels_of(self, values):
+        """``label_of`` over an array of values."""
+        skipped = (values > self.background).astype(np.int64)
+        if self.ignore is not None:
+            skipped += values > self.ignore
+        return values - skipped
+
+    def _components_of(self, label_map, label_path):
         """One scan of a label map -> its components (by value, then raster order)."""
-        label_map = read_label_map(label_path)
         counts = np.bincount(label_map.ravel())
         components = []
         for value in np.flatnonzero(counts):
@@ -182,10 +222,6 @@ class OpenSurfacesReader(SegmentDataset):
         image_index = int(self.image_of_segment[segment_index])
         return self._mask_from(self._label_map(image_index, image_shape), segment_index)
 
-    def image_masks(self, image_index, image_shape):
-        label_map = self._label_map(image_index, image_shape)  # read once for all segments
-        return [self._mask_from(label_map, i) for i in self.image_segments[image_index]]
-
     def box_masks(self, segment_indices, image_shape):
         if not len(segment_indices):
             return []
@@ -201,36 +237,80 @@ class OpenSurfacesReader(SegmentDataset):
 
 class LabelMapImages(_View):
     """``images[i]``: {"path", "label_path", "id"} built on demand (id: the file stem, as
-    an int when it is a number)."""
+    an int when it is a number), over the maps ``rows`` of the index."""
 
-    def __init__(self, image_dir, label_dir, names, stems):
+    def __init__(self, image_dir, label_dir, names, stems, rows):
         self.image_dir, self.label_dir, self.names, self.stems = \
             image_dir, label_dir, names, stems
+        self.rows = rows
 
     def __len__(self):
-        return len(self.names)
+        return len(self.rows)
 
     def item(self, index):
-        stem = self.stems[index]
-        return {"path": os.path.join(self.image_dir, self.names[index]),
+        row = self.rows[index]
+        stem = self.stems[row]
+        return {"path": os.path.join(self.image_dir, self.names[row]),
                 "label_path": os.path.join(self.label_dir, stem + ".png"),
                 "id": int(stem) if stem.isdigit() else stem}
 
 
+def _known_entries(previous):
+    """stem -> MapEntry of a previous index (empty without one)."""
+    if previous is None:
+        return {}
+    names = StringTable.of(previous, "image_names")
+    stems = StringTable.of(previous, "stems")
+    bounds = previous["map_segments"]
+    return {stems[i]: MapEntry(names[i], stems[i], tuple(previous["map_stat"][i].tolist()),
+                               int(previous["map_digest"][i]),
+                               tuple(previous["map_shape"][i].tolist()),
+                               previous["segments"][bounds[i]:bounds[i + 1]])
+            for i in range(len(stems))}
+
+
+def _pack(entries, missing):
+    """Index arrays of MapEntry items, in order."""
+    bounds = np.zeros(len(entries) + 1, np.int64)
+    np.cumsum([len(e.segments) for e in entries], out=bounds[1:])
+    empty = np.zeros((0, len(SEGMENT_COLUMNS)), np.int64)
+    return {**StringTable.build([e.name for e in entries]).arrays("image_names"),
+            **StringTable.build([e.stem for e in entries]).arrays("stems"),
+            "map_stat": np.array([e.stat for e in entries], np.int64).reshape(-1, 4),
+            "map_digest": np.array([e.digest for e in entries], np.int64),
+            "map_shape": np.array([e.shape for e in entries], np.int64).reshape(-1, 2),
+            "map_segments": bounds,
+            "segments": np.concatenate([e.segments for e in entries] + [empty]),
+            "missing_labels": np.array(missing, np.int64)}
+
+
 def check_label_map_index(arrays):
-    """ValueError unless the arrays form an OpenSurfacesReader index."""
-    check_lengths(arrays, [("image_names_offsets", "stems_offsets"),
-                           ("segment_image", "segment_number", "segment_bbox", "segment_area",
-                            "segment_value", "segment_seed")])
+    """ValueError unless the arrays form an OpenSurfacesReader index: types, shapes, and
+    every value that is later a position or a size within its range (a seed pixel outside
+    its box or a huge value would hang or misread the reader)."""
+    ints = np.int64
+    check_schema(arrays, {
+        "image_names_data": (np.uint8, (None,)), "image_names_offsets": (ints, (None,)),
+        "stems_data": (np.uint8, (None,)), "stems_offsets": (ints, (None,)),
+        "map_stat": (ints, (None, 4)), "map_digest": (ints, (None,)),
+        "map_shape": (ints, (None, 2)), "map_segments": (ints, (None,)),
+        "segments": (ints, (None, len(SEGMENT_COLUMNS))), "missing_labels": (ints, ())})
+    check_lengths(arrays, [("image_names_offsets", "stems_offsets", "map_segments"),
+                           ("map_stat", "map_digest", "map_shape")])
     check_offsets(arrays["image_names_offsets"], arrays["image_names_data"])
     check_offsets(arrays["stems_offsets"], arrays["stems_data"])
-    images, segments = len(arrays["stems_offsets"]) - 1, len(arrays["segment_image"])
-    if arrays["segment_bbox"].shape != (segments, 4) or \
-            arrays["segment_seed"].shape != (segments, 2) or \
-            arrays["missing_labels"].shape != () or (segments and not (
-                0 <= arrays["segment_image"].min() and arrays["segment_image"].max() < images
-                and arrays["segment_value"].min() >= 0)):
+    check_offsets(arrays["map_segments"], arrays["segments"])
+    if len(arrays["map_stat"]) + 1 != len(arrays["map_segments"]):
         raise ValueError("index arrays do not fit together")
+    shape, table = arrays["map_shape"], arrays["segments"]
+    check_range("map shape", shape, 1, np.iinfo(np.int32).max)
+    of_map = np.repeat(np.arange(len(shape)), np.diff(arrays["map_segments"]))
+    check_boxes(table[:, 1:5], shape[of_map, 0], shape[of_map, 1], table[:, 5])
+    x, y, w, h = table[:, 1:5].T
+    check_range("seed x", table[:, 7], x, x + w - 1)
+    check_range("seed y", table[:, 8], y, y + h - 1)
+    check_range("segment value", table[:, 6], 0, np.iinfo(np.uint16).max)
+    check_range("missing_labels", arrays["missing_labels"], 0, np.inf)
 
 
 def _is_image_name(name):

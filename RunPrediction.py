@@ -27,7 +27,8 @@ from roilib.errors import UserError, one_line
 from roilib.imageio import check_image_extension, read_image, read_label_map, read_mask, write_image
 from roilib.outputs import check_writable_folder, refuse_input_as_output
 from roilib.paths import find_checkpoint, find_path
-from roilib.runtime import amp_dtype, autocast, resolve_device
+from roilib.evaluation import forward_windows
+from roilib.runtime import amp_dtype, resolve_device
 from roilib.windows import cut_windows, model_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
@@ -46,25 +47,26 @@ AMP = False                 # bf16 autocast (faster on GPUs; float32 is exact an
 
 
 def main():
-    cli.parse_parameters(globals(), __file__)
-    device = resolve_device(DEVICE)
-    checkpoint = find_checkpoint(CHECKPOINT)
-    image_path = find_path(IMAGE)
-    sources = [find_path(INSTANCE_MAP)] if INSTANCE_MAP else mask_paths()
-    if OVERLAY:   # before any work: never over an input, in a known format, somewhere writable
-        refuse_input_as_output(OVERLAY, [image_path, checkpoint, *sources], "OVERLAY")
-        check_image_extension(OVERLAY)
-        check_writable_folder(os.path.dirname(os.path.abspath(OVERLAY)), "OVERLAY's folder")
+    cfg = cli.parse_config(globals(), __file__)
+    device = resolve_device(cfg.DEVICE)
+    checkpoint = find_checkpoint(cfg.CHECKPOINT)
+    image_path = find_path(cfg.IMAGE)
+    sources = [find_path(cfg.INSTANCE_MAP)] if cfg.INSTANCE_MAP else mask_paths(cfg.MASKS)
+    if cfg.OVERLAY:   # before any work: never over an input, in a known format, somewhere writable
+        refuse_input_as_output(cfg.OVERLAY, [image_path, checkpoint, *sources], "OVERLAY")
+        check_image_extension(cfg.OVERLAY)
+        check_writable_folder(os.path.dirname(os.path.abspath(cfg.OVERLAY)), "OVERLAY's folder")
     image = read_image(image_path)
-    names, masks = read_segments(image.shape[:2], sources)
+    names, masks = read_segments(image.shape[:2], sources, instance_map=bool(cfg.INSTANCE_MAP))
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint).to(device).eval()
-    window = model_window(state, WINDOW)
-    results = predict(model, image, masks, device, window, MAX_BATCH, TOPK)
+    window = model_window(state, cfg.WINDOW)
+    results = predict(model, image, masks, device, window, cfg.MAX_BATCH, cfg.TOPK,
+                      amp_dtype(device, cfg.AMP))
     for result, name, mask in zip(results, names, masks):
         result["mask"] = name
         result["area"] = int(mask.mask.sum())
-    if JSON:
+    if cfg.JSON:
         print(json.dumps({"image": image_path, "checkpoint": checkpoint, "window": list(window),
                           "segments": results}, indent=1))
     else:
@@ -73,15 +75,17 @@ def main():
             others = ", ".join(f"{one_line(t['class'])} {t['probability']:.2f}" for t in r["topk"][1:])
             print(f"  {r['mask']}: {one_line(r['class'])} ({r['probability']:.2f})"
                   + (f"   then {others}" if others else ""))
-    if OVERLAY:
-        write_image(OVERLAY, draw_overlay(image, masks, [f"{r['class']} {r['probability']:.2f}" for r in results]))
-        if not JSON:
-            print(f"overlay written to {OVERLAY}")
+    if cfg.OVERLAY:
+        write_image(cfg.OVERLAY, draw_overlay(image, masks, [f"{r['class']} {r['probability']:.2f}"
+                                                             for r in results]))
+        if not cfg.JSON:
+            print(f"overlay written to {cfg.OVERLAY}")
 
 
-def mask_paths():
+def mask_paths(masks):
+    """The mask files of --MASKS: paths and globs, comma-separated."""
     paths = []
-    for part in (p.strip() for p in MASKS.split(",") if p.strip()):
+    for part in (p.strip() for p in masks.split(",") if p.strip()):
         part = find_path(part)
         if any(c in part for c in "*?["):
             found = sorted(glob.glob(part))
@@ -95,16 +99,16 @@ def mask_paths():
     return paths
 
 
-def read_segments(shape, sources):
-    """(names, BoxMasks): from the instance map (one segment per nonzero value) or the mask
-    files. Each mask is kept over its bounding box only."""
-    if INSTANCE_MAP:
+def read_segments(shape, sources, instance_map=False):
+    """(names, BoxMasks): from the instance map sources[0] (one segment per nonzero value) or
+    the mask files. Each mask is kept over its bounding box only."""
+    if instance_map:
         path = sources[0]
-        instance_map = read_label_map(path)
-        if instance_map.shape[:2] != tuple(shape):
-            raise UserError(f"{path}: instance map is {instance_map.shape[1]}x{instance_map.shape[0]} "
+        label_map = read_label_map(path)
+        if label_map.shape[:2] != tuple(shape):
+            raise UserError(f"{path}: instance map is {label_map.shape[1]}x{label_map.shape[0]} "
                             f"but the image is {shape[1]}x{shape[0]}")
-        values, masks = instance_box_masks(instance_map)
+        values, masks = instance_box_masks(label_map)
         if not values:
             raise UserError(f"{path}: instance map has no nonzero value (no segment)")
         return [f"segment {v}" for v in values], masks
@@ -132,21 +136,22 @@ def instance_box_masks(instance_map):
     return found, masks
 
 
-def predict(model, image, masks, device, window, max_batch, topk):
+@torch.inference_mode()
+def predict(model, image, masks, device, window, max_batch, topk, dtype=None):
     """Class, probability and top-k of each mask, each seen in its window (the evaluation
-    rule), at most `max_batch` windows per forward."""
-    dtype = amp_dtype(device, AMP)
+    rule), at most `max_batch` windows per forward (`dtype`: autocast, None = float32)."""
     names = model.class_names or [str(i) for i in range(model.num_classes)]
+    was_training = model.training
+    model.eval()
     results = []
     for first in range(0, len(masks), max_batch):
         images, window_masks = cut_windows(image, masks[first:first + max_batch], window)
-        if model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, dtype):
-            out = model.predict(images.to(device), window_masks.to(device), topk=topk)
-        for probs, indices in zip(out["topk_probs"].tolist(), out["topk_indices"].tolist()):
-            top = [{"class": names[i], "index": i, "probability": round(p, 4)} for p, i in zip(probs, indices)]
+        probs = forward_windows(model, images, window_masks, device, dtype).softmax(1)
+        top_p, top_i = probs.topk(min(topk, model.num_classes), dim=1)
+        for row_p, row_i in zip(top_p.tolist(), top_i.tolist()):
+            top = [{"class": names[i], "index": i, "probability": round(p, 4)} for p, i in zip(row_p, row_i)]
             results.append({"class": top[0]["class"], "probability": top[0]["probability"], "topk": top})
+    model.train(was_training)
     return results
 
 

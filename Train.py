@@ -26,15 +26,15 @@ from roilib.distributed import Distributed
 from roilib.errors import UserError
 from roilib.evaluation import merge_shards, predict_dataset, shard_result
 from roilib.metrics import summarize
-from roilib.optim import (FINAL_FACTOR, make_optimizer, make_scheduler, require_training_state,
-                          restore_training_state, set_hyperparameters)
+from roilib.optim import (FINAL_FACTOR, lr_factor, make_optimizer, require_training_state,
+                          restore_training_state, set_learning_rate, warmup_steps)
 from roilib.paths import REPO
 from roilib.runlock import claim_run_folder
-from roilib.runlog import RunLogger, Window
+from roilib.runlog import LossMeter, RunLogger
 from roilib.runtime import amp_dtype, autocast, resolve_device
-from roilib.sampler import VaryingSizeBatchSampler, make_train_loader
+from roilib.sampler import VaryingSizeBatchSampler, check_sizes, make_train_loader
 from roilib.skipped import SkippedFiles
-from roilib.trainparams import check_class_names, check_parameters, due, parse_jitter, resume_changes
+from roilib.trainparams import check_class_names, check_weights, due, parse_jitter, resume_changes
 from roilib.windows import WINDOW_RULE, parse_window, training_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
@@ -57,7 +57,7 @@ STEPS = 1200                # [>=1] optimiser steps in total (the LR cosine span
 STOP_AT = 0                 # [>=0] stop (with last.pt saved) after this step, e.g. to fit a job's time limit; 0 = STEPS
 LR = 2e-3                   # [>0] peak learning rate (AdamW)
 WEIGHT_DECAY = 0.05         # [>=0] AdamW weight decay (not applied to norms and biases)
-WARMUP_STEPS = 100          # [>=0] linear warm-up, then cosine decay to 1% of LR
+WARMUP_STEPS = 100          # [>=0] linear warm-up (at most a tenth of STEPS), then cosine decay to 1% of LR
 MIN_SIZE = 96               # [>=32] training crops: height and width drawn in [MIN_SIZE, MAX_SIZE],
 MAX_SIZE = 160              # [>=32]   rounded to multiples of 32
 MAX_PIXELS = 400000         # [>=1024] pixels per batch (batch size = MAX_PIXELS // (H*W), at most MAX_BATCH)
@@ -80,17 +80,28 @@ SAVE_EVERY = 200            # [>=0] write last.pt every N steps (0 = at the end 
 SNAPSHOT_EVERY = 0          # [>=0] keep step_N.pt every N steps (0 = never)
 # ---- end of parameters ----
 
+# How a resumed run treats each parameter (roilib/trainparams.py): FIXED ones define the model,
+# the data or the schedule's shape and must match last.pt's; CHANGEABLE ones take effect and
+# are announced; the folder (FOLDER) is not compared.
+FIXED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS",
+         "CLASS_NAMES", "MIN_AREA", "ARCH", "WEIGHTS", "MODE", "ATTENTION", "MERGE", "WARMUP_STEPS",
+         "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "JITTER", "CROP_MARGIN", "BALANCED",
+         "FLIP", "SEED", "WINDOW")
+CHANGEABLE = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "WORKERS", "DEVICE", "AMP", "CHANNELS_LAST",
+              "COMPILE", "LOG_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
+FOLDER = ("LOG_DIR", "RUN", "RESUME")
 
 
 def main():
     params = cli.parse_parameters(globals(), __file__)
-    cfg = SimpleNamespace(**params)
+    cfg = SimpleNamespace(**params)   # params: the dict stored with the run
     dist = Distributed()
     device = resolve_device(cfg.DEVICE, dist.local_rank)
     dist.start(device)
     try:
         with dist.together():   # a bad value stops the run now, not after hours of training
-            check_parameters(cfg)
+            check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE)
+            check_weights(cfg.WEIGHTS)
             jitter = parse_jitter(cfg.JITTER)
             window = parse_window(cfg.WINDOW) if cfg.WINDOW else training_window(cfg.MAX_SIZE)
         train(cfg, params, jitter, window, dist, device)
@@ -122,25 +133,29 @@ def train(cfg, params, jitter, window, dist, device):
         model.to(device, memory_format=torch.channels_last if cfg.CHANNELS_LAST else torch.preserve_format)
         optimizer = make_optimizer(model, cfg.LR, cfg.WEIGHT_DECAY)
         # The cosine spans the STEPS the run began with; steps added later run at its end value.
+        # A resumed run keeps its schedule's shape (runs saved before the cap: uncapped).
         schedule_steps = state.get("schedule_steps", state["params"]["STEPS"]) if state else cfg.STEPS
-        scheduler = make_scheduler(optimizer, cfg.WARMUP_STEPS, schedule_steps)
+        warmup = (state.get("warmup_steps", cfg.WARMUP_STEPS) if state
+                  else warmup_steps(cfg.WARMUP_STEPS, schedule_steps))
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         step = 0
         if state is not None:
-            step = restore_training_state(state, optimizer, scheduler, scaler, last)
-            set_hyperparameters(optimizer, scheduler, cfg.LR, cfg.WEIGHT_DECAY, step)
+            step = restore_training_state(state, optimizer, scaler, cfg.WEIGHT_DECAY, last)
         best = (state or {}).get("best_metric", -1.0)
-        schedule = {"warmup_steps": cfg.WARMUP_STEPS, "cosine_steps": schedule_steps,
+        schedule = {"warmup_steps": warmup, "cosine_steps": schedule_steps,
                     "final_factor": FINAL_FACTOR}
-        logger = RunLogger(run_dir, params, train_set, dist, device, dtype,
+        logger = RunLogger(run_dir, params, cfg.STEPS, train_set, dist, device, dtype,
                            resumed_step=step if state else None, schedule=schedule)
-        logger.announce(train_set, val_set, model, step)
+        logger.announce(train_set, val_set, model, step, settings_line(cfg))
         for change in changes:
             logger.print(f"changed on resume: {change}")
         if cfg.STEPS > schedule_steps and step < cfg.STEPS:
             logger.print(f"steps {max(step, schedule_steps) + 1}-{cfg.STEPS} run at the learning-rate "
                          f"schedule's end value, {FINAL_FACTOR:g} x LR = {FINAL_FACTOR * cfg.LR:.2e} "
                          f"(the cosine spans the first {schedule_steps} steps; see docs/training.md, Resuming)")
+        if warmup < cfg.WARMUP_STEPS:
+            logger.print(f"warm-up: {warmup} steps, not WARMUP_STEPS={cfg.WARMUP_STEPS}: at most a tenth "
+                         f"of the {schedule_steps}-step schedule, so that the learning rate decays")
         logger.print(f"evaluation window: {window[0]}x{window[1]} ({WINDOW_RULE})")
         if step >= cfg.STEPS:
             logger.print(f"already trained {step} steps (STEPS={cfg.STEPS}); raise --STEPS to go on "
@@ -159,9 +174,9 @@ def train(cfg, params, jitter, window, dist, device):
             if dist.is_main:
                 check_finite(model, step, cfg.LR)
                 model.save(os.path.join(run_dir, name), optimizer=optimizer.state_dict(),
-                           scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), step=step,
+                           scaler=scaler.state_dict(), step=step,
                            best_metric=best, metrics=metrics, params=params, window=list(window),
-                           schedule_steps=schedule_steps, world_size=dist.world_size)
+                           schedule_steps=schedule_steps, warmup_steps=warmup, world_size=dist.world_size)
 
     sampler = VaryingSizeBatchSampler(
         train_set.labels, cfg.MIN_SIZE, cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH,
@@ -170,7 +185,7 @@ def train(cfg, params, jitter, window, dist, device):
     train_set.flip, train_set.jitter = cfg.FLIP, jitter
     loader = iter(make_train_loader(train_set, sampler, cfg.WORKERS))
     net.train()
-    meter = Window()
+    meter = LossMeter()
     skipped = SkippedFiles()
     stop_at = min(cfg.STOP_AT or cfg.STEPS, cfg.STEPS)
     while step < stop_at:
@@ -180,16 +195,15 @@ def train(cfg, params, jitter, window, dist, device):
         images = batch["images"].to(device, non_blocking=True)
         masks = batch["masks"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
-        if cfg.CHANNELS_LAST:
-            images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             logits = net(images, masks)
         loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        lr = cfg.LR * lr_factor(step, warmup, schedule_steps)
+        set_learning_rate(optimizer, lr)
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
         step += 1
         meter.add(loss.detach(), labels.shape[0])
         if due(step, cfg.LOG_EVERY) or step == stop_at:
@@ -199,9 +213,9 @@ def train(cfg, params, jitter, window, dist, device):
                     raise UserError(f"the loss became {mean_loss} between steps {step - meter.steps} and "
                                     f"{step}; lower --LR (now {cfg.LR}) or check the data. The checkpoints "
                                     f"in {run_dir} are from before and intact")
-                logger.log_train(step, mean_loss, scheduler.get_last_lr()[0], rate)
+                logger.log_train(step, mean_loss, lr, rate)
                 logger.log_skipped(skipped)
-            meter = Window()
+            meter = LossMeter()
         if cfg.VAL_EVERY and (due(step, cfg.VAL_EVERY) or step == cfg.STEPS):
             save("last.pt")   # before validating: a failed validation never costs the training
             metrics = validate(model, val_set, device, dtype, dist, logger, step, window, cfg)
@@ -221,6 +235,12 @@ def train(cfg, params, jitter, window, dist, device):
         lock.release()
 
 
+def settings_line(cfg):
+    memory = "channels_last" if cfg.CHANNELS_LAST else "contiguous"
+    return (f"weights={cfg.WEIGHTS}, {memory}, {cfg.WORKERS} workers, crops {cfg.MIN_SIZE}-"
+            f"{cfg.MAX_SIZE}px, <= {cfg.MAX_BATCH} per batch")
+
+
 def build_model(cfg, params, train_set, state, last):
     """(model, changes): a new model, or the checkpoint's once its parameters and classes are
     found to match (`changes`: the changeable parameters that differ, to announce)."""
@@ -236,20 +256,23 @@ def build_model(cfg, params, train_set, state, last):
         raise UserError(f"{last} holds a different model ({found}) than asked ({expected}); use "
                         "another --RUN, or --RESUME=False to start afresh")
     require_training_state(state, last)
-    changes = resume_changes(state["params"], params, last, data_paths)
+    changes = resume_changes(state["params"], params, last, FIXED, CHANGEABLE, with_data_paths)
     check_class_names(model.class_names, train_set.class_names, last)
     return model, changes
 
 
-def data_paths(p):
-    """The four data paths a parameter dict reads, defaults filled in."""
-    return (*resolve_paths(p["DATASET"], "train", p["TRAIN_IMAGES"], p["TRAIN_ANNOTATIONS"]),
-            *resolve_paths(p["DATASET"], "val", p["VAL_IMAGES"], p["VAL_ANNOTATIONS"]))
+def with_data_paths(p):
+    """A parameter dict with its four data paths as read: defaults filled in, absolute."""
+    paths = (*resolve_paths(p["DATASET"], "train", p["TRAIN_IMAGES"], p["TRAIN_ANNOTATIONS"]),
+             *resolve_paths(p["DATASET"], "val", p["VAL_IMAGES"], p["VAL_ANNOTATIONS"]))
+    names = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")
+    return dict(p, **{name: os.path.abspath(path) for name, path in zip(names, paths)})
 
 
 def validate(model, val_set, device, dtype, dist, logger, step, window, cfg):
     """Each process evaluates its share of the images (every world_size-th one); the shares are
     gathered, so every process gets the same metrics. Returns the summary metrics."""
+    dist.share_buffers(model)
     with dist.together():
         out = predict_dataset(model, val_set, device, dtype, window=window, max_batch=cfg.MAX_BATCH,
                               workers=cfg.WORKERS, limit=cfg.VAL_MAX_IMAGES or None,

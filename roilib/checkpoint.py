@@ -1,8 +1,8 @@
 """Checkpoint files: atomic saves, the weights-only loader, and one-line errors for both.
 
 A checkpoint is a dict of tensors and plain data (``torch.load(weights_only=True)`` reads it,
-and a file that would run code is refused). Writes go to a temporary file that replaces the
-old one only when complete, so a crash or a full disk never costs the previous checkpoint.
+and a file that would run code is refused). Writes go through roilib.outputs.atomic_write
+(fsync'ed), so a crash or a full disk never costs the previous checkpoint.
 
 A released model is a folder (``Export.py --FORMAT=safetensors``): model.safetensors (the
 weights) and config.json (everything else in the checkpoint that is plain data). It is read
@@ -12,60 +12,34 @@ import importlib
 import json
 import os
 import pickle
-import re
 
 import torch
 
 from roilib.errors import UserError
+from roilib.outputs import atomic_path, atomic_write
 
-# The layout of the dict that AttentionNet.save writes; from_state refuses other versions.
+# The layout of the dict that model_checkpoint builds; model_from_state refuses other versions.
 CHECKPOINT_FORMAT = 1
 # A released model folder (see the module doc).
 RELEASE_WEIGHTS = "model.safetensors"
 RELEASE_CONFIG = "config.json"
-_TEMPORARY = re.compile(r"^\..+\.tmp\d+$")  # save_checkpoint's .<name>.tmp<pid>
 # How torch's weights-only unpickler words a file that asks to import, call or build Python
 # objects; its other errors are about damaged or foreign files.
 _CODE_SIGNS = ("GLOBAL", "unrecognized function", "allowlisted", "add_safe_globals")
 
 
 def save_checkpoint(state, path):
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: readers see
-    the old file or the new one, never half of one. Errors (disk full, no permission) become
-    one line, and the previous checkpoint is left as it was."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    """torch.save through roilib.outputs.atomic_write with fsync: readers see the old file or
+    the new one, never half of one. Errors (disk full, no permission) become one line, and the
+    previous checkpoint is left as it was."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_write(path, "wb", fsync=True, what="checkpoint") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(folder)
-    except (OSError, RuntimeError) as e:
+    except RuntimeError as e:
         # torch.save reports a full disk as a RuntimeError ("enforce fail at
         # inline_container..."), open/fsync/replace as an OSError: the same for the user.
-        _remove_quietly(tmp)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
-        raise UserError(f"{path}: could not write checkpoint (disk full? {reason}); "
+        raise UserError(f"{os.fspath(path)}: cannot write checkpoint (disk full? {first_line(e)}); "
                         "the previous file there, if any, is intact") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def remove_stale_temporaries(folder):
-    """Delete the temporary files of saves into `folder` that a killed process left behind
-    (each as large as a checkpoint). Call it before this process saves there, and only where
-    no other process saves into the same folder. Returns the names removed."""
-    if not os.path.isdir(folder):
-        return []
-    stale = [name for name in os.listdir(folder) if _TEMPORARY.match(name)]
-    for name in stale:
-        _remove_quietly(os.path.join(folder, name))
-    return stale
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -99,15 +73,41 @@ def load_checkpoint(path, map_location="cpu"):
 def load_model_state(path, map_location="cpu"):
     """A trained model's state from a .pt checkpoint or a released folder, as one dict shape:
     {"format", "model" (the state_dict), "config", and where known "window", "params",
-    "step"}; AttentionNet.from_state builds the model from it."""
+    "step"}; model_from_state (AttentionNet.from_state) builds the model from it."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return load_released_folder(path, map_location)
     return load_checkpoint(path, map_location)
 
 
+def model_checkpoint(model_state, config, **extra):
+    """The dict a model checkpoint holds: {"format", "model", "config", **extra}."""
+    return {"format": CHECKPOINT_FORMAT, "model": model_state, "config": dict(config), **extra}
+
+
+def model_from_state(state, path, build):
+    """Check a loaded state's layout and format version, then `build(config)` a model and load
+    its weights; every mismatch is one line naming `path`."""
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{path}: not an AttentionNet checkpoint (no 'model' and 'config' entries)")
+    found = state.get("format")
+    if found != CHECKPOINT_FORMAT:
+        age = "a newer" if isinstance(found, int) and found > CHECKPOINT_FORMAT else "an older"
+        raise UserError(f"{path}: checkpoint format {found} is from {age} version of this code "
+                        f"(this one reads format {CHECKPOINT_FORMAT}); use the matching version")
+    try:
+        model = build(dict(state["config"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: checkpoint does not match this version of AttentionNet ({first_line(e)})") from None
+    return model
+
+
 def load_released_folder(folder, map_location="cpu"):
     """Read RELEASE_CONFIG and RELEASE_WEIGHTS from `folder`: JSON and safetensors, no pickle."""
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: not a folder; a released model is a folder of {RELEASE_WEIGHTS} "
+                        f"and {RELEASE_CONFIG} (a .pt file is read with from_checkpoint)")
     config_path = os.path.join(folder, RELEASE_CONFIG)
     weights_path = os.path.join(folder, RELEASE_WEIGHTS)
     for name, file in ((RELEASE_CONFIG, config_path), (RELEASE_WEIGHTS, weights_path)):
@@ -144,16 +144,13 @@ def read_safetensors(path, map_location="cpu"):
 
 
 def write_safetensors(tensors, path, metadata=None):
-    """Weights as safetensors, atomically (temporary file, then os.replace)."""
+    """Weights as safetensors, atomically (roilib.outputs.atomic_path)."""
     safetensors_torch = require("safetensors.torch", "safetensors")
     # safetensors stores dense row-major data: channels-last weights are made contiguous.
     tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
-
-    def save(tmp):
+    with atomic_path(path) as tmp:
         safetensors_torch.save_file(tensors, tmp, metadata=metadata)
         os.chmod(tmp, _default_file_mode())   # safetensors creates it readable by its owner only
-
-    write_atomically(path, save)
 
 
 def _default_file_mode():
@@ -162,54 +159,12 @@ def _default_file_mode():
     return 0o666 & ~umask
 
 
-def write_json(value, path):
-    def dump(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=1)
-    write_atomically(path, dump)
-
-
-def write_atomically(path, write):
-    """Call write(temporary path), then os.replace it onto `path`: readers never see half a file."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        _remove_quietly(tmp)
-        raise UserError(f"{path}: could not write ({e.strerror or first_line(e)})") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
 def require(module, package):
     """Import an optional dependency, or say in one line how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:
         raise UserError(f"{package} is not installed: pip install {package}") from None
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def first_line(error):

@@ -18,8 +18,10 @@ the script does any work, and `--help` shows it:
     RUN = "demo"         # [nonempty]
 
 `parse_parameters(globals(), __file__)` reads the block's names and comments from the source,
-applies the command line (types checked against the defaults), checks every value, updates the
-script's globals and returns the parameters as a dict (saved with the run). A recipe file on the
+applies the command line (types checked against the defaults), checks every value and returns
+the parameters as a dict (saved with the run). The script's globals keep their defaults: a
+script builds one `cfg` from the dict and passes values on, so no function can read a
+parameter global that the command line changed (tests/test_parameters.py checks that none does). A recipe file on the
 command line (`python Train.py configs/coco_r50.py --STEPS=1000`) holds `NAME = value` lines;
 arguments apply in order, so a --NAME after the file overrides it. `run(main)` turns a UserError
 into one line on stderr and exit code 2 instead of a traceback (StopRun: exit code 1).
@@ -29,6 +31,7 @@ import difflib
 import re
 import sys
 import time
+from types import SimpleNamespace
 
 from roilib.errors import StopRun, UserError
 
@@ -135,24 +138,6 @@ def _choice(text):
     return {'""': "", "None": None}.get(text, text)
 
 
-def invalid_example(spec, default):
-    """A value that `spec` refuses, of the default's type (for tests of every constraint)."""
-    if _none_or_range(spec):
-        spec = spec[5:]
-    if spec == "nonempty":
-        return ""
-    if spec.startswith("list of ") or "|" in spec and not spec.endswith("HxW"):
-        return "no-such-choice"
-    if spec.endswith("HxW"):
-        return "100x7"
-    bound = BOUND.fullmatch(spec)
-    op, limit, low, high = bound.groups()
-    step = 1 if isinstance(default, int) else 0.5
-    value = {">=": lambda v: v - step, ">": lambda v: v, "<=": lambda v: v + step,
-             "<": lambda v: v}[op](float(limit)) if op else float(high) + step
-    return int(value) if isinstance(default, int) else value
-
-
 def convert(name, text, default):
     """Parse `text` as the type of `default` (bool, int, float, str; None defaults take
     None/int/float/str). The literal None is accepted for str parameters (e.g. WEIGHTS=None);
@@ -184,12 +169,14 @@ def convert(name, text, default):
     return text
 
 
-def parse_parameters(namespace, script_path, argv=None):
-    """Apply the arguments, in order, to the parameter block's globals: `--NAME=value`, or a
-    recipe file (a .py file of `NAME = value` lines, see read_recipe). `--help` prints the block."""
+def parse_parameters(defaults, script_path, argv=None):
+    """{name: value} of the parameter block: `defaults` (the script's globals, not changed)
+    with the arguments applied in order: `--NAME=value`, or a recipe file (a .py file of
+    `NAME = value` lines, see read_recipe). `--help` prints the block."""
     argv = sys.argv[1:] if argv is None else argv
     block = read_block(script_path)
     names = [name for name, _ in block]
+    namespace = {name: defaults[name] for name in names}
     if any(a in ("-h", "--help") for a in argv):
         print(f"Parameters of {script_path} (override as --NAME=value, or in a recipe file):")
         print("\n".join(line for _, line in block))
@@ -209,6 +196,11 @@ def parse_parameters(namespace, script_path, argv=None):
     for name, spec in read_specs(script_path, block).items():
         check_value(name, namespace[name], spec)
     return {name: namespace[name] for name in names}
+
+
+def parse_config(defaults, script_path, argv=None):
+    """parse_parameters as a namespace: the one `cfg` a script passes its values on from."""
+    return SimpleNamespace(**parse_parameters(defaults, script_path, argv))
 
 
 def check_name(name, names, recipe=None):

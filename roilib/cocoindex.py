@@ -1,14 +1,10 @@
 """COCO instances JSON -> the compact index of CocoReader (numpy arrays only).
 
-Every annotation is checked before pycocotools sees it, because pycocotools trusts its input:
-a NaN or 1e9 polygon coordinate makes it allocate until the kernel kills the process, RLE
-counts that do not add up raise deep inside evaluation, and an invalid compressed RLE string
-decodes to different garbage on each call. Such annotations are dropped and counted with
-their ids. Masks are kept as compressed RLE bytes in one buffer, read by position (two
+Every annotation is checked before pycocotools sees it, by roilib.segmentation (the one
+check, shared with LabelMasks): bad polygons and RLEs are dropped and counted with their ids. Masks are kept as compressed RLE bytes in one buffer, read by position (two
 annotations with one id both keep their own mask).
 """
 import json
-import math
 import operator
 import warnings
 from collections import defaultdict
@@ -18,6 +14,7 @@ from pycocotools import mask as mask_utils
 
 from roilib.compactindex import StringTable
 from roilib.errors import UserError
+from roilib.segmentation import BadSegmentation, checked, to_rles
 
 # pycocotools' decode trips numpy 2's __array__(copy=...) deprecation on every first call
 # in each process: harmless, and not the user's business.
@@ -27,6 +24,10 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotoo
 # ("out of bounds for uint8") on a list of more than 255 RLEs.
 _CHUNK = 255
 SKIP_REASONS = ("crowd", "degenerate", "small")
+# Why an annotation is degenerate (stored as its position here).
+DEGENERATE_REASONS = (
+    "polygon given as a dict: convert with `kwcoco conform --legacy=True`",
+    "no polygon of 3 or more points", "polygon with an odd number of coordinates")
 INVALID_REASONS = ("bad polygon", "bad RLE", "unknown image")
 
 
@@ -76,6 +77,7 @@ class CocoIndexBuilder:
         self.label_of = {cat: label for label, cat in enumerate(self.category_ids)}
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.invalid = {reason: [] for reason in INVALID_REASONS}
+        self.degenerate = []  # (annotation id, index in DEGENERATE_REASONS)
         self.pending = []  # (image id, annotation id, label, rle) waiting to be measured
         self.kept = defaultdict(list)  # column -> values of the kept segments, in order
 
@@ -112,61 +114,43 @@ class CocoIndexBuilder:
                                 f"category_id {ann.get('category_id')}")
             height, width = self._size(record)
             segmentation = ann.get("segmentation")
-            if isinstance(segmentation, list):
-                parts = [p for p in segmentation if isinstance(p, list) and len(p) >= 6
-                         and len(p) % 2 == 0]
-                if not parts:
-                    self.skipped["degenerate"] += 1
-                elif not polygon_in_bounds(parts, height, width):
-                    self.invalid["bad polygon"].append(ann["id"])
-                else:
-                    usable.append((ann, parts))
-            elif isinstance(segmentation, dict) and "counts" in segmentation:
-                rle = self._rle(ann, segmentation, height, width)
-                if rle is None:
-                    self.invalid["bad RLE"].append(ann["id"])
-                else:
-                    usable.append((ann, rle))
-            else:
-                raise UserError(f"{self.file}: annotation {ann.get('id')} has no polygon "
-                                f"or RLE segmentation")
-        for ann, rle in self._rasterise(usable, record):
+            if _is_dict_polygon(segmentation):
+                self._degenerate(ann, 0)  # kwcoco's form: never read as something else
+                continue
+            try:
+                usable.append((ann, checked(segmentation, height, width)))
+            except BadSegmentation as bad:
+                self._refuse(ann, str(bad), height, width)
+        shapes = to_rles([shape for _, shape in usable], height, width) if usable else []
+        for (ann, _), rle in zip(usable, shapes):
             self._queue(image_id, ann, rle)
+
+    def _refuse(self, ann, reason, height, width):
+        """Count a segmentation that roilib.segmentation refused, by reason."""
+        if reason == "degenerate polygon":
+            self._degenerate(ann, _degenerate_reason(ann["segmentation"]))
+        elif reason in ("polygon not numbers", "polygon outside the image",
+                        "polygon outline too long"):
+            self.invalid["bad polygon"].append(ann["id"])
+        elif reason.startswith("RLE counts"):
+            self.invalid["bad RLE"].append(ann["id"])
+        elif reason == "RLE size differs from the image":
+            raise UserError(f"{self.file}: annotation {ann['id']} RLE size "
+                            f"{ann['segmentation'].get('size')} differs from image "
+                            f"{height}x{width} (HxW)")
+        else:
+            raise UserError(f"{self.file}: annotation {ann.get('id')} has no polygon "
+                            f"or RLE segmentation")
+
+    def _degenerate(self, ann, reason):
+        self.skipped["degenerate"] += 1
+        self.degenerate.append((ann.get("id", -1), reason))
 
     def _size(self, record):
         height, width = record.get("height"), record.get("width")
         if not height or not width:
             raise UserError(f"{self.file}: image {record.get('id')} has no height/width")
         return height, width
-
-    def _rasterise(self, usable, record):
-        """(annotation, RLE) for each usable annotation, in order: all polygon parts of the
-        image in one pycocotools call; an annotation of several parts is their union."""
-        parts = [part for _, shape in usable if isinstance(shape, list) for part in shape]
-        rles = iter(mask_utils.frPyObjects(parts, record["height"], record["width"])
-                    if parts else ())
-        for ann, shape in usable:
-            if isinstance(shape, list):
-                pieces = [next(rles) for _ in shape]
-                shape = pieces[0] if len(pieces) == 1 else mask_utils.merge(pieces)
-            yield ann, shape
-
-    def _rle(self, ann, segmentation, height, width):
-        """An RLE annotation as compressed RLE, or None when its counts are invalid."""
-        if list(segmentation.get("size", [])) != [height, width]:
-            raise UserError(f"{self.file}: annotation {ann['id']} RLE size "
-                            f"{segmentation.get('size')} differs from image "
-                            f"{height}x{width} (HxW)")
-        counts = segmentation["counts"]
-        if isinstance(counts, list):  # uncompressed
-            if not uncompressed_counts_ok(counts, height * width):
-                return None
-            return mask_utils.frPyObjects(segmentation, height, width)
-        if isinstance(counts, str):
-            counts = counts.encode("utf-8")  # a non-ASCII character fails the check below
-        if not isinstance(counts, bytes) or not compressed_counts_ok(counts, height * width):
-            return None
-        return {"size": [height, width], "counts": counts}
 
     def _queue(self, image_id, ann, rle):
         self.pending.append((image_id, ann["id"], self.label_of[ann["category_id"]], rle))
@@ -215,6 +199,8 @@ class CocoIndexBuilder:
                 "segment_bbox": np.concatenate(kept["bbox"] or [np.zeros((0, 4), np.int64)]),
                 **StringTable.from_bytes(kept["counts"]).arrays("rle"),
                 "skipped": np.array([self.skipped[r] for r in SKIP_REASONS], np.int64),
+                "degenerate_ids": self._ints([i for i, _ in self.degenerate]),
+                "degenerate_reasons": np.array([r for _, r in self.degenerate], np.int64),
                 **invalid}
 
     def _ints(self, values):
@@ -227,54 +213,13 @@ class CocoIndexBuilder:
                             f"{values[:3]})") from None
 
 
-# ------------------------------------------------------------------ validation
-
-def polygon_in_bounds(parts, height, width):
-    """Every coordinate a finite number within one image size of the image. (pycocotools
-    upsamples the outline 5×, so its memory grows with the coordinates: 1e9 is 23 GB.)"""
-    try:
-        for part in parts:
-            xs, ys = part[0::2], part[1::2]
-            if not (math.isfinite(sum(part)) and -width <= min(xs) and max(xs) <= 2 * width
-                    and -height <= min(ys) and max(ys) <= 2 * height):
-                return False
-    except TypeError:  # a coordinate that is not a number
-        return False
-    return True
+def _is_dict_polygon(segmentation):
+    """kwcoco's polygon: {"exterior": [...], "interiors": [...]}, alone or in a list."""
+    parts = segmentation if isinstance(segmentation, list) else [segmentation]
+    return any(isinstance(p, dict) and "exterior" in p for p in parts)
 
 
-def uncompressed_counts_ok(counts, pixels):
-    """Non-negative integer run lengths that cover the image exactly."""
-    try:
-        runs = np.asarray(counts)
-    except (TypeError, ValueError, OverflowError):
-        return False
-    return (runs.ndim == 1 and runs.dtype.kind in "iu" and not (runs < 0).any()
-            and int(runs.sum(dtype=np.int64)) == pixels)
-
-
-def compressed_counts_ok(counts, pixels):
-    """A COCO compressed RLE string that decodes to run lengths covering the image exactly
-    (pycocotools' rleFrString, vectorised: 6-bit characters from '0', 5 value bits, bit 5 =
-    more characters follow, bit 4 of the last = sign; from the third run on, a value is the
-    difference to the run two before)."""
-    codes = np.frombuffer(counts, np.uint8).astype(np.int64) - 48
-    if codes.size == 0 or codes.min() < 0 or codes.max() > 63:
-        return False
-    more = (codes & 0x20) != 0
-    if more[-1]:
-        return False  # the last run is cut off: pycocotools would read past the string
-    token = np.concatenate([[0], np.cumsum(~more[:-1])])
-    starts = np.flatnonzero(np.concatenate([[True], ~more[:-1]]))
-    digit = np.arange(codes.size) - starts[token]
-    if digit.max() > 6:
-        return False  # beyond 35 bits: no run of a real image is that long
-    values = np.zeros(len(starts), np.int64)
-    np.add.at(values, token, (codes & 0x1F) << (5 * digit))
-    ends = np.flatnonzero(~more)
-    negative = (codes[ends] & 0x10) != 0
-    values[negative] -= np.left_shift(1, 5 * (digit[ends][negative] + 1))
-    runs = values.copy()
-    for parity in (1, 2):  # run i (i >= 3) = value i + run i - 2
-        runs[parity::2] = np.cumsum(values[parity::2])
-    return not (runs < 0).any() and int(runs.sum()) == pixels
+def _degenerate_reason(segmentation):
+    """Why a polygon list has no usable part (a position in DEGENERATE_REASONS)."""
+    odd = any(isinstance(p, list) and len(p) >= 6 and len(p) % 2 for p in segmentation)
+    return 2 if odd else 1

@@ -130,3 +130,32 @@ def check_offsets(offsets, data):
     if offsets.ndim != 1 or offsets.size == 0 or offsets[0] != 0 or \
             offsets[-1] != len(data) or (np.diff(offsets) < 0).any():
         raise ValueError("index offsets do not fit their data")
+
+
+def check_schema(arrays, schema):
+    """ValueError unless each array named in ``schema`` is there with its dtype and shape
+    (``(dtype, shape)``, None in a shape: any length): an index read from a file is checked
+    before any of its values is used as a size or a position."""
+    for name, (dtype, shape) in schema.items():
+        array = arrays.get(name)
+        if not isinstance(array, np.ndarray) or array.dtype != dtype or \
+                array.ndim != len(shape) or \
+                any(want is not None and got != want for got, want in zip(array.shape, shape)):
+            raise ValueError(f"index array {name} is not {np.dtype(dtype).name} of shape "
+                             f"{shape}")
+
+
+def check_range(name, values, low, high):
+    """ValueError unless every value lies in [low, high] (bounds: scalars or arrays)."""
+    if values.size and not ((low <= values) & (values <= high)).all():
+        raise ValueError(f"index array {name} out of range")
+
+
+def check_boxes(bbox, heights, widths, area):
+    """ValueError unless each box (x, y, w, h) is non-empty, inside its image (heights and
+    widths per box) and holds its area."""
+    x, y, w, h = bbox.T
+    check_range("bbox size", np.minimum(w, h), 1, np.inf)
+    check_range("bbox x", x, 0, widths - w)
+    check_range("bbox y", y, 0, heights - h)
+    check_range("area", area, 1, w * h)

@@ -183,19 +183,3 @@ def _binarize(coverage, centre_x, centre_y):
         mask[min(max(round(centre_y), 0), height - 1),
              min(max(round(centre_x), 0), width - 1)] = True
     return mask.astype(np.uint8)
-
-
-def resize_mask(mask, size):
-    """Resize a {0,1} mask to ``size`` = (w, h) so that no segment vanishes (same rule as
-    the crops, see ``_binarize``)."""
-    width, height = size
-    src_h, src_w = mask.shape
-    shrink = width * height < src_w * src_h
-    coverage = cv2.resize(mask.astype(np.float32), (width, height),
-                          interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    x, y, box_w, box_h = cv2.boundingRect(mask.astype(np.uint8))
-    if box_w == 0:
-        return np.zeros((height, width), np.uint8)
-    centre_x = (x + box_w / 2) * width / src_w - 0.5
-    centre_y = (y + box_h / 2) * height / src_h - 0.5
-    return _binarize(coverage, centre_x, centre_y)

@@ -37,7 +37,7 @@ class SegmentDataset(Dataset):
     A subclass sets ``class_names``, ``images`` (records with at least "path" and "id"),
     ``segments`` (``Segment`` tuples, grouped by image, in a deterministic order), calls
     ``index_segments()``, and implements ``segment_mask(segment_index, image_shape)``.
-    It may override ``image_masks`` when reading all masks of an image at once is cheaper.
+    It may override ``box_masks`` when reading all masks of an image at once is cheaper.
     """
 
     def __init__(self, train=True):
@@ -76,10 +76,6 @@ class SegmentDataset(Dataset):
     def segment_mask(self, segment_index, image_shape):
         """Full-size uint8 {0,1} mask of one segment."""
         raise NotImplementedError
-
-    def image_masks(self, image_index, image_shape):
-        """Masks of all segments of one image, in ``image_segments`` order."""
-        return [self.segment_mask(i, image_shape) for i in self.image_segments[image_index]]
 
     def box_masks(self, segment_indices, image_shape):
         """BoxMasks (masks over their bounding boxes only) of some segments of ONE image: what

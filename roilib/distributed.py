@@ -48,10 +48,6 @@ class Distributed:
         if self.enabled and tdist.is_initialized():
             tdist.destroy_process_group()
 
-    def barrier(self):
-        if self.enabled:
-            tdist.barrier(group=self.cpu_group)
-
     @contextlib.contextmanager
     def together(self):
         """Run a section that may fail on some processes only; all processes leave it alike:
@@ -81,12 +77,13 @@ class Distributed:
         raise StopRun(f"stopped: process {ranks[0]} of {self.world_size} failed and printed why",
                       show=self.is_main)
 
-    def mean(self, values):
-        """Element-wise mean over the processes of a float tensor (on this process's device)."""
+    def share_buffers(self, model):
+        """Rank 0's buffers (BatchNorm running statistics) on every process. DDP broadcasts
+        them before each forward, so the last training step leaves each process with its own:
+        a sharded validation must use the statistics of the model rank 0 saves."""
         if self.enabled:
-            tdist.all_reduce(values)
-            values /= self.world_size
-        return values
+            for buffer in model.buffers():
+                tdist.broadcast(buffer, 0)
 
     def sum(self, values):
         if self.enabled:

@@ -88,12 +88,10 @@ class WindowBatcher:
 
 
 def forward_windows(model, images, masks, device, dtype=None):
-    """float32 logits for a batch of windows (uint8, as cut_windows gives them)."""
-    images = images.to(device, non_blocking=True)
-    if model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
-        images = images.contiguous(memory_format=torch.channels_last)
+    """float32 logits for a batch of windows (uint8, as cut_windows gives them). The model
+    puts its input in its own memory format (AttentionNet.normalize)."""
     with autocast(device, dtype):
-        return model(images, masks.to(device, non_blocking=True)).float()
+        return model(images.to(device, non_blocking=True), masks.to(device, non_blocking=True)).float()
 
 
 @torch.inference_mode()

@@ -16,10 +16,10 @@ import warnings
 import numpy as np
 import torch
 
-from roilib.checkpoint import (RELEASE_CONFIG, RELEASE_WEIGHTS, first_line, require, write_atomically,
-                               write_json, write_safetensors)
+from roilib.checkpoint import RELEASE_CONFIG, RELEASE_WEIGHTS, first_line, require, write_safetensors
 from roilib.crops import MEAN_COLOUR
 from roilib.errors import UserError
+from roilib.outputs import atomic_path, write_json
 from roilib.windows import WINDOW_RULE, model_window
 
 INPUT_NAMES = ["images", "masks"]
@@ -64,7 +64,7 @@ def write_release(state, folder):
     weights, config = os.path.join(folder, RELEASE_WEIGHTS), os.path.join(folder, RELEASE_CONFIG)
     # {"format": "pt"} is the tag model hubs read to know the tensors are PyTorch's.
     write_safetensors(state["model"], weights, metadata={"format": "pt"})
-    write_json(release_info(state), config)
+    write_json(config, release_info(state), indent=1)
     return [weights, config]
 
 
@@ -98,7 +98,8 @@ def export_onnx(model, path, window, metadata, opset=18):
         raise UserError(f"ONNX export failed for this model (mode={model.config['mode']}): "
                         f"{type(e).__name__}: {re.sub(ANSI_COLOUR, '', first_line(e))}") from None
     program.model.metadata_props.update(metadata)
-    write_atomically(path, lambda tmp: program.save(tmp, external_data=False))
+    with atomic_path(path) as tmp:
+        program.save(tmp, external_data=False)
 
 
 def open_onnx(path, threads=0):

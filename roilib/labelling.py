@@ -1,29 +1,14 @@
 """Labelling class-agnostic masks (a segmenter's output) with a trained region classifier.
 
-Three input formats, read into one compact list of InputMask (the segmentation is kept as
-given, a compressed RLE string or a polygon, and decoded only in the worker that cuts its
-window):
-
-  * a COCO results list: [{"image_id", "segmentation", "score"?, "category_id"?}, ...];
-  * a COCO instances file: its annotations are the masks (its categories are ignored);
-  * a folder of per-image JSON files as Segment Anything's amg.py writes them with
-    --convert-to-rle: <image name>.json = [{"segmentation": RLE, "predicted_iou", ...}, ...].
-
-Image ids map to files through the instances file's "images", an IMAGE_INFO instances file,
-or the image folder's listing (id = the file name's number, "000000000139.jpg" -> 139, or the
-name without extension where it is not a number).
-
-Every mask is shown to the net by the evaluation rule (roilib/windows.py); windows of many
-masks and images share a forward (WindowBatcher). Bad masks are skipped and counted by kind;
-one bad mask never stops a run.
+The masks come from roilib.maskinputs (formats, reading); each is checked and decoded in the
+worker that cuts its window, by roilib.segmentation (the COCO reader's own check), and shown
+to the net by the evaluation rule (roilib/windows.py); windows of many masks and images share
+a forward (WindowBatcher). Bad masks are skipped and counted by kind; one bad mask never stops
+a run. roilib.maskeval scores the result against ground truth.
 """
-import contextlib
-import io
-import json
 import os
 import time
 import warnings
-from collections import Counter, namedtuple
 
 import numpy as np
 import torch
@@ -32,160 +17,44 @@ from torch.utils.data import DataLoader, Dataset
 
 from roilib.crops import box_mask
 from roilib.errors import UserError
-from roilib.outputs import atomic_write
 from roilib.evaluation import WindowBatcher, forward_windows
-from roilib.imageio import read_image
-from roilib.metrics import SIZE_BINS
+from roilib.imageio import read_image, read_mask
+from roilib.maskeval import rle_bytes
+from roilib.maskinputs import READ_KINDS, MaskFile
 from roilib.progress import progress_bar
+from roilib.segmentation import REASONS, BadSegmentation, to_rle
 from roilib.windows import cut_windows
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-# The kinds of skipped masks, in the order they are reported.
+# The kinds of skipped masks, in the order they are reported, with what each means.
 SKIP_KINDS = {
+    **READ_KINDS,
     "unknown image id": "their image id is not among the images",
     "missing image file": "their image file is missing",
     "unreadable image": "their image file could not be read",
-    "no segmentation": "no polygon or RLE segmentation",
-    "wrong size": "their RLE size differs from the image's",
+    "missing mask file": "the PNG mask named in metadata.csv is missing",
+    "bad mask file": "the PNG mask is unreadable, empty or not the image's size",
+    **REASONS,
     "empty": "the mask has no pixel",
-    "no category_id": "no category_id to keep",
+    "no category_id": "no integer category_id to keep",
 }
-# pycocotools' COCOeval stats, in its order (-1 where no GT mask is of that size).
-AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-# One input mask: image id, segmentation as given (RLE dict or polygon list), the mask's own
-# score (its "score", else its "predicted_iou", else 1) and category_id (None if absent).
-InputMask = namedtuple("InputMask", "image_id segmentation score category_id")
 
 
-class MaskSet:
-    """The masks to label, the images they lie on ({id: path}), and the masks already
-    skipped (a Counter of SKIP_KINDS)."""
-
-    def __init__(self, masks, image_paths, source):
-        self.masks, self.image_paths, self.source = masks, image_paths, source
-        self.skipped = Counter()
-
-    def by_image(self):
-        """{image id: [mask indices]} of the masks whose image file exists (in input order);
-        the others are counted as skipped."""
-        groups = {}
-        for index, mask in enumerate(self.masks):
-            path = self.image_paths.get(mask.image_id)
-            if path is None:
-                self.skipped["unknown image id"] += 1
-            elif not os.path.isfile(path):
-                self.skipped["missing image file"] += 1
-            else:
-                groups.setdefault(mask.image_id, []).append(index)
-        return groups
-
-
-# ----------------------------------------------------------------------------- reading
-
-def read_masks(masks_path, image_dir, image_info=""):
-    """A MaskSet from a results list, an instances file or a SAM folder (see module doc)."""
-    if os.path.isdir(masks_path):
-        return _read_sam_folder(masks_path, image_dir, image_info)
-    data = _read_json(masks_path)
-    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        if image_info:
-            images = image_table(image_dir, image_info)
-        else:
-            images = _images_section(data, masks_path, image_dir)
-        return MaskSet([_input_mask(a, a.get("image_id")) for a in data["annotations"]], images, masks_path)
-    if isinstance(data, list):
-        return MaskSet([_input_mask(r, r.get("image_id")) for r in data],
-                       image_table(image_dir, image_info), masks_path)
-    raise UserError(f"{masks_path}: expected a COCO results list or an instances file "
-                    "(a dict with 'annotations')")
-
-
-def _read_sam_folder(folder, image_dir, image_info):
-    """amg.py's output: one <image name>.json per image, a list of mask records."""
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".json"))
-    if not names:
-        raise UserError(f"{folder}: no .json mask file in this folder")
-    images = image_table(image_dir, image_info)
-    id_of_stem = {os.path.splitext(os.path.basename(p))[0]: i for i, p in images.items()}
-    masks = []
-    for name in names:
-        records = _read_json(os.path.join(folder, name))
-        if not isinstance(records, list):
-            raise UserError(f"{os.path.join(folder, name)}: expected a list of masks (amg.py "
-                            "--convert-to-rle output)")
-        stem = os.path.splitext(name)[0]
-        image_id = id_of_stem.get(stem, stem)  # an unknown stem is counted as an unknown id
-        masks += [_input_mask(r, image_id) for r in records]
-    return MaskSet(masks, images, folder)
-
-
-def _input_mask(record, image_id):
-    if not isinstance(image_id, (int, str)):  # a malformed id is an unknown one, not a crash
-        image_id = repr(image_id)
-    if not isinstance(record, dict):
-        return InputMask(image_id, None, 1.0, None)
-    score = next((record[key] for key in ("score", "predicted_iou")
-                  if isinstance(record.get(key), (int, float))), 1.0)
-    return InputMask(image_id, record.get("segmentation"), float(score), record.get("category_id"))
-
-
-def image_table(image_dir, image_info=""):
-    """{image id: path}: from an instances file's "images", or the folder's listing."""
-    if image_info:
-        return _images_section(_read_json(image_info), image_info, image_dir)
-    if not os.path.isdir(image_dir):
-        raise UserError(f"{image_dir}: image folder not found")
-    table = {}
-    for name in sorted(os.listdir(image_dir)):
-        stem, extension = os.path.splitext(name)
-        if extension.lower() in IMAGE_EXTENSIONS:
-            table[int(stem) if stem.isdigit() else stem] = os.path.join(image_dir, name)
-    return table
-
-
-def _images_section(data, path, image_dir):
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise UserError(f"{path}: no 'images' section (an instances file maps image ids to files)")
-    try:
-        return {record["id"]: os.path.join(image_dir, record["file_name"]) for record in data["images"]}
-    except (KeyError, TypeError):
-        raise UserError(f"{path}: every entry of 'images' needs an 'id' and a 'file_name'") from None
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: not a JSON file ({error})") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
-
-
-# ----------------------------------------------------------------------------- masks
-
-def to_rle(segmentation, height, width):
-    """A polygon, an uncompressed or a compressed RLE -> compressed RLE of an image of
-    height × width; raises ValueError(kind) for a mask that cannot be used."""
-    if isinstance(segmentation, list):
-        parts = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-        if not parts:
-            raise ValueError("no segmentation")
-        rles = mask_utils.frPyObjects(parts, height, width)
-        return rles[0] if len(rles) == 1 else mask_utils.merge(rles)
-    if not isinstance(segmentation, dict) or "counts" not in segmentation:
-        raise ValueError("no segmentation")
-    if list(segmentation.get("size", [])) != [height, width]:
-        raise ValueError("wrong size")
-    if isinstance(segmentation["counts"], list):
-        return mask_utils.frPyObjects(segmentation, height, width)
-    counts = segmentation["counts"]
-    return {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
+def mask_of(segmentation, height, width):
+    """(compressed RLE, the mask as uint8 H×W) of a segmentation as given, checked by
+    roilib.segmentation; a MaskFile is read and must be the image's size. Raises
+    BadSegmentation(kind)."""
+    if isinstance(segmentation, MaskFile):
+        if not os.path.isfile(segmentation.path):
+            raise BadSegmentation("missing mask file")
+        try:
+            mask = read_mask(segmentation.path, (height, width))
+        except UserError:
+            raise BadSegmentation("bad mask file") from None
+        return mask_utils.encode(np.asfortranarray(mask)), mask
+    rle = to_rle(segmentation, height, width)
+    return rle, mask_utils.decode(rle)
 
 
 def rle_json(rle):
@@ -222,11 +91,11 @@ class MaskWindows(Dataset):
         kept, box_masks, areas, rles, skipped = [], [], [], {}, []
         for index in indices:
             try:
-                rle = to_rle(self.mask_set.masks[index].segmentation, height, width)
-            except ValueError as kind:
+                rle, dense = mask_of(self.mask_set.masks[index].segmentation, height, width)
+            except BadSegmentation as kind:
                 skipped.append(str(kind))
                 continue
-            mask = box_mask(mask_utils.decode(rle))
+            mask = box_mask(dense)
             if mask is None:
                 skipped.append("empty")
                 continue
@@ -305,7 +174,7 @@ def _classify(model, batch, device, dtype, topk, ids, top):
 def _keep_own_categories(mask_set, indices, top):
     for index in indices:
         category = mask_set.masks[index].category_id
-        if category is None:
+        if isinstance(category, bool) or not isinstance(category, int):
             mask_set.skipped["no category_id"] += 1
         else:
             top[index] = [(category, 1.0)]
@@ -317,19 +186,19 @@ def _assemble(mask_set, rles, top, seconds):
     results, labelled = [], []
     for index in sorted(top):
         mask, rle = mask_set.masks[index], rles[index]
-        bbox = [float(v) for v in mask_utils.toBbox(_rle_bytes(rle))]
+        bbox = [float(v) for v in mask_utils.toBbox(rle_bytes(rle))]
         for category, probability in top[index]:
             results.append({"image_id": mask.image_id, "category_id": int(category),
                             "segmentation": rle, "bbox": bbox,
                             "score": round(float(probability) * mask.score, 6)})
         labelled.append({"index": index, "image_id": mask.image_id, "rle": rle,
-                         "area": int(mask_utils.area(_rle_bytes(rle))),
+                         "area": int(mask_utils.area(rle_bytes(rle))),
                          "category_id": int(top[index][0][0])})
     return {"results": results, "masks": labelled, "seconds": seconds,
             "masks_per_s": len(labelled) / max(seconds, 1e-9)}
 
 
-def _rle_bytes(rle):
+def rle_bytes(rle):
     return {"size": rle["size"], "counts": rle["counts"].encode()}
 
 
@@ -337,94 +206,3 @@ def skipped_lines(skipped):
     """One line per kind of skipped mask (none when nothing was skipped)."""
     return [f"skipped {skipped[kind]} masks: {kind} ({why})"
             for kind, why in SKIP_KINDS.items() if skipped.get(kind)]
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-def evaluate(results, labelled, gt_path):
-    """COCOeval "segm" of ``results`` against the instances file ``gt_path``: AP, AP50, AP75,
-    APs, APm, APl (None where COCOeval has no GT of that size), and the region accuracy of
-    the labelled masks matched to a GT mask (IoU >= 0.5), overall and per size bin. Results
-    on images not in the GT are left out (counted in "outside_gt")."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        try:
-            gt = COCO(gt_path)
-        except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
-            raise UserError(f"{gt_path}: not a COCO instances file ({error})") from None
-    inside = [r for r in results if r["image_id"] in gt.imgs]
-    stats = [0.0] * len(AP_NAMES)
-    if inside:
-        with contextlib.redirect_stdout(io.StringIO()):
-            detections = gt.loadRes(inside)
-            coco_eval = COCOeval(gt, detections, "segm")
-            coco_eval.evaluate()
-            coco_eval.accumulate()
-            coco_eval.summarize()
-        stats = coco_eval.stats[:len(AP_NAMES)].tolist()
-    report = {name: (None if value < 0 else float(value)) for name, value in zip(AP_NAMES, stats)}
-    report["outside_gt"] = len(results) - len(inside)
-    report.update(matched_accuracy(gt, [m for m in labelled if m["image_id"] in gt.imgs]))
-    return report
-
-
-def matched_accuracy(gt, labelled):
-    """Region accuracy of the masks whose best GT match (IoU >= 0.5, crowds aside) exists:
-    the fraction whose top-1 class is that GT mask's, overall and per SIZE_BINS bin of the
-    mask's area."""
-    correct, areas = [], []
-    by_image = {}
-    for mask in labelled:
-        by_image.setdefault(mask["image_id"], []).append(mask)
-    for image_id, masks in by_image.items():
-        anns = [a for a in gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-        if not anns:
-            continue
-        gt_rles = [gt.annToRLE(a) for a in anns]
-        ious = np.asarray(mask_utils.iou([_rle_bytes(m["rle"]) for m in masks], gt_rles,
-                                         [0] * len(gt_rles))).reshape(len(masks), len(anns))
-        for mask, row in zip(masks, ious):
-            best = int(np.argmax(row))
-            if row[best] >= 0.5:
-                correct.append(mask["category_id"] == anns[best]["category_id"])
-                areas.append(mask["area"])
-    correct, areas = np.asarray(correct, bool), np.asarray(areas, np.int64)
-    by_size = []
-    for low, high, name in SIZE_BINS:
-        inside = (areas >= low) & (areas < high)
-        by_size.append({"bin": name, "min_area": low, "max_area": None if high == float("inf") else high,
-                        "count": int(inside.sum()),
-                        "accuracy": float(correct[inside].mean()) if inside.any() else None})
-    return {"matched": int(len(correct)), "unmatched": len(labelled) - int(len(correct)),
-            "accuracy": float(correct.mean()) if len(correct) else None, "by_size": by_size}
-
-
-def format_evaluation(report):
-    """The figures as a few printed lines."""
-    def fmt(value):
-        return "-" if value is None else f"{value:.3f}"
-    lines = ["mask AP (COCOeval segm): " + "  ".join(f"{n} {fmt(report[n])}" for n in AP_NAMES),
-             f"region accuracy of matched masks (IoU >= 0.5): {fmt(report['accuracy'])} "
-             f"({report['matched']} matched, {report['unmatched']} unmatched)"]
-    sizes = [f"{row['bin']} {fmt(row['accuracy'])} ({row['count']})"
-             for row in report["by_size"] if row["count"]]
-    if sizes:
-        lines.append("  by size: " + ", ".join(sizes))
-    if report["outside_gt"]:
-        lines.append(f"warning: {report['outside_gt']} results are on images not in the GT file "
-                     "and were left out of the evaluation")
-    return lines
-
-
-def evaluation_path(out_path):
-    """labelled.json -> labelled_eval.json, next to it."""
-    stem, _ = os.path.splitext(out_path)
-    return f"{stem}_eval.json"
-
-
-def write_json(path, data, indent=None):
-    """JSON written atomically (roilib.outputs): a failed write keeps the previous file."""
-    with atomic_write(path, encoding="utf-8") as file:
-        json.dump(data, file, indent=indent, separators=None if indent else (",", ":"))

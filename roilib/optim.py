@@ -1,9 +1,13 @@
-"""Train.py's optimiser and learning-rate schedule, and how a resumed run takes a changed LR or
-weight decay.
+"""The optimiser and the learning-rate schedule of a training run.
 
-The schedule: linear warm-up, then a cosine from LR down to FINAL_FACTOR x LR over the STEPS
-the run began with. Steps added later by raising STEPS on resume run at FINAL_FACTOR x LR:
-the learning rate never jumps back up.
+The schedule is a plain function of the step (`learning_rate`), applied by the training loop
+before each optimiser step: no scheduler object, no state of its own to save or restore. A
+resumed run therefore takes a changed LR as it is, and its step alone says where it is.
+
+The shape: a linear warm-up, then a cosine from LR down to FINAL_FACTOR x LR over the STEPS the
+run began with (`schedule_steps`). Steps added later by raising STEPS on resume run at
+FINAL_FACTOR x LR: the learning rate never jumps back up. The warm-up is at most
+WARMUP_FRACTION of the schedule (`warmup_steps`), so that a short run still decays.
 """
 import math
 
@@ -12,6 +16,7 @@ import torch
 from roilib.errors import UserError
 
 FINAL_FACTOR = 0.01
+WARMUP_FRACTION = 0.1
 
 
 def make_optimizer(model, lr, weight_decay):
@@ -23,43 +28,43 @@ def make_optimizer(model, lr, weight_decay):
     return torch.optim.AdamW(groups, lr=lr, fused=False)
 
 
-def lr_factor(step, warmup_steps, steps):
-    """Linear warm-up over `warmup_steps`, cosine decay to FINAL_FACTOR at `steps`, then
+def warmup_steps(requested, schedule_steps):
+    """The warm-up a schedule of `schedule_steps` runs: the requested one, capped at
+    WARMUP_FRACTION of the schedule (a run that is all warm-up ends at its peak LR and never
+    settles: 100 steps with a warm-up of 100 learned one class)."""
+    return min(int(requested), int(schedule_steps * WARMUP_FRACTION))
+
+
+def lr_factor(step, warmup, schedule_steps):
+    """The LR of optimiser step `step` (0 = the first) as a fraction of the peak: linear
+    warm-up over `warmup` steps, cosine decay to FINAL_FACTOR at `schedule_steps`, then
     FINAL_FACTOR."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, schedule_steps - warmup))
     return FINAL_FACTOR + (1 - FINAL_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_scheduler(optimizer, warmup_steps, schedule_steps):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup_steps, schedule_steps))
+def set_learning_rate(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def require_training_state(state, last):
-    missing = [key for key in ("optimizer", "scheduler", "step", "params") if key not in state]
+    missing = [key for key in ("optimizer", "step", "params") if key not in state]
     if missing:
         raise UserError(f"{last}: no training state ({', '.join(missing)} missing: not written by "
                         "Train.py); use another --RUN, or --RESUME=False to start afresh")
 
 
-def restore_training_state(state, optimizer, scheduler, scaler, last):
-    """Optimiser, schedule and scaler from last.pt (see require_training_state); returns its step."""
+def restore_training_state(state, optimizer, scaler, weight_decay, last):
+    """Optimiser and scaler from last.pt (see require_training_state), with this run's weight
+    decay over the stored one; returns its step. (The LR is set before every step.)"""
     try:
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state.get("scaler") or {})
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{last}: its optimiser state does not fit this model ({error}); use "
                         "another --RUN, or --RESUME=False to start afresh") from None
-    return int(state["step"])
-
-
-def set_hyperparameters(optimizer, scheduler, lr, weight_decay, step):
-    """This run's LR and weight decay over the ones loaded with the optimiser state; a no-op
-    to the bit when they are unchanged."""
-    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
-    for group, lmbda in zip(optimizer.param_groups, scheduler.lr_lambdas):
-        group["initial_lr"], group["lr"] = lr, lr * lmbda(step)
     optimizer.param_groups[0]["weight_decay"] = weight_decay   # group 1 (norms, biases): none
+    return int(state["step"])

@@ -1,36 +1,113 @@
 """Writing results safely: whole files or nothing, output places checked before the work,
 and never over an input.
 
-Every result file (eval.json, CSVs, plots, config.json, PNGs) goes through ``atomic_write``:
-a temporary sibling that replaces the old file only once complete, so a crash, a full disk or
-Ctrl-C leaves the previous results as they were. (Checkpoints have their own, fsync'ed
-variant in roilib/checkpoint.py.)
+Every file the project writes (checkpoints, eval.json, CSVs, plots, config.json, PNGs, index
+caches, ONNX) goes through ``atomic_path``/``atomic_write``: a temporary sibling named by the
+one scheme of ``temporary_path`` that replaces the old file only once complete, so a crash,
+a full disk or Ctrl-C leaves the previous file as it was. Checkpoints add ``fsync=True``.
 """
 import contextlib
+import errno
+import json
 import os
+import re
 import uuid
 
 from roilib.errors import UserError
 
+# temporary_path's names: .<name>.tmp<pid of the writer>
+_TEMPORARY = re.compile(r"^\..+\.tmp\d+$")
+
+
+def temporary_path(path):
+    """The one temporary name of a write to ``path``: hidden, in the same folder (os.replace
+    stays on one file system), tagged with the writer's pid (two processes never share one)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.tmp{os.getpid()}")
+
 
 @contextlib.contextmanager
-def atomic_write(path, mode="w", **kwargs):
-    """Open a temporary file next to `path` for writing; on success it replaces `path`."""
+def atomic_path(path, fsync=False, what=""):
+    """Yield a temporary path to write ``path``'s new content to; when the block ends it
+    replaces ``path`` (with ``fsync``: flushed to the disk first, as checkpoints need). An
+    OSError becomes one line naming ``what`` (e.g. "checkpoint"); the temporary file is
+    removed whatever happens."""
     path = os.fspath(path)
-    # A unique sibling name (not mkstemp, which would leave the file mode 0600).
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    tmp = temporary_path(path)
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(tmp, mode, **kwargs) as file:
-            yield file
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        yield tmp
+        if fsync:
+            _fsync_file(tmp)
         os.replace(tmp, path)
+        if fsync:
+            _fsync_folder(os.path.dirname(tmp))
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         if isinstance(error, OSError):
-            raise UserError(f"{path}: cannot write ({error.strerror or error}); "
-                            "the previous file there, if any, is intact") from None
+            raise UserError(write_error(path, error, what)) from None
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w", fsync=False, what="", **kwargs):
+    """``open(path, mode, **kwargs)`` for writing, atomically (see ``atomic_path``)."""
+    with atomic_path(path, fsync, what) as tmp, open(tmp, mode, **kwargs) as file:
+        yield file
+
+
+def write_json(path, data, indent=None, fsync=False):
+    """JSON written atomically and always valid: NaN or infinity is refused (ValueError), not
+    written as the bare ``NaN`` that JSON readers reject."""
+    try:
+        with atomic_write(path, encoding="utf-8", fsync=fsync) as file:
+            json.dump(data, file, indent=indent, allow_nan=False,
+                      separators=None if indent else (",", ":"))
+    except ValueError as error:   # a NaN that should have been refused where it entered
+        raise UserError(f"{path}: not written ({error}); the previous file there, if any, "
+                        "is intact") from None
+
+
+def write_error(path, error, what=""):
+    """One line for a failed write of ``path``; a full disk is called so."""
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    if getattr(error, "errno", None) == errno.ENOSPC:
+        reason = f"disk full: {reason}"
+    return (f"{path}: cannot write{' ' + what if what else ''} ({reason}); the previous file "
+            "there, if any, is intact")
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files (``temporary_path``) that killed writers left in ``folder``
+    (a checkpoint's is as large as the checkpoint). Call it only where no other process writes
+    into ``folder`` (Train.py, once it holds the run's lock). Returns the names removed."""
+    if not os.path.isdir(folder):
+        return []
+    stale = [name for name in os.listdir(folder) if _TEMPORARY.match(name)]
+    for name in stale:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(folder, name))
+    return stale
+
+
+def _fsync_file(path):
+    """Flush a written file to the disk: a full disk may show only here (delayed allocation)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder):
+    """Make the rename durable; a file system that cannot fsync a folder is no reason to fail."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def save_figure(fig, path, **kwargs):

@@ -6,8 +6,8 @@ import os
 import shutil
 import time
 
-from roilib.checkpoint import remove_stale_temporaries
 from roilib.errors import UserError
+from roilib.outputs import remove_stale_temporaries
 
 LOCK_NAME = ".lock"
 

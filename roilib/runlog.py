@@ -1,6 +1,6 @@
 """A training run's records: console lines, train_log.csv, config.json, TensorBoard, and
-the loss/throughput window between two progress lines (like torchvision's MetricLogger).
-Only rank 0 writes."""
+the loss and throughput meter between two progress lines (like torchvision's MetricLogger).
+Only rank 0 writes. The run's parameters are stored as given, never read by name here."""
 import csv
 import json
 import os
@@ -14,7 +14,8 @@ from roilib.outputs import atomic_write
 from roilib.progress import format_seconds
 from roilib.runtime import precision_name
 
-CSV_FIELDS = ["step", "loss", "lr", "img_per_s", "val_accuracy", "val_mean_class_accuracy"]
+RATE_FIELD = "img_per_s"   # train_log.csv's throughput column (Benchmark.py reads it back)
+CSV_FIELDS = ["step", "loss", "lr", RATE_FIELD, "val_accuracy", "val_mean_class_accuracy"]
 
 
 def trim_log(csv_path, step):
@@ -33,7 +34,7 @@ def trim_log(csv_path, step):
     return max(len(rows) - 1, 0) - len(kept)
 
 
-class Window:
+class LossMeter:
     """Loss and throughput over the steps since the last progress line, without a device
     sync per step (losses stay on the device until the log step)."""
 
@@ -53,7 +54,7 @@ class Window:
 
     def summary(self, dist):
         """(mean loss, images/s) over all processes, since the last progress line: the one
-        device sync and all-reduce per log window. A collective: every process calls it."""
+        device sync and all-reduce per progress line. A collective: every process calls it."""
         losses = torch.stack(self.losses).float()
         local = torch.stack([losses.mean(), torch.tensor(float(self.images_since_start),
                                                           device=losses.device)])
@@ -64,8 +65,9 @@ class Window:
 class RunLogger:
     """Console lines, train_log.csv, config.json and TensorBoard; only rank 0 writes."""
 
-    def __init__(self, run_dir, params, train_set, dist, device, dtype, resumed_step, schedule):
-        self.run_dir, self.active, self.params = run_dir, dist.is_main, params
+    def __init__(self, run_dir, params, steps, train_set, dist, device, dtype, resumed_step, schedule):
+        """`params`: stored in config.json as they are; `steps`: the run's length (for the ETA)."""
+        self.run_dir, self.active, self.steps = run_dir, dist.is_main, steps
         self.device, self.dtype, self.dist = device, dtype, dist
         self.start = time.perf_counter()
         self.first_step = resumed_step or 0
@@ -105,19 +107,18 @@ class RunLogger:
         if self.active:
             print(text, flush=True)
 
-    def announce(self, train_set, val_set, model, step):
-        p = self.params
+    def announce(self, train_set, val_set, model, step, settings):
+        """The run's first lines; `settings`: how it runs, in words (weights, memory format,
+        workers, crop sizes...)."""
         what = f"resuming {self.run_dir} at step {step}" if self.first_step else f"new run in {self.run_dir}"
         cfg = model.config
         points = ",".join(cfg["attention"]) if cfg["mode"] == "attention" else "-"
         self.print(f"{what}\n"
                    f"data: {len(train_set)} training segments in {len(train_set.images)} images, "
                    f"{len(val_set)} validation segments, {train_set.num_classes} classes\n"
-                   f"model: {cfg['arch']} mode={cfg['mode']} attention={points} merge={cfg['merge']} "
-                   f"weights={p['WEIGHTS']}\n"
-                   f"device: {self.device} x{self.dist.world_size}, {precision_name(self.dtype)}, "
-                   f"{'channels_last' if p['CHANNELS_LAST'] else 'contiguous'}, {p['WORKERS']} workers; "
-                   f"{p['STEPS']} steps, crops {p['MIN_SIZE']}-{p['MAX_SIZE']}px, <= {p['MAX_BATCH']} per batch")
+                   f"model: {cfg['arch']} mode={cfg['mode']} attention={points} merge={cfg['merge']}\n"
+                   f"device: {self.device} x{self.dist.world_size}, {precision_name(self.dtype)}; "
+                   f"{self.steps} steps, {settings}")
         summary = getattr(train_set, "summary", None)
         if callable(summary) and summary():
             self.print(summary())
@@ -127,9 +128,8 @@ class RunLogger:
             return
         done = step - self.first_step
         elapsed = time.perf_counter() - self.start
-        steps = self.params["STEPS"]
-        eta = elapsed / max(done, 1) * (steps - step)
-        self.print(f"step {step:>6}/{steps} | loss {loss:.4f} | lr {lr:.2e} | {rate:7.1f} img/s | "
+        eta = elapsed / max(done, 1) * (self.steps - step)
+        self.print(f"step {step:>6}/{self.steps} | loss {loss:.4f} | lr {lr:.2e} | {rate:7.1f} img/s | "
                    f"ETA {format_seconds(eta)}")
         self._csv([step, f"{loss:.5f}", f"{lr:.3e}", f"{rate:.1f}", "", ""])
         if self.tensorboard:

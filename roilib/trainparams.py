@@ -1,33 +1,20 @@
-"""Train.py's parameters: checked before the first step, and on resume compared with those
-stored in last.pt, so that no parameter is ever ignored silently.
+"""Checks of a training run's settings: before the first step, and on resume against those
+stored in last.pt, so that no setting is ever ignored silently.
 
-- FIXED parameters define the model, the data or the schedule's shape: a resumed run must
-  use the checkpoint's values, or it stops with one line listing the differences.
-- CHANGEABLE ones (learning rate, length, cadences, speed settings) take effect on resume, and
-  each change is announced.
-- The folder itself (LOG_DIR, RUN, RESUME) is not compared.
+The caller (Train.py) says which of its parameters are FIXED (they define the model, the
+data or the schedule's shape: a resumed run must use the checkpoint's values, or it stops with
+one line listing the differences) and which are CHANGEABLE (they take effect on resume, and
+each change is announced). This module knows no parameter by name.
 """
 import os
 
 from roilib.errors import UserError
-from roilib.sampler import check_sizes
-
-FIXED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS",
-         "CLASS_NAMES", "MIN_AREA", "ARCH", "WEIGHTS", "MODE", "ATTENTION", "MERGE", "WARMUP_STEPS",
-         "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "JITTER", "CROP_MARGIN", "BALANCED",
-         "FLIP", "SEED", "WINDOW")
-CHANGEABLE = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "WORKERS", "DEVICE", "AMP", "CHANNELS_LAST",
-              "COMPILE", "LOG_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
-FOLDER = ("LOG_DIR", "RUN", "RESUME")
-PATHS = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")
 
 
-def check_parameters(cfg):
-    """The rules the parameter block's declared values cannot say (those are checked by
-    roilib.cli): across parameters, and files that must exist. Cadences: 0 = never."""
-    check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE)
-    if cfg.WEIGHTS not in (None, "none", "imagenet") and not os.path.isfile(cfg.WEIGHTS):
-        raise UserError(f"--WEIGHTS={cfg.WEIGHTS}: expected None, imagenet or the path of a ResNet "
+def check_weights(weights):
+    """None, "imagenet" or the path of an existing file."""
+    if weights not in (None, "none", "imagenet") and not os.path.isfile(weights):
+        raise UserError(f"--WEIGHTS={weights}: expected None, imagenet or the path of a ResNet "
                         "state_dict (no such file)")
 
 
@@ -47,24 +34,22 @@ def due(step, every):
     return every > 0 and step % every == 0
 
 
-def resume_changes(stored, params, checkpoint, resolve):
-    """Compare this run's parameters with those stored in `checkpoint`. A FIXED difference ->
-    UserError listing all of them; returns ["NAME: old -> new", ...] of the CHANGEABLE ones.
-    `resolve(params)` -> the four data paths as read (defaults filled in), so that "" and the
-    default path it stands for count as the same."""
+def resume_changes(stored, params, checkpoint, fixed_names, changeable_names, normalize):
+    """Compare this run's parameters with those stored in `checkpoint`. A difference in one of
+    `fixed_names` -> UserError listing all of them; returns ["NAME: old -> new", ...] of the
+    `changeable_names` that differ. `normalize(params)` -> the parameters as they are read
+    (e.g. a default path filled in), so that "" and the path it stands for count as the same."""
     if not isinstance(stored, dict):
         raise UserError(f"{checkpoint}: no parameters stored (not written by Train.py); use "
                         "another --RUN, or --RESUME=False to start afresh")
-    old, new = dict(stored), dict(params)
-    for values in (old, new):
-        values.update(zip(PATHS, (os.path.abspath(p) for p in resolve(values))))
-    fixed = [f"{name}: {old.get(name)!r} -> {new[name]!r}" for name in FIXED
+    old, new = normalize(dict(stored)), normalize(dict(params))
+    fixed = [f"{name}: {old.get(name)!r} -> {new[name]!r}" for name in fixed_names
              if name in new and old.get(name) != new[name]]
     if fixed:
         raise UserError(f"{checkpoint} was trained with other settings ({'; '.join(fixed)}); resume "
                         "with the stored values, or start afresh with --RESUME=False (the old run "
                         "is moved aside) or another --RUN")
-    return [f"{name}: {old.get(name)!r} -> {new[name]!r}" for name in CHANGEABLE
+    return [f"{name}: {old.get(name)!r} -> {new[name]!r}" for name in changeable_names
             if name in new and old.get(name) != new[name]]
 
 

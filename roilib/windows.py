@@ -48,15 +48,13 @@ def training_window(max_size):
 
 def model_window(state, override=""):
     """The evaluation window for a checkpoint's state: `override` ('HxW') when given, else the
-    window stored at training, else its training geometry, else DEFAULT_WINDOW."""
+    window stored at training (every checkpoint since the window rule was introduced), else
+    DEFAULT_WINDOW."""
     if override:
         return parse_window(override)
     window = state.get("window")
     if isinstance(window, (list, tuple)) and len(window) == 2:
         return int(window[0]), int(window[1])
-    params = state.get("params") if isinstance(state.get("params"), dict) else {}
-    if isinstance(params.get("MAX_SIZE"), int):
-        return training_window(params["MAX_SIZE"])
     return DEFAULT_WINDOW
 
 

@@ -5,6 +5,11 @@ import runpy
 import subprocess
 import sys
 
+import cv2
+import numpy as np
+
+from roilib import cli, crops
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A tiny, fast training configuration (CPU, no workers).
 TINY = ["--ARCH=resnet18", "--MIN_SIZE=64", "--MAX_SIZE=96", "--MAX_BATCH=6", "--MAX_PIXELS=40000",
@@ -35,6 +40,45 @@ def run_in_process(script, args, capsys, monkeypatch):
     except SystemExit as exit_info:
         code = exit_info.code
     return code, capsys.readouterr()
+
+
+def image_masks(reader, image_index, image_shape):
+    """Full-size masks of all segments of one image of a reader, in ``image_segments`` order."""
+    return [reader.segment_mask(i, image_shape) for i in reader.image_segments[image_index]]
+
+
+def resize_mask(mask, size):
+    """Resize a {0,1} mask to ``size`` = (w, h) so that no segment vanishes (same rule as
+    the crops, see roilib.crops._binarize)."""
+    width, height = size
+    src_h, src_w = mask.shape
+    shrink = width * height < src_w * src_h
+    coverage = cv2.resize(mask.astype(np.float32), (width, height),
+                          interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    x, y, box_w, box_h = cv2.boundingRect(mask.astype(np.uint8))
+    if box_w == 0:
+        return np.zeros((height, width), np.uint8)
+    centre_x = (x + box_w / 2) * width / src_w - 0.5
+    centre_y = (y + box_h / 2) * height / src_h - 0.5
+    return crops._binarize(coverage, centre_x, centre_y)
+
+
+def invalid_example(spec, default):
+    """A value that `spec` refuses, of the default's type (for tests of every constraint)."""
+    if cli._none_or_range(spec):
+        spec = spec[5:]
+    if spec == "nonempty":
+        return ""
+    if spec.startswith("list of ") or "|" in spec and not spec.endswith("HxW"):
+        return "no-such-choice"
+    if spec.endswith("HxW"):
+        return "100x7"
+    bound = cli.BOUND.fullmatch(spec)
+    op, limit, low, high = bound.groups()
+    step = 1 if isinstance(default, int) else 0.5
+    value = {">=": lambda v: v - step, ">": lambda v: v, "<=": lambda v: v + step,
+             "<": lambda v: v}[op](float(limit)) if op else float(high) + step
+    return int(value) if isinstance(default, int) else value
 
 
 EXAMPLE_IMAGE = os.path.join(ROOT, "Test", "example.png")

@@ -1,9 +1,12 @@
-"""Benchmark.py smoke test: every part runs for a few steps and reports sane figures."""
+"""Benchmark.py: every part runs for a few steps and reports sane figures, and its parameters reach
+the models it measures."""
 import json
 import math
 import os
 import subprocess
 import sys
+
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,3 +35,30 @@ def test_benchmark_smoke(tmp_path):
     ratio = next(r for r in result["rows"] if "time(stem) / time(plain)" in r["what"])["value"]
     assert math.isfinite(ratio) and ratio > 0
     assert "| c |" in (tmp_path / "cpu.md").read_text()
+
+
+def formats_seen(monkeypatch, tmp_path, *args):
+    """Run Benchmark.main in this process; return, for every forward pass of every model the
+    parts built, whether its weights are channels-last."""
+    import Benchmark
+    from AttentionNet import AttentionNet
+    from roilib.cli import read_block
+    for name, _ in read_block(Benchmark.__file__):   # main rewrites them: restore after the test
+        monkeypatch.setattr(Benchmark, name, getattr(Benchmark, name))
+    seen, forward = [], AttentionNet.forward
+
+    def spy(model, images, masks):
+        seen.append(model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last))
+        return forward(model, images, masks)
+    monkeypatch.setattr(AttentionNet, "forward", spy)
+    Benchmark.main(["--ARCH=resnet18", "--CONFIG_ARCH=", "--BATCH=2", "--SIZE=64", "--STEPS=2",
+                    "--WARMUP=1", "--EVAL_IMAGES=1", "--EVAL_SIZE=64x96", "--EVAL_WINDOW=64x64",
+                    "--DEVICE=cpu", f"--OUT={tmp_path}", *args])
+    return seen
+
+
+def test_channels_last_parameter_reaches_every_model(monkeypatch, tmp_path):
+    seen = formats_seen(monkeypatch, tmp_path, "--PARTS=a,c,d", "--CHANNELS_LAST=False")
+    assert len(seen) > 10 and not any(seen)
+    seen = formats_seen(monkeypatch, tmp_path, "--PARTS=c", "--CHANNELS_LAST=True")
+    assert len(seen) > 4 and all(seen)

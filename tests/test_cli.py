@@ -28,7 +28,7 @@ def test_overrides_are_typed(script):
     path, ns = script
     params = parse_parameters(ns, path, ["--STEPS=7", "--LR=0.5", "--AMP=false", "--WEIGHTS=None", "--SEED=3"])
     assert params == {"STEPS": 7, "LR": 0.5, "AMP": False, "WEIGHTS": None, "SEED": 3}
-    assert ns["STEPS"] == 7 and ns["OTHER"] == 5
+    assert ns["STEPS"] == 100 and ns["OTHER"] == 5   # the globals keep their defaults
 
 
 @pytest.mark.parametrize("arg,message", [

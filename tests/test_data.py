@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from CocoReader import CocoReader  # noqa: E402
-from roilib.crops import MEAN_COLOUR, crop_sample, plan_crop, resize_mask  # noqa: E402
+from roilib.crops import MEAN_COLOUR, crop_sample, plan_crop  # noqa: E402
+from helpers import resize_mask  # noqa: E402
 from roilib.evaluation import SegmentWindows, WindowBatcher  # noqa: E402
 from roilib.windows import model_window, parse_window, window_sample  # noqa: E402
 from roilib.sampler import VaryingSizeBatchSampler, collate_batch, make_train_loader  # noqa: E402
@@ -422,7 +423,6 @@ def test_window_is_scale_true():
 def test_window_from_checkpoint_and_override():
     assert model_window({"window": [128, 96]}) == (128, 96)
     assert model_window({"window": [128, 96]}, "64x32") == (64, 32)
-    assert model_window({"params": {"MAX_SIZE": 170}}) == (160, 160)   # older checkpoints
     assert model_window({}) == (224, 224)
     assert parse_window("96") == (96, 96)
     for bad in ("100x96", "0x64", "abc", "64x64x64", "16"):

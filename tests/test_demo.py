@@ -18,9 +18,10 @@ import torch  # noqa: E402
 
 from AttentionNet import masks_to_boxes_with_context  # noqa: E402
 from roilib import demo as demo_module  # noqa: E402
-from roilib.demo import (CLASS_NAMES, EXAMPLE_CLASSES, FAR_CONTEXT_PAIR, ensure_demo,  # noqa: E402
-                         make_demo, write_example)
+from roilib.demo import CLASS_NAMES, FAR_CONTEXT_PAIR, ensure_demo, make_demo  # noqa: E402
+from roilib.demo_example import EXAMPLE_CLASSES, write_example  # noqa: E402
 from roilib.imageio import read_image, read_label_map, read_mask  # noqa: E402
+from helpers import image_masks  # noqa: E402
 from roilib.windows import cut_windows  # noqa: E402
 
 # pycocotools trips numpy 2's __array__(copy=...) deprecation: not ours to fix
@@ -94,7 +95,7 @@ def test_scene_promises(demo):
         labels = coco.labels[segments].tolist()
         assert len(set(labels)) == len(labels)  # different classes
         image = coco.load_image(image_index)
-        masks = coco.image_masks(image_index, image.shape[:2])
+        masks = image_masks(coco, image_index, image.shape[:2])
         grown = [cv2.dilate(m, np.ones((3, 3), np.uint8)) for m in masks]
         assert (np.sum(grown, axis=0) <= 1).all()  # >= 2 px between objects
         for label, mask in zip(labels, masks):
@@ -135,7 +136,7 @@ def test_far_pair_told_apart_only_far_away(make_demo_data):
         name = present[0]
         own = grounds[FAR_CONTEXT_PAIR[name]]
         assert all(g.sum() < 5 for ground, g in grounds.items() if ground != FAR_CONTEXT_PAIR[name])
-        mask = coco.image_masks(image_index, image.shape[:2])[names.index(name)]
+        mask = image_masks(coco, image_index, image.shape[:2])[names.index(name)]
         x0, y0, x1, y1 = masks_to_boxes_with_context(
             torch.from_numpy(mask)[None, None], 0.5, (128, 128))[0, 1:].tolist()
         crop_view = own[max(0, int(y0) - 1):int(y1) + 2, max(0, int(x0) - 1):int(x1) + 2]
@@ -150,24 +151,39 @@ def test_far_pair_told_apart_only_far_away(make_demo_data):
 
 
 def test_ensure_demo_rebuilds_only_when_needed(tmp_path):
-    root = tmp_path / "d"
-    ensure_demo(root, seed=0, n_train=2, n_val=1)
+    root, lines = tmp_path / "d", []
+    ensure_demo(root, seed=0, n_train=2, n_val=1, announce=lines.append)
+    assert lines == [f"writing the demo dataset (v{demo_module.VERSION}, 2 + 1 scenes) into {root}: "
+                     "once, a few seconds"]
     stamp = (root / "demo.json").stat().st_mtime_ns
-    ensure_demo(root, seed=0, n_train=2, n_val=1)
-    assert (root / "demo.json").stat().st_mtime_ns == stamp
+    ensure_demo(root, seed=0, n_train=2, n_val=1, announce=lines.append)
+    assert (root / "demo.json").stat().st_mtime_ns == stamp and len(lines) == 1
     info = json.loads((root / "demo.json").read_text())
     info["version"] = -1
     (root / "demo.json").write_text(json.dumps(info))
-    ensure_demo(root, seed=0, n_train=2, n_val=1)
+    ensure_demo(root, seed=0, n_train=2, n_val=1, announce=lines.append)
     assert json.loads((root / "demo.json").read_text())["version"] == demo_module.VERSION
-    assert sorted(os.listdir(tmp_path)) == ["d"]
+    assert sorted(os.listdir(tmp_path)) == ["d"] and len(lines) == 2
+
+
+def test_opening_the_demo_announces_its_generation(tmp_path, monkeypatch, capsys):
+    import Datasets
+    build = demo_module.make_demo
+    monkeypatch.setattr(demo_module, "make_demo", lambda root, seed, n_train, n_val: build(root, seed, 2, 1))
+    monkeypatch.setattr(Datasets, "DEMO_ROOT", str(tmp_path / "demo"))
+    reader = Datasets.open_dataset("demo", "val", str(tmp_path / "demo/val/images"),
+                                   str(tmp_path / "demo/val/instances.json"), train=False)
+    assert len(reader) > 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"writing the demo dataset (v{demo_module.VERSION}, 600 + 200 scenes) into "
+                   f"{tmp_path / 'demo'}: once, a few seconds"]
 
 
 def test_killed_build_leaves_no_half_dataset(tmp_path, monkeypatch):
     def crash(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo_module, "_write_json", crash)
+    monkeypatch.setattr(demo_module, "write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         make_demo(tmp_path / "d", n_train=2, n_val=1)
     assert os.listdir(tmp_path) == []

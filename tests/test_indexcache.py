@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import CocoReader as coco_reader_module  # noqa: E402
 from CocoReader import CocoReader  # noqa: E402
 from OpenSurfacesReader import OpenSurfacesReader  # noqa: E402
-from roilib.cocoindex import compressed_counts_ok  # noqa: E402
+from roilib.segmentation import checked  # noqa: E402
 from roilib.crops import crop_sample  # noqa: E402
 from roilib.dataset import Segment, make_sample  # noqa: E402
 from roilib.demo import CLASS_NAMES, make_demo  # noqa: E402
@@ -173,6 +173,9 @@ def test_cache_is_used_and_rebuilt_when_its_key_changes(demo, tmp_path, cache_fo
     assert len(builds) == 1 and len(first) == len(again)
     CocoReader(tmp_path / "images", annotations, min_area=50)  # other settings: own file
     assert len(builds) == 2 and len(list(cache_folder.glob("*.npz"))) == 2
+    os.utime(annotations, ns=(0, 10 ** 18))  # touched: a new mtime, the same content
+    assert len(CocoReader(tmp_path / "images", annotations)) == len(first)
+    assert len(builds) == 2
     data = json.loads(annotations.read_text())
     data["annotations"] = data["annotations"][:5]
     annotations.write_text(json.dumps(data))
@@ -335,7 +338,7 @@ def test_invalid_compressed_rle_is_dropped_and_valid_ones_kept(tmp_path):
     disk = np.zeros((60, 80), np.uint8)
     cv2.circle(disk, (40, 30), 12, 1, -1)
     good = _rle_counts(disk)
-    assert compressed_counts_ok(good.encode(), 60 * 80)
+    assert checked({"size": [60, 80], "counts": good}, 60, 80)["counts"] == good.encode()
     bad = {"cut off": good[:-1] + "h",  # continuation bit on the last character
            "wrong total": _rle_counts(disk[:, :40]),
            "not RLE characters": "\x01\x02zz~",
@@ -394,3 +397,259 @@ def test_palette_label_map_gives_indices_and_ignore_value(tmp_path):
     assert (reader[1]["mask"] == (values == 15)).all()
     with pytest.raises(Exception, match="value 255"):
         OpenSurfacesReader(tmp_path / "images", tmp_path / "labels", num_classes=20)
+
+
+# ----------------------------------------------------------------------------- crafted caches
+
+def _save_npz(path, arrays, huge=None):
+    """An uncompressed .npz of ``arrays`` (key first, as the cache writes it); ``huge``: one
+    member whose header claims 2**40 rows while holding 8 bytes."""
+    import zipfile
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            if name == huge:
+                np.lib.format.write_array_header_1_0(buffer, {
+                    "descr": "<i8", "fortran_order": False, "shape": (2 ** 40,) +
+                    array.shape[1:]})
+                buffer.write(b"\0" * 8)
+            else:
+                np.lib.format.write_array(buffer, np.asarray(array))
+            archive.writestr(name + ".npy", buffer.getvalue())
+
+
+def _set(name, change):
+    def edit(arrays):
+        arrays[name] = change(arrays[name].copy())
+    return edit
+
+
+def _cell(row, column, value):
+    def change(array):
+        array[row, column] = value
+        return array
+    return change
+
+
+def _first(value):
+    def change(array):
+        array[0] = value
+        return array
+    return change
+
+
+# (reader, case) -> how the arrays of a valid cache are changed; the key stays right, so
+# only the check of the arrays themselves can catch it.
+CRAFTED = {
+    ("labelmap", "huge header"): "segments",
+    ("labelmap", "float arrays"): _set("segments", lambda a: a.astype(np.float64)),
+    ("labelmap", "label out of range"): _set("segments", _cell(0, 6, 200)),
+    ("labelmap", "background value"): _set("segments", _cell(0, 6, 0)),
+    ("labelmap", "seed outside the image"): _set("segments", _cell(0, 7, 10 ** 6)),
+    ("labelmap", "seed outside its box"): _set("segments", _cell(0, 8, -1)),
+    ("labelmap", "huge segment value"): _set("segments", _cell(0, 6, 2 ** 40)),
+    ("labelmap", "box outside the map"): _set("segments", _cell(0, 3, 10 ** 5)),
+    ("labelmap", "bad offsets"): _set("map_segments", lambda a: a[::-1].copy()),
+    ("labelmap", "offsets beyond the buffer"): _set("stems_offsets", _first(-5)),
+    ("labelmap", "wrong shape"): _set("segments", lambda a: a[:, :8].copy()),
+    ("coco", "huge header"): "rle_data",
+    ("coco", "float arrays"): _set("segment_bbox", lambda a: a.astype(np.float32)),
+    ("coco", "label out of range"): _set("segment_label", _first(80)),
+    ("coco", "box outside the image"): _set("segment_bbox", _cell(0, 0, 10 ** 6)),
+    ("coco", "huge area"): _set("segment_area", _first(2 ** 62)),
+    ("coco", "bad offsets"): _set("rle_offsets", _first(7)),
+    ("coco", "offsets beyond the buffer"): _set("file_names_offsets", lambda a: a * 1000),
+    ("coco", "RLE string cut off"): _set("rle_data", lambda a: np.where(a == a[-1], 111, a)
+                                         .astype(np.uint8)),
+    ("coco", "segments out of image order"): _set("segment_image", lambda a: a[::-1].copy()),
+}
+
+
+def _open_reader(kind, demo):
+    if kind == "coco":
+        return CocoReader(demo / "images", demo / "instances.json")
+    return OpenSurfacesReader(demo / "images", demo / "labels", class_names=CLASS_NAMES)
+
+
+@pytest.mark.parametrize("kind, case", list(CRAFTED))
+def test_crafted_cache_is_rebuilt_with_one_line(demo, cache_folder, capfd, kind, case):
+    """A cache is a file anyone can replace: what its arrays say is checked before use."""
+    expected = [tuple(s) for s in _open_reader(kind, demo).segments]
+    [cache] = cache_folder.glob("*.npz")
+    with np.load(cache) as data:
+        arrays = dict(data)
+    craft = CRAFTED[kind, case]
+    if isinstance(craft, str):
+        _save_npz(cache, arrays, huge=craft)
+    else:
+        craft(arrays)
+        _save_npz(cache, arrays)
+    capfd.readouterr()
+    reader = _open_reader(kind, demo)
+    err = capfd.readouterr().err
+    assert [tuple(s) for s in reader.segments] == expected
+    assert len(err.strip().splitlines()) == 1 and "damaged index cache" in err and \
+        "rebuilding" in err and str(cache) in err
+
+
+def test_cache_variable_naming_a_file_is_refused(demo, tmp_path, monkeypatch):
+    from roilib.errors import UserError
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    monkeypatch.setenv(CACHE_ENV, str(target))
+    with pytest.raises(UserError, match=f"{CACHE_ENV}=.*a-file names a file, not a folder"):
+        CocoReader(demo / "images", demo / "instances.json")
+    assert target.read_text() == "x"
+
+
+# ----------------------------------------------------------------------------- stale caches
+
+def _copy_label_maps(demo, tmp_path, count=4):
+    """A small label-map dataset whose maps are written uncompressed: an edit of their
+    pixels keeps their size to the byte."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for name in sorted(os.listdir(demo / "labels"))[:count]:
+        os.link(demo / "images" / name, images / name)
+        label_map = cv2.imread(str(demo / "labels" / name), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(labels / name), label_map, [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    return images, labels
+
+
+def _edit_keeping_size_and_mtime(path, edit):
+    before = os.stat(path)
+    edit(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def _count_scans(monkeypatch):
+    import OpenSurfacesReader as module
+    scanned = []
+    real = module.read_label_map
+    monkeypatch.setattr(module, "read_label_map",
+                        lambda path: scanned.append(os.path.basename(path)) or real(path))
+    return scanned
+
+
+def test_label_map_edited_in_place_with_its_mtime_restored_is_rescanned_alone(
+        demo, tmp_path, monkeypatch):
+    """rsync -t or a restore from backup keeps size and mtime: ctime and a content digest
+    still tell; only that map is scanned again, the others keep their entries."""
+    images, labels = _copy_label_maps(demo, tmp_path)
+    first = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    name = sorted(os.listdir(labels))[1]
+    old_map = cv2.imread(str(labels / name), cv2.IMREAD_UNCHANGED)
+    present = set(np.unique(old_map).tolist())
+    value = min(present - {0})
+    new_value = min(set(range(1, len(CLASS_NAMES) + 1)) - present)
+
+    def recolour(path):  # one class's pixels become another class: same size to the byte
+        new_map = old_map.copy()
+        new_map[old_map == value] = new_value
+        cv2.imwrite(str(path), new_map, [cv2.IMWRITE_PNG_COMPRESSION, 0])
+
+    _edit_keeping_size_and_mtime(labels / name, recolour)
+    scanned = _count_scans(monkeypatch)
+    changed = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    assert scanned == [name]
+    image = [r["label_path"] for r in changed.images].index(str(labels / name))
+    before = first.labels[first.image_segments[image]].tolist()
+    after = changed.labels[changed.image_segments[image]].tolist()
+    assert sorted(after) == sorted(new_value - 1 if label == value - 1 else label
+                                   for label in before) != sorted(before)
+    monkeypatch.setenv(CACHE_ENV, "off")
+    fresh = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    assert [tuple(s) for s in fresh.segments] == [tuple(s) for s in changed.segments]
+    label_map = cv2.imread(str(labels / name), cv2.IMREAD_UNCHANGED)
+    pieces = changed.box_masks(changed.image_segments[image], label_map.shape)
+    for index, piece in zip(changed.image_segments[image], pieces):
+        height, width = piece.mask.shape
+        region = label_map[piece.y:piece.y + height, piece.x:piece.x + width]
+        assert (region[piece.mask > 0] == changed.labels[index] + 1).all()
+
+
+def test_touched_or_added_label_map_keeps_the_other_entries(demo, tmp_path, monkeypatch):
+    images, labels = _copy_label_maps(demo, tmp_path)
+    first = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    name = sorted(os.listdir(labels))[0]
+    os.utime(labels / name, ns=(0, 10 ** 18))  # a touch: stat changes, content does not
+    scanned = _count_scans(monkeypatch)
+    touched = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    assert scanned == [] and [tuple(s) for s in touched.segments] == \
+        [tuple(s) for s in first.segments]
+    extra = sorted(os.listdir(demo / "labels"))[5]
+    os.link(demo / "images" / extra, images / extra)
+    os.link(demo / "labels" / extra, labels / extra)
+    grown = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    assert scanned == [extra] and len(grown.images) == len(first.images) + 1
+
+
+def test_coco_file_edited_in_place_with_its_mtime_restored_is_read_again(tmp_path):
+    files = _coco_file(tmp_path, [{"id": 7, "segmentation": [[40, 40, 60, 40, 50, 55]]}])
+    assert CocoReader(*files).labels.tolist() == [1, 0]  # ids 7, 100
+
+    def relabel(path):  # category 2 -> 1: the same number of bytes
+        text = path.read_text()
+        path.write_text(text.replace('"category_id": 2', '"category_id": 1'))
+
+    _edit_keeping_size_and_mtime(files[1], relabel)
+    assert CocoReader(*files).labels.tolist() == [0, 0]
+
+
+# ----------------------------------------------------------------------------- messages
+
+def test_degenerate_annotations_are_named_by_id_with_their_reason(tmp_path):
+    reader = CocoReader(*_coco_file(tmp_path, [
+        {"id": 11, "segmentation": [[1, 2, 3, 4]]},
+        {"id": 12, "segmentation": []},
+        {"id": 13, "segmentation": [[1, 2, 3, 4, 5, 6, 7]]}]))
+    assert reader.skipped["degenerate"] == 3 and len(reader) == 1
+    summary = reader.summary()
+    assert "3 degenerate" in summary
+    assert "(ids 11, 12: no polygon of 3 or more points; id 13: polygon with an odd number " \
+        "of coordinates)" in summary
+
+
+@pytest.mark.parametrize("form", ["dict", "list of dicts", "dict beside a polygon"])
+def test_kwcoco_dict_polygon_is_named_never_read(tmp_path, form):
+    """kwcoco writes {"exterior": [[x, y], ...], "interiors": [...]}: not COCO."""
+    kwcoco = {"exterior": [[40, 40], [60, 40], [50, 55]], "interiors": []}
+    segmentation = {"dict": kwcoco, "list of dicts": [kwcoco],
+                    "dict beside a polygon": [[40, 40, 60, 40, 50, 55], kwcoco]}[form]
+    files = _coco_file(tmp_path, [{"id": 21 + n, "segmentation": segmentation}
+                                  for n in range(7)])
+    reader = CocoReader(*files)
+    assert len(reader) == 1 and reader.skipped["degenerate"] == 7
+    assert "(ids 21, 22, 23, 24, 25, ...: polygon given as a dict: convert with `kwcoco " \
+        "conform --legacy=True`)" in reader.summary()
+
+
+def test_all_annotations_in_kwcoco_form_stop_with_the_way_out(tmp_path):
+    from Datasets import open_dataset
+    from roilib.errors import UserError
+    images, path = _coco_file(tmp_path, [])
+    data = json.loads(path.read_text())
+    data["annotations"][0]["segmentation"] = [{"exterior": [[10, 10], [30, 10], [30, 30]]}]
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"no usable segment .*id 100: polygon given as a "
+                                        r"dict: convert with `kwcoco conform --legacy=True`"):
+        open_dataset("coco", "train", str(images), str(path))
+
+
+def test_category_no_annotation_uses_is_said_and_kept(tmp_path):
+    images, path = _coco_file(tmp_path, [])
+    data = json.loads(path.read_text())
+    data["categories"].insert(0, {"id": 0, "name": "background"})
+    path.write_text(json.dumps(data))
+    reader = CocoReader(images, path)
+    assert reader.class_names == ["background", "one", "two"] and reader.labels.tolist() == [1]
+    assert reader.unused_categories() == ["background (id 0)", "two (id 2)"]
+    assert "; categories with no usable annotation: background (id 0), two (id 2) (kept as classes " \
+        "with 0 segments, so that class ids stay stable)" in reader.summary()
+    (tmp_path / "used").mkdir()
+    used = CocoReader(*_coco_file(tmp_path / "used", [{"id": 7, "segmentation": [
+        [40, 40, 60, 40, 50, 55]]}]))
+    assert used.unused_categories() == [] and "no usable annotation" not in used.summary()

@@ -1,6 +1,10 @@
 """LabelMasks.py: a segmenter's masks in three formats -> labelled COCO results -> COCOeval."""
 import json
+import os
+import shutil
+from collections import Counter
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,7 +13,11 @@ from pycocotools import mask as mask_utils
 from AttentionNet import AttentionNet
 from CocoReader import CocoReader
 from helpers import run_script
-from roilib.labelling import evaluate, label_masks, model_category_ids, read_masks
+from roilib.errors import UserError
+from roilib.labelling import label_masks, model_category_ids, skipped_lines
+from roilib.maskeval import evaluate
+from roilib.maskinputs import image_table, read_masks
+from roilib.segmentation import to_rle
 from roilib.windows import cut_windows
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
@@ -228,7 +236,7 @@ def test_bad_masks_are_skipped_counted_and_reported(demo, trained, tmp_path):
                         f"--IMAGES={demo['images']}", f"--IMAGE_INFO={info}", f"--OUT={out}",
                         "--WORKERS=1", "--TOPK=2")
     lines = result.stdout.splitlines()
-    for count, kind in ((1, "empty"), (1, "wrong size"), (1, "unknown image id"), (2, "missing image file")):
+    for count, kind in ((1, "empty"), (1, "RLE size differs from the image"), (1, "unknown image id"), (2, "missing image file")):
         assert sum(line.startswith(f"skipped {count} masks: {kind} (") for line in lines) == 1, result.stdout
     assert "labelled 3 masks" in result.stdout
     assert len(read_json(out)) == 6
@@ -242,3 +250,177 @@ def test_masks_file_that_is_not_json_is_one_line_error(demo, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not a JSON file" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out.json").exists()
+
+
+# ----------------------------------------------------------------------------- hostile masks
+
+def _rle_text(mask):
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
+
+
+def hostile_cases(height, width):
+    """(record without image_id, the kind it is skipped as): one per way a segmenter's file
+    can be wrong. Every record would be usable but for its one fault."""
+    square = np.zeros((height, width), np.uint8)
+    square[10:30, 10:30] = 1
+    good = _rle_text(square)
+    pixels = height * width
+    nan, inf = float("nan"), float("inf")
+    rle = {"size": [height, width]}
+    return [
+        ({"segmentation": [[nan, 1, 20, 1, 20, 20]]}, "polygon not numbers"),
+        ({"segmentation": [[1, 1, inf, 1, 20, 20]]}, "polygon not numbers"),
+        ({"segmentation": [["1", "1", "20", "1", "20", "20"]]}, "polygon not numbers"),
+        ({"segmentation": [[1, 1, None, 1, 20, 20]]}, "polygon not numbers"),
+        ({"segmentation": [[0, 0, 1e9, 0, 1e9, 1e9]]}, "polygon outside the image"),
+        ({"segmentation": [[0, 0, -5 * width, 0, 20, 20]]}, "polygon outside the image"),
+        ({"segmentation": [[0, 0, 2 * width, 2 * height] * (2 ** 22 // max(height, width) + 1)]},
+         "polygon outline too long"),           # in bounds, but 2^24 pixels of edges to draw
+        ({"segmentation": {"exterior": [[1, 1], [20, 1], [20, 20]], "interiors": []}},
+         "polygon given as a dict"),
+        ({"segmentation": [[1, 2, 3, 4]]}, "degenerate polygon"),
+        ({"segmentation": "10 10 20 20"}, "no segmentation"),
+        ({"score": 0.9}, "no segmentation"),
+        ({"segmentation": dict(rle, counts=[-10, pixels + 10])}, "RLE counts negative"),
+        ({"segmentation": dict(rle, counts=[100, pixels])}, "RLE counts do not cover the image"),
+        ({"segmentation": dict(rle, counts=[100, 50])}, "RLE counts do not cover the image"),
+        ({"segmentation": dict(rle, counts=[2 ** 63, 2 ** 63, pixels])}, "RLE counts invalid"),
+        ({"segmentation": dict(rle, counts=[1.5, pixels - 1.5])}, "RLE counts invalid"),
+        ({"segmentation": dict(rle, counts=["a", "b"])}, "RLE counts invalid"),
+        ({"segmentation": dict(rle, counts=good[:-1] + "h")}, "RLE counts invalid"),
+        ({"segmentation": dict(rle, counts="\x01\x02zz~")}, "RLE counts invalid"),
+        ({"segmentation": dict(rle, counts=good + "é")}, "RLE counts invalid"),
+        ({"segmentation": dict(rle, counts=12)}, "RLE counts invalid"),
+        ({"segmentation": dict(rle, counts=_rle_text(square[:, :width // 2]))},
+         "RLE counts do not cover the image"),
+        ({"segmentation": {"size": [height + 1, width], "counts": good}},
+         "RLE size differs from the image"),
+        ({"segmentation": {"size": "big", "counts": good}}, "RLE size differs from the image"),
+        ({"segmentation": dict(rle, counts=good), "score": nan}, "bad score"),
+        ({"segmentation": dict(rle, counts=good), "score": inf}, "bad score"),
+        ({"segmentation": dict(rle, counts=good), "predicted_iou": "high"}, "bad score"),
+        ({"segmentation": dict(rle, counts=_rle_text(square * 0))}, "empty"),
+    ]
+
+
+def test_hostile_masks_are_skipped_and_counted_and_the_others_labelled(demo, tmp_path):
+    """Each hostile mask (NaN and 1e9 polygons made pycocotools crash or allocate 23 GB) is
+    skipped and counted with its reason, memory stays bounded, the good masks are labelled and
+    the output is valid JSON."""
+    import resource
+    from roilib.outputs import write_json as write_output
+    gt = read_json(demo["gt"])
+    image = gt["images"][0]
+    good = results_without_categories(demo["gt"])[:3]
+    cases = hostile_cases(image["height"], image["width"])
+    records = good + [dict(record, image_id=image["id"]) for record, _ in cases] + [
+        7, "mask", None, {"image_id": True, "segmentation": good[0]["segmentation"]},
+        {"image_id": [1], "segmentation": good[0]["segmentation"]}]
+    masks = tmp_path / "m.json"
+    masks.write_text(json.dumps(records))                     # NaN written as NaN, as Python does
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mask_set = read_masks(str(masks), str(demo["images"]), str(demo["gt"]))
+    labelled = label(mask_set, random_model(), topk=2)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    expected = Counter(kind for _, kind in cases)
+    expected.update({"not a mask record": 3, "bad image id": 2})
+    assert mask_set.skipped == expected
+    assert [m["index"] for m in labelled["masks"]] == [0, 1, 2]
+    assert len(labelled["results"]) == 6
+    assert grown_mib < 1024
+    write_output(tmp_path / "out.json", labelled["results"])
+
+    def refuse(constant):
+        raise ValueError(constant)
+    written = json.loads((tmp_path / "out.json").read_text(), parse_constant=refuse)
+    assert [r["image_id"] for r in written] == [g["image_id"] for g in good for _ in range(2)]
+    assert all(0 < r["score"] <= 1 for r in written)
+    lines = skipped_lines(mask_set.skipped)
+    assert len(lines) == len(expected)
+    assert "skipped 4 masks: polygon not numbers (a coordinate that is not a finite number)" in lines
+
+
+def test_a_json_list_of_numbers_is_all_skipped(demo, tmp_path):
+    masks = write_json(tmp_path / "m.json", [1, 2.5, 3])
+    mask_set = read_masks(str(masks), str(demo["images"]))
+    labelled = label(mask_set, random_model())
+    assert mask_set.skipped == {"not a mask record": 3} and labelled["results"] == []
+
+
+def test_two_image_files_with_one_id_are_refused(demo, tmp_path):
+    for name in ("00001.png", "1.png", "cat.png"):
+        shutil.copy(sorted(demo["images"].iterdir())[0], tmp_path / name)
+    with pytest.raises(UserError, match=r"00001.png and 1.png both give image id 1 "):
+        image_table(str(tmp_path))
+    os.remove(tmp_path / "1.png")
+    assert sorted(image_table(str(tmp_path)), key=str) == [1, "cat"]
+
+
+# ----------------------------------------------------------------------------- SAM's PNG output
+
+SAM_HEADER = ("id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,"
+              "stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h")
+
+
+def write_masks_to_folder(masks, path):
+    """As segment_anything's scripts/amg.py writes its default output: i.png (mask * 255) and
+    metadata.csv, lines joined by newlines with none at the end."""
+    metadata = [SAM_HEADER]
+    for i, mask_data in enumerate(masks):
+        cv2.imwrite(os.path.join(path, f"{i}.png"), mask_data["segmentation"] * 255)
+        metadata.append(",".join([str(i), str(mask_data["area"]), *[str(x) for x in mask_data["bbox"]],
+                                  *[str(x) for x in mask_data["point_coords"][0]],
+                                  str(mask_data["predicted_iou"]), str(mask_data["stability_score"]),
+                                  *[str(x) for x in mask_data["crop_box"]]]))
+    with open(os.path.join(path, "metadata.csv"), "w") as f:
+        f.write("\n".join(metadata))
+
+
+def sam_png_output(gt, scores, out):
+    """amg.py's default output for the GT masks (as SAM's generator records them), a folder
+    per image named by the image's name without extension, as amg.py's main() does."""
+    for image in gt["images"]:
+        anns = [(a, s) for a, s in zip(gt["annotations"], scores) if a["image_id"] == image["id"]]
+        records = []
+        for ann, score in anns:
+            rle = to_rle(ann["segmentation"], image["height"], image["width"])
+            records.append({"segmentation": mask_utils.decode(rle).astype(bool).astype(np.uint8),
+                            "area": ann["area"], "bbox": ann["bbox"], "point_coords": [[3.5, 4.0]],
+                            "predicted_iou": score, "stability_score": 0.97,
+                            "crop_box": [0, 0, image["width"], image["height"]]})
+        folder = out / image["file_name"].rsplit(".", 1)[0]
+        folder.mkdir(parents=True)
+        write_masks_to_folder(records, str(folder))
+    return out
+
+
+def test_sam_png_folders_read_as_the_json_forms(demo, tmp_path):
+    """amg.py's default output gives the results of the same masks as a results list (the
+    scores from predicted_iou), whether MASKS is the parent folder, one image's folder or
+    its metadata.csv."""
+    gt = read_json(demo["gt"])
+    scores = [round(0.5 + 0.5 * ((3 * i) % 10) / 10, 2) for i in range(len(gt["annotations"]))]
+    listed = write_json(tmp_path / "list.json", results_without_categories(demo["gt"], scores.__getitem__))
+    sam = sam_png_output(gt, scores, tmp_path / "sam")
+    model, images = random_model(), str(demo["images"])
+    expected = label(read_masks(str(listed), images, str(demo["gt"])), model, topk=2)["results"]
+    assert label(read_masks(str(sam), images), model, topk=2)["results"] == expected
+    first = gt["images"][0]
+    one = sam / first["file_name"].rsplit(".", 1)[0]
+    mine = [r for r in expected if r["image_id"] == first["id"]]
+    assert label(read_masks(str(one), images), model, topk=2)["results"] == mine
+    assert label(read_masks(str(one / "metadata.csv"), images), model, topk=2)["results"] == mine
+    os.remove(one / "1.png")                                # a mask file gone, a row unreadable
+    with open(one / "metadata.csv", "a") as f:
+        f.write("\nx,1,0,0,1,1,0,0,0.5,0.9,0,0,1,1\n")
+    mask_set = read_masks(str(one), images)
+    labelled = label(mask_set, model, topk=2)
+    assert mask_set.skipped == {"missing mask file": 1, "not a mask record": 1}
+    assert len(labelled["masks"]) == len(mine) // 2 - 1
+
+
+def test_a_folder_without_masks_names_both_sam_forms(demo, tmp_path):
+    with pytest.raises(UserError) as error:
+        read_masks(str(tmp_path), str(demo["images"]))
+    message = str(error.value)
+    assert "\n" not in message and "metadata.csv" in message and "--convert-to-rle" in message

@@ -273,6 +273,25 @@ def test_unreadable_checkpoints_are_clear(tmp_path):
         AttentionNet.from_checkpoint(tmp_path / "other.pt")
 
 
+
+def test_checkpoint_of_another_format_or_model_is_refused(tmp_path):
+    model = AttentionNet(2, arch="resnet18", class_names=["a", "b"])
+    model.save(tmp_path / "good.pt", step=7)
+    state = torch.load(tmp_path / "good.pt", weights_only=True)
+    assert state["format"] == 1 and state["step"] == 7 and state["config"]["class_names"] == ["a", "b"]
+    for found, age in ((2, "a newer"), (0, "an older"), (None, "an older")):
+        torch.save({**state, "format": found}, tmp_path / "other.pt")
+        with pytest.raises(UserError, match=f"format {found} is from {age} version"):
+            AttentionNet.from_checkpoint(tmp_path / "other.pt")
+    torch.save({**state, "config": {**state["config"], "num_classes": 3}}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="other.pt: checkpoint does not match this version of AttentionNet"):
+        AttentionNet.from_checkpoint(tmp_path / "other.pt")
+    torch.save({**state, "config": {**state["config"], "colour": "red"}}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="does not match.*colour"):
+        AttentionNet.from_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="good.pt: not a folder.*from_checkpoint"):
+        AttentionNet.from_pretrained(str(tmp_path / "good.pt"))
+
 def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
     model = AttentionNet(2, arch="resnet18")
     path = tmp_path / "last.pt"

@@ -84,7 +84,7 @@ def test_a_save_failing_with_a_runtime_error_is_named_and_keeps_the_old_file(tmp
     def full_disk(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file")
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserError, match=r"could not write checkpoint \(disk full\?"):
+    with pytest.raises(UserError, match=r"cannot write checkpoint \(disk full\?"):
         save_checkpoint({"step": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path) == {"step": 1}
@@ -129,3 +129,56 @@ def test_swapped_size_names_exif_rotation(tmp_path):
     write_png(tmp_path / "mask.png", np.ones((30, 40), np.uint8))
     with pytest.raises(UserError, match="width and height swapped.*EXIF"):
         read_mask(tmp_path / "mask.png", (40, 30))
+
+
+# ----------------------------------------------------------------------------- one atomic write
+
+def test_every_writer_goes_through_the_one_temporary_scheme(tmp_path, monkeypatch):
+    """Checkpoints, safetensors, JSON, index caches and plain files all write to
+    temporary_path's name, which the one stale-temporary cleaner recognises."""
+    from roilib import indexcache
+    from roilib.checkpoint import write_safetensors
+    from roilib.outputs import atomic_write, remove_stale_temporaries, temporary_path, write_json
+    replaced, real_replace = [], os.replace
+
+    def recording_replace(src, dst):
+        replaced.append((os.fspath(src), os.fspath(dst)))
+        shutil.copy(src, os.fspath(src) + ".copy")        # what a kill at this moment leaves
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    save_checkpoint({"step": 1}, tmp_path / "last.pt")
+    write_safetensors({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    write_json(tmp_path / "eval.json", {"a": 1})
+    indexcache._save(str(tmp_path / "index.npz"), "{}", {"x": np.zeros(3)})
+    with atomic_write(tmp_path / "log.csv") as f:
+        f.write("step\n")
+    monkeypatch.undo()
+    names = ["last.pt", "model.safetensors", "eval.json", "index.npz", "log.csv"]
+    assert [os.path.basename(dst) for _, dst in replaced] == names
+    assert all(src == temporary_path(dst) for src, dst in replaced)
+    for src, _ in replaced:                                 # as a killed writer leaves them
+        os.rename(src + ".copy", src)
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(f".{n}.tmp{os.getpid()}" for n in names)
+    assert sorted(os.listdir(tmp_path)) == sorted(names)
+
+
+def test_write_json_is_always_valid_json_and_keeps_the_old_file(tmp_path):
+    from roilib.outputs import write_json
+    path = tmp_path / "out.json"
+    write_json(path, [{"score": 0.5}])
+    with pytest.raises(UserError, match="out.json: not written .*the previous file there"):
+        write_json(path, [{"score": float("nan")}])
+    assert json.loads(path.read_text()) == [{"score": 0.5}]
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_a_full_disk_is_called_so(tmp_path, monkeypatch):
+    import errno
+    from roilib.outputs import write_json
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(json, "dump", full)
+    with pytest.raises(UserError, match="r.json: cannot write \\(disk full: No space left"):
+        write_json(tmp_path / "r.json", {})
+    assert os.listdir(tmp_path) == []

@@ -17,6 +17,7 @@ from CocoReader import CocoReader  # noqa: E402
 from OpenSurfacesReader import OPENSURFACES_CLASSES, OpenSurfacesReader  # noqa: E402
 from roilib.demo import CLASS_NAMES  # noqa: E402
 from roilib.errors import UserError  # noqa: E402
+from helpers import image_masks  # noqa: E402
 
 # pycocotools trips numpy 2's __array__(copy=...) deprecation: not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
@@ -216,7 +217,7 @@ def test_label_map_components(label_files):
     assert [(s.label, s.area, s.bbox) for s in reader.segments] == \
         [(label, area, bbox) for label, area, bbox, _ in expected]
     assert [s.area for s in reader.segments] == [16, 25, 18, 36]
-    masks = reader.image_masks(0, label_map.shape)
+    masks = image_masks(reader, 0, label_map.shape)
     for index, (_, area, _, mask) in enumerate(expected):
         sample = reader[index]
         assert (sample["mask"] == mask).all() and (masks[index] == mask).all()

@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from AttentionNet import AttentionNet
-from roilib.checkpoint import remove_stale_temporaries, save_checkpoint
+from roilib.checkpoint import save_checkpoint
+from roilib.outputs import remove_stale_temporaries
 from CocoReader import CocoReader
 from OpenSurfacesReader import OpenSurfacesReader
 from roilib import runlog
@@ -433,7 +434,8 @@ def test_coco_counts_what_it_drops(data, tmp_path):
     reader = CocoReader(folder / "images", folder / "instances.json")
     assert len(reader) == before
     assert reader.missing_images == 1 and reader.skipped == {"crowd": 0, "degenerate": 2, "small": 1}
-    assert "2 degenerate, 1 small; missing image files: 1" in reader.summary()
+    assert "2 degenerate, 1 small (id 1001: no polygon of 3 or more points; id 1002: polygon " \
+        "with an odd number of coordinates); missing image files: 1" in reader.summary()
 
 
 def test_readers_take_16_bit_images_and_label_maps(tmp_path):
@@ -608,7 +610,7 @@ def test_failed_checkpoint_rename_keeps_previous_file(tmp_path, monkeypatch):
     def denied(*args):
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(os, "replace", denied)
-    with pytest.raises(UserError, match="last.pt: could not write checkpoint.*Permission denied"):
+    with pytest.raises(UserError, match="last.pt: cannot write checkpoint.*Permission denied"):
         model.save(tmp_path / "last.pt", step=2)
     monkeypatch.undo()
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 1

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,8 +25,8 @@ from roilib.evaluation import merge_shards, predict_dataset, shard_result
 from roilib.metrics import summarize
 from roilib.runlock import RunLock
 from roilib.sampler import VaryingSizeBatchSampler
-from roilib.trainparams import (CHANGEABLE, FIXED, FOLDER, check_class_names, check_parameters,
-                                resume_changes)
+from roilib.sampler import check_sizes
+from roilib.trainparams import check_class_names, resume_changes
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 FAST = [*TINY, "--AMP=False", "--DEVICE=cpu"]   # float32: exact, and fast on CPUs without bf16
@@ -99,8 +98,9 @@ def test_error_on_one_process_stops_both_at_once(data, tmp_path):
     assert torch.load(tmp_path / "fail" / "last.pt", weights_only=True)["step"] == 2
 
 
-def expected_lr(step, lr=1e-3, warmup=2, cosine_steps=6):
-    """The documented schedule: cosine to 1% over the first run's STEPS, then 1% flat."""
+def expected_lr(step, lr=1e-3, warmup=0, cosine_steps=6):
+    """The documented schedule: cosine to 1% over the first run's STEPS, then 1% flat (a
+    6-step run: its WARMUP_STEPS=2 is capped to a tenth of 6, i.e. none)."""
     if step < warmup:
         return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / (cosine_steps - warmup))
@@ -133,18 +133,19 @@ def test_resume_applies_or_refuses_each_change(data, tmp_path):
     out = run_script("Train.py", *common, "--STEPS=9", "--LR=1e-3", "--WEIGHT_DECAY=0.01", env=ENV).stdout
     assert "resuming" in out and "at step 4" in out
     assert "changed on resume: LR: 0.002 -> 0.001" in out and "STEPS: 6 -> 9" in out
-    assert "steps 7-9 run at" in out
+    assert "steps 7-9 run at" in out and "warm-up: 0 steps, not WARMUP_STEPS=2" in out
     lrs = {int(r["step"]): float(r["lr"]) for r in read_csv(run / "train_log.csv") if r["loss"]}
     assert sorted(lrs) == list(range(1, 10))
-    for step in range(5, 10):   # logged after the step: the LR of the next one
-        assert lrs[step] == pytest.approx(expected_lr(step), rel=2e-3), step
+    for step in range(5, 10):   # the LR step N ran with (the (N-1)th of the schedule, from 0)
+        assert lrs[step] == pytest.approx(expected_lr(step - 1), rel=2e-3), step
     assert all(lrs[s + 1] <= lrs[s] for s in range(4, 9))  # never up again
     state = torch.load(run / "last.pt", weights_only=True)
     groups = state["optimizer"]["param_groups"]
-    assert [g["weight_decay"] for g in groups] == [0.01, 0.0] and groups[0]["initial_lr"] == 1e-3
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    assert groups[0]["lr"] == pytest.approx(expected_lr(8), rel=1e-6)   # step 9's, at 1% of LR
     config = json.loads((run / "config.json").read_text())
     assert config["params"]["LR"] == 1e-3 and config["lr_schedule"]["cosine_steps"] == 6
-    assert state["params"]["STEPS"] == 9 and state["schedule_steps"] == 6
+    assert state["params"]["STEPS"] == 9 and state["schedule_steps"] == 6 and state["warmup_steps"] == 0
 
     shown, written = tensorboard_steps(run)
     assert written.count(5) == 2                          # written twice, before and after resume
@@ -167,7 +168,7 @@ def test_second_writer_is_refused(data, tmp_path):
 
 def test_every_parameter_is_classified_for_resume():
     names = [name for name, _ in read_block(Train.__file__)]
-    groups = FIXED + CHANGEABLE + FOLDER
+    groups = Train.FIXED + Train.CHANGEABLE + Train.FOLDER
     assert sorted(groups) == sorted(names) and len(set(groups)) == len(groups)
 
 
@@ -177,7 +178,7 @@ def test_class_names_are_part_of_the_model():
     stored = train_namespace()
     changed = dict(stored, CLASS_NAMES="grass,water")
     with pytest.raises(UserError, match="CLASS_NAMES: None -> 'grass,water'"):
-        resume_changes(stored, changed, "last.pt", Train.data_paths)
+        resume_changes(stored, changed, "last.pt", Train.FIXED, Train.CHANGEABLE, Train.with_data_paths)
 
 
 @pytest.mark.parametrize("name,value", [("VAL_MAX_IMAGES", -1), ("LOG_EVERY", -1), ("STEPS", 0),
@@ -189,11 +190,9 @@ def test_bad_values_are_refused_before_training(name, value):
 
 
 def test_rules_across_parameters_are_refused_before_training():
-    cfg = SimpleNamespace(**train_namespace())
-    check_parameters(cfg)
-    cfg.MIN_SIZE = 200
+    check_sizes(96, 160)
     with pytest.raises(UserError, match="--MIN_SIZE=200 --MAX_SIZE=160: expected MIN_SIZE <= MAX_SIZE"):
-        check_parameters(cfg)
+        check_sizes(200, 160)
 
 
 def test_geometry_depends_on_the_step_not_the_rank():

@@ -32,13 +32,13 @@ THREADS = 0                 # CPU threads for both engines (0 = torch's default)
 
 
 def main():
-    cli.parse_parameters(globals(), __file__)
-    if THREADS:
-        torch.set_num_threads(THREADS)
-    window = parse_window(WINDOW)
+    cfg = cli.parse_config(globals(), __file__)
+    if cfg.THREADS:
+        torch.set_num_threads(cfg.THREADS)
+    window = parse_window(cfg.WINDOW)
     torch.manual_seed(0)
-    model = AttentionNet(CLASSES, arch=ARCH).eval()
-    images, masks = parity_inputs(MASKS, *window)
+    model = AttentionNet(cfg.CLASSES, arch=cfg.ARCH).eval()
+    images, masks = parity_inputs(cfg.MASKS, *window)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.onnx")
         start = time.perf_counter()
@@ -52,12 +52,12 @@ def main():
         "PyTorch eager float32": lambda: eager(model, images, masks, None),
         "PyTorch eager bf16 autocast": lambda: eager(model, images, masks, torch.bfloat16),
     }
-    print(f"{ARCH}, {MASKS} masks in {window[0]}x{window[1]} windows, CPU, {torch.get_num_threads()} threads; "
+    print(f"{cfg.ARCH}, {cfg.MASKS} masks in {window[0]}x{window[1]} windows, CPU, {torch.get_num_threads()} threads; "
           f"ONNX export {export_s:.1f} s, file {size_mb:.1f} MB")
     for name, run in engines.items():
-        times = timed(run)
+        times = timed(run, cfg.REPEATS)
         print(f"  {name:<28} {1000 * statistics.median(times):8.0f} ms  "
-              f"(min {1000 * min(times):.0f}, {REPEATS} runs)")
+              f"(min {1000 * min(times):.0f}, {cfg.REPEATS} runs)")
 
 
 def eager(model, images, masks, dtype):
@@ -65,10 +65,10 @@ def eager(model, images, masks, dtype):
         return model(images, masks)
 
 
-def timed(run):
+def timed(run, repeats):
     run()   # warm-up: allocations, onnxruntime's first-run planning, oneDNN kernels
     times = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
