@@ -205,7 +205,7 @@ def test_geometry_depends_on_the_step_not_the_rank():
 
 
 def train_namespace():
-    return {name: getattr(Train, name) for name in FIXED + CHANGEABLE + FOLDER}
+    return {name: getattr(Train, name) for name in Train.FIXED + Train.CHANGEABLE + Train.FOLDER}
 
 
 def test_recipe_files_apply_in_order():
