@@ -33,10 +33,10 @@ CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model, .pt or release fo
 HOST = "127.0.0.1"          # [nonempty] address to serve on (0.0.0.0: anyone who reaches this machine can use the page)
 PORT = 7860                 # [1..65535] port to serve on
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
-TOPK = 5                    # [>=1] classes shown
+TOPK = 5                    # [1..1e6] classes shown
 WINDOW = ""                 # [""|HxW] window HxW around the region ("" = the one the model was trained and validated with)
-MAX_PIXELS = 40000000       # [>=1024] photos with more pixels are refused (memory)
-EXAMPLES = 3                # [>=0] example photos from the demo data and from CamVid, each (Test/example.png always)
+MAX_PIXELS = 40000000       # [1024..1073741824] photos with more pixels are refused (memory)
+EXAMPLES = 3                # [0..1000] example photos from the demo data and from CamVid, each (Test/example.png always)
 CAMVID = "../shared/datasets/camvid"   # CamVid folder for examples (val split), used when it exists ("" = none)
 # ---- end of parameters ----
 
