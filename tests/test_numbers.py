@@ -121,3 +121,18 @@ def test_a_checkpoint_with_an_absurd_window_is_refused_when_loaded(window, tmp_p
     save_checkpoint({"format": 1, "model": {"w": torch.zeros(1)}, "config": {}, "window": window}, path)
     with pytest.raises(UserError, match=r"w.pt: the checkpoint's window .* is not a window"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("window", [[0, 0], [10 ** 9, 64]])
+def test_a_release_folder_with_an_absurd_window_is_refused_when_loaded(window, tiny_model, tmp_path):
+    import json
+
+    from roilib.checkpoint import load_model_state
+    from roilib.export import write_release
+    state = load_checkpoint(tiny_model)
+    write_release(state, str(tmp_path / "release"))
+    config = json.loads((tmp_path / "release" / "config.json").read_text())
+    config["window"] = window
+    (tmp_path / "release" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"config.json: the checkpoint's window .* is not a window"):
+        load_model_state(tmp_path / "release")
