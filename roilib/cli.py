@@ -10,7 +10,7 @@ A comment may open with the parameter's valid values in brackets, declared once,
 the default; every value (the default edited in the block too) is checked against it before
 the script does any work, and `--help` shows it. Every number is finite (inf and nan are
 refused whatever the spec), and every numeric parameter declares a range bounded on both
-sides that the machine can meet (tests/test_parameters.py checks both):
+sides that the machine can meet (tests/test_numbers.py checks both):
 
     MODE = "attention"   # [attention|blackout|none] choices ("" or None may be among them)
     ATTENTION = "stem"   # [list of stem|layer1|all] comma-separated choices
