@@ -20,7 +20,6 @@ segments), so when the folders change only the maps that are new or whose conten
 are scanned again (a map whose stat changed is hashed: a touched or copied map is kept).
 """
 import os
-import stat
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,7 +33,7 @@ from roilib.dataset import SegmentDataset
 from roilib.errors import UserError
 from roilib.imageio import read_label_map
 from roilib.indexcache import (cached_index, content_digest, folder_identity, notice,
-                               stat_row)
+                               regular_file_stat, stat_row)
 
 # The 45 OpenSurfaces materials, in the order of the original repository
 # (sagieppel/Classification-of-the-material-given-region-of-an-image-using-a-convolutional-
@@ -112,13 +111,8 @@ class OpenSurfacesReader(SegmentDataset):
             if not _is_image_name(name):
                 continue
             stem = os.path.splitext(name)[0]
-            try:
-                status = os.stat(self._label_path(stem))
-            except OSError as error:  # none, a dangling link or a link loop
-                status = None
-                if os.path.islink(self._label_path(stem)):
-                    broken.append(f"{self._label_path(stem)} ({error.strerror})")
-            if not (status and stat.S_ISREG(status.st_mode)):
+            status = regular_file_stat(self._label_path(stem), broken)
+            if status is None:
                 missing += 1
                 continue
             maps.append((name, stem, stat_row(status)))

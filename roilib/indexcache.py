@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import sys
 import zipfile
 
@@ -93,6 +94,18 @@ def _entry_stat(entry):
         return entry.stat()
     except OSError:
         return entry.stat(follow_symlinks=False)
+
+
+def regular_file_stat(path, broken):
+    """``os.stat`` of ``path`` where it is a regular file, else None; a broken symbolic link
+    (dangling, or a loop) is also added to ``broken`` as "path (reason)"."""
+    try:
+        status = os.stat(path)
+    except OSError as error:
+        if os.path.islink(path):
+            broken.append(f"{path} ({error.strerror})")
+        return None
+    return status if stat.S_ISREG(status.st_mode) else None
 
 
 def is_file_entry(entry):
