@@ -55,7 +55,7 @@ LOG_DIR = "logs"            # [nonempty] folder of all runs (relative paths: to 
 RESUME = True               # resume from LOG_DIR/RUN/last.pt if it exists
 STEPS = 1200                # [1..1e9] optimiser steps in total (the LR cosine spans those of the run's start; steps added on resume run at 1% of LR)
 STOP_AT = 0                 # [0..1e9] stop (with last.pt saved) after this step, e.g. to fit a job's time limit; 0 = STEPS
-LR = 2e-3                   # [1e-9..10] peak learning rate (AdamW)
+LR = 2e-3                   # [1e-12..1e30] peak learning rate (AdamW; a diverging run stops with "the loss became nan")
 WEIGHT_DECAY = 0.05         # [0..10] AdamW weight decay (not applied to norms and biases)
 WARMUP_STEPS = 100          # [0..1e9] linear warm-up (at most a tenth of STEPS), then cosine decay to 1% of LR
 MIN_SIZE = 96               # [32..8192] training crops: height and width drawn in [MIN_SIZE, MAX_SIZE],
