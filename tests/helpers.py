@@ -78,8 +78,9 @@ def invalid_example(spec, default):
     bound = cli.BOUND.fullmatch(spec)
     op, limit, low, high = bound.groups()
     step = 1 if isinstance(default, int) else 0.5
+    # Above a range: twice its end (end + step is the end itself for a float like 1e30).
     value = {">=": lambda v: v - step, ">": lambda v: v, "<=": lambda v: v + step,
-             "<": lambda v: v}[op](float(limit)) if op else float(high) + step
+             "<": lambda v: v}[op](float(limit)) if op else abs(float(high)) * 2 + step
     return int(value) if isinstance(default, int) else value
 
 
