@@ -15,7 +15,7 @@ import os
 import torch
 
 from AttentionNet import AttentionNet
-from Datasets import open_dataset, resolve_paths
+from Datasets import label_convention, open_dataset, resolve_paths
 from roilib.checkpoint import load_model_state
 from roilib import cli
 from roilib.errors import UserError, one_line
@@ -28,11 +28,15 @@ from roilib.windows import WINDOW_RULE, model_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] checkpoint to evaluate (relative paths: to this repository)
-DATASET = ""                # [""|demo|coco|opensurfaces] dataset ("" = the one the checkpoint was trained on)
+DATASET = ""                # [""|demo|coco|opensurfaces|camvid] dataset ("" = the one the checkpoint was trained on)
 IMAGES = ""                 # image folder ("" = the DATASET's validation images)
 ANNOTATIONS = ""            # instances JSON or label-map folder ("" = the DATASET's validation set)
 CLASS_NAMES = None          # label maps only: comma-separated names (None = as in training)
-MIN_AREA = 1                # [>=1] ignore segments smaller than this (pixels)
+BACKGROUND = ""             # label maps: value of unlabelled pixels, None = every value is a class ("" = as in training)
+IGNORE = ""                 # label maps: comma-separated values neither a class nor a region ("" = as in training)
+CLASS_VALUES = ""           # label maps: comma-separated values of the classes in class order ("" = as in training)
+LABEL_NAMES = ""            # label maps: IMAGE_ENDING,LABEL_ENDING ("" = as in training)
+MIN_AREA = None             # [None|>=1] ignore segments smaller than this (pixels; None = as in training)
 OUT = ""                    # output folder ("" = the checkpoint's folder)
 WINDOW = ""                 # [""|HxW] evaluation window HxW around each segment ("" = the one stored in the checkpoint by Train.py)
 MAX_BATCH = 32              # [>=1] windows per forward pass
@@ -45,7 +49,7 @@ AMP = True                  # bf16 where the device runs it natively (else float
 
 
 def main():
-    cli.parse_parameters(globals(), __file__)
+    params = cli.parse_parameters(globals(), __file__)
     device = resolve_device(DEVICE)
     checkpoint = find_checkpoint(CHECKPOINT)
     state = load_model_state(checkpoint)
@@ -57,8 +61,10 @@ def main():
     if not DATASET and not IMAGES and not ANNOTATIONS:   # the validation set used in training
         images, annotations = trained.get("VAL_IMAGES", ""), trained.get("VAL_ANNOTATIONS", "")
     images, annotations = resolve_paths(dataset_name, "val", images, annotations)
+    convention = label_convention(params, dataset_name, state.get("label_convention"), checkpoint)
+    min_area = MIN_AREA if MIN_AREA is not None else trained.get("MIN_AREA", 1)
     dataset = open_dataset(dataset_name, "val", images, annotations, train=False,
-                           class_names=names, min_area=MIN_AREA)
+                           class_names=names, min_area=min_area, convention=convention)
     check_classes(model, dataset, checkpoint, annotations, MATCH_BY_INDEX)
     folder = OUT or os.path.dirname(os.path.abspath(checkpoint))
     check_writable_folder(folder)  # before the evaluation, not after it

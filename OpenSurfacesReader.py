@@ -2,14 +2,20 @@
 
     reader = OpenSurfacesReader("TrainVal_Set/Images", "TrainVal_Set/Annotations")
 
-Each image has a label map: a single-channel PNG with the image's stem in ``label_dir``,
-pixel value = class, ``background`` = unlabelled. Each connected component (8-connectivity)
-of each class is one segment. Labels number the non-background values in order, so for
-OpenSurfaces (background 0) label = value - 1 over its 45 materials. Any other label-map
-dataset works by giving ``class_names`` or ``num_classes``.
-
-Palette (indexed) PNGs, as PASCAL VOC ships its SegmentationClass maps, are read as their
-indices; ``ignore`` (VOC: 255) declares a value that is neither a class nor background.
+Each image has a label map: a single-channel PNG in ``label_dir`` (by default the image's
+stem + ".png"), pixel value = class. Each connected component (8-connectivity) of each class
+is one segment. The convention is the caller's, so any label-map dataset is read as it is
+on disk:
+- ``background``: the value of unlabelled pixels (OpenSurfaces, ADE20K, VOC: 0), or None
+  when every value is a class (CamVid: 0 is Sky);
+- ``ignore``: values that are neither a class nor a region (VOC: 255, CamVid: 11);
+- ``class_values``: the values of the classes, in class order, where they are not contiguous
+  (Cityscapes labelIds); by default the values in order, skipping background and ignore, so
+  for OpenSurfaces label = value - 1 over its 45 materials;
+- ``label_names``: (image ending, label ending) where label files are named differently
+  (Cityscapes: ("_leftImg8bit.png", "_gtFine_labelIds.png")).
+A value that is none of these is never made a class: its pixels are counted per value and
+reported by summary(). Palette (indexed) PNGs, as VOC ships them, are read as their indices.
 
 All label maps are scanned once (threads: cv2 releases the GIL); for each segment its bbox
 and one of its pixels are kept in numpy arrays, so a mask is later rebuilt from the label
@@ -17,7 +23,7 @@ map inside the bbox only. The index is cached on disk (roilib/indexcache.py), ke
 folders' file lists, sizes and mtimes: later starts do not scan.
 """
 import os
-from collections import namedtuple
+from collections import Counter, namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -53,16 +59,38 @@ Component = namedtuple("Component", "value area bbox seed")
 
 class OpenSurfacesReader(SegmentDataset):
     def __init__(self, image_dir, label_dir, train=True, background=0, class_names=None,
-                 num_classes=None, min_area=1, ignore=None):
+                 num_classes=None, min_area=1, ignore=(), class_values=None, label_names=None):
         super().__init__(train)
         self.image_dir, self.label_dir = str(image_dir), str(label_dir)
-        self.background = background
-        self.ignore = ignore  # a value that is neither a class nor background (VOC: 255)
+        self.background = None if background is None else int(background)
+        self.ignore = tuple(sorted({int(v) for v in _as_values(ignore)}))
+        void = {self.background, *self.ignore}
+        if class_values is not None:
+            class_values = [int(v) for v in class_values]
+            if num_classes is None and class_names is None:
+                num_classes = len(class_values)
+            if len(set(class_values)) != len(class_values) or void & set(class_values):
+                raise UserError(f"class values {class_values}: each once, and none of them "
+                                f"background or ignore ({self.background}, {list(self.ignore)})")
         self.class_names = _class_names(class_names, num_classes)
-        self.category_ids = [v for v in range(len(self.class_names) + 2)
-                             if v not in (background, ignore)][:len(self.class_names)]
+        if class_values is None:
+            limit = len(self.class_names) + len(void)
+            class_values = [v for v in range(limit) if v not in void][:len(self.class_names)]
+        elif len(class_values) != len(self.class_names):
+            raise UserError(f"{len(class_values)} class values for "
+                            f"{len(self.class_names)} class names")
+        self.category_ids = class_values  # the label-map value of each class
+        self._label_of = {v: label for label, v in enumerate(class_values)}
+        self.image_end, self.label_end = label_names or (None, ".png")
         self.min_area = max(int(min_area), 1)
         self._adopt(self._index())
+
+    @property
+    def convention(self):
+        """How the label maps are read, as plain data (stored in checkpoints)."""
+        return {"background": self.background, "ignore": list(self.ignore),
+                "class_values": list(self.category_ids),
+                "label_names": None if self.image_end is None else [self.image_end, self.label_end]}
 
     # ------------------------------------------------------------------ construction
 
@@ -73,8 +101,7 @@ class OpenSurfacesReader(SegmentDataset):
         identity = {"images": folder_identity(self.image_dir, with_stat=False,
                                               names=_is_image_name),
                     "labels": folder_identity(self.label_dir)}
-        settings = {"background": self.background, "ignore": self.ignore,
-                    "classes": self.num_classes, "min_area": self.min_area}
+        settings = {**self.convention, "classes": self.num_classes, "min_area": self.min_area}
         announce = None
         if identity["labels"]["files"] >= ANNOUNCE_MAPS:
             announce = (f"{self.label_dir}: scanning {identity['labels']['files']} label maps "
@@ -86,18 +113,19 @@ class OpenSurfacesReader(SegmentDataset):
         """Every label map, once -> the index arrays."""
         pairs, missing = [], 0
         for name in sorted(os.listdir(self.image_dir)):
-            if not _is_image_name(name):
+            stem = self._stem_of(name)
+            if stem is None:
                 continue
-            stem = os.path.splitext(name)[0]
-            if not os.path.isfile(os.path.join(self.label_dir, stem + ".png")):
+            if not os.path.isfile(self._label_path(stem)):
                 missing += 1
                 continue
             pairs.append((name, stem))
-        names, stems, rows = [], [], []
+        names, stems, rows, undeclared = [], [], [], Counter()
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             scans = pool.map(lambda pair: self._components_of(self._label_path(pair[1])),
                              pairs)
-            for (name, stem), components in zip(pairs, scans):
+            for (name, stem), (components, others) in zip(pairs, scans):
+                undeclared.update(others)
                 if components:
                     rows += [(len(names), number, *c.bbox, c.area, c.value, *c.seed)
                              for number, c in enumerate(components)]
@@ -109,45 +137,52 @@ class OpenSurfacesReader(SegmentDataset):
                 "segment_image": table[:, 0], "segment_number": table[:, 1],
                 "segment_bbox": table[:, 2:6], "segment_area": table[:, 6],
                 "segment_value": table[:, 7], "segment_seed": table[:, 8:10],
-                "missing_labels": np.array(missing, np.int64)}
+                "missing_labels": np.array(missing, np.int64),
+                "undeclared": np.array(sorted(undeclared.items()), np.int64).reshape(-1, 2)}
 
     def _adopt(self, arrays):
         self.missing_labels = int(arrays["missing_labels"])
-        self.images = LabelMapImages(self.image_dir, self.label_dir,
+        # value -> pixels of the values that are neither a class nor declared void
+        self.undeclared = {int(v): int(n) for v, n in arrays["undeclared"]}
+        self.images = LabelMapImages(self.image_dir, self.label_dir, self.label_end,
                                      StringTable.of(arrays, "image_names"),
                                      StringTable.of(arrays, "stems"))
         self._values, self._seeds = arrays["segment_value"], arrays["segment_seed"]
-        labels = np.array([self.label_of(v) for v in range(int(self._values.max(initial=0)) + 1)],
-                          np.int64)[self._values]
+        labels = np.array([self.label_of(v) for v in self._values], np.int64)
         adopt_segments(self, len(self.images), arrays["segment_image"],
                        arrays["segment_number"], labels, arrays["segment_area"],
                        arrays["segment_bbox"])
 
+    def _stem_of(self, image_name):
+        """The part of an image's name its label file is named from (None: not an image, or
+        not named as ``label_names`` says)."""
+        if self.image_end is None:
+            return os.path.splitext(image_name)[0] if _is_image_name(image_name) else None
+        if image_name.endswith(self.image_end) and len(image_name) > len(self.image_end):
+            return image_name[:-len(self.image_end)]
+        return None
+
     def _label_path(self, stem):
-        return os.path.join(self.label_dir, stem + ".png")
+        return os.path.join(self.label_dir, stem + self.label_end)
 
     def label_of(self, value):
-        """Label of a class value: its index among the values that are neither background
-        nor ``ignore``."""
-        skipped = (value > self.background) + (self.ignore is not None and value > self.ignore)
-        return int(value) - int(skipped)
+        """Label of a class value (its index in ``category_ids``), -1 for any other value."""
+        return self._label_of.get(int(value), -1)
 
     def _components_of(self, label_path):
-        """One scan of a label map -> its components (by value, then raster order)."""
+        """One scan of a label map -> (its components, by value then raster order;
+        {value: pixels} of the values that are neither a class nor declared void)."""
         label_map = read_label_map(label_path)
         counts = np.bincount(label_map.ravel())
-        components = []
+        components, undeclared = [], {}
         for value in np.flatnonzero(counts):
-            if value == self.background or value == self.ignore:
+            if value == self.background or value in self.ignore:
                 continue
-            if not 0 <= self.label_of(value) < self.num_classes:
-                raise UserError(
-                    f"{label_path}: label value {value} but only {self.num_classes} classes "
-                    f"(background {self.background}"
-                    f"{'' if self.ignore is None else f', ignore {self.ignore}'}); give "
-                    f"class_names or num_classes")
+            if self.label_of(value) < 0:
+                undeclared[int(value)] = int(counts[value])
+                continue
             components += _value_components(label_map, value, self.min_area)
-        return components
+        return components, undeclared
 
     # ------------------------------------------------------------------ access
 
@@ -194,18 +229,24 @@ class OpenSurfacesReader(SegmentDataset):
         return [self._box_mask_from(label_map, i) for i in segment_indices]
 
     def summary(self):
-        return (f"{self.label_dir}: {len(self.images)} images, {len(self)} segments, "
+        text = (f"{self.label_dir}: {len(self.images)} images, {len(self)} segments, "
                 f"{self.num_classes} classes; images without a label map: "
                 f"{self.missing_labels}")
+        if self.undeclared:
+            shown = ", ".join(f"{v} ({n} px)" for v, n in list(self.undeclared.items())[:8])
+            more = f", ... ({len(self.undeclared)} values)" if len(self.undeclared) > 8 else ""
+            text += (f"\nwarning: label values neither a class nor declared void, left out: "
+                     f"{shown}{more}; declare them (IGNORE, CLASS_VALUES) or name more classes")
+        return text
 
 
 class LabelMapImages(_View):
     """``images[i]``: {"path", "label_path", "id"} built on demand (id: the file stem, as
     an int when it is a number)."""
 
-    def __init__(self, image_dir, label_dir, names, stems):
-        self.image_dir, self.label_dir, self.names, self.stems = \
-            image_dir, label_dir, names, stems
+    def __init__(self, image_dir, label_dir, label_end, names, stems):
+        self.image_dir, self.label_dir, self.label_end = image_dir, label_dir, label_end
+        self.names, self.stems = names, stems
 
     def __len__(self):
         return len(self.names)
@@ -213,7 +254,7 @@ class LabelMapImages(_View):
     def item(self, index):
         stem = self.stems[index]
         return {"path": os.path.join(self.image_dir, self.names[index]),
-                "label_path": os.path.join(self.label_dir, stem + ".png"),
+                "label_path": os.path.join(self.label_dir, stem + self.label_end),
                 "id": int(stem) if stem.isdigit() else stem}
 
 
@@ -227,10 +268,17 @@ def check_label_map_index(arrays):
     images, segments = len(arrays["stems_offsets"]) - 1, len(arrays["segment_image"])
     if arrays["segment_bbox"].shape != (segments, 4) or \
             arrays["segment_seed"].shape != (segments, 2) or \
-            arrays["missing_labels"].shape != () or (segments and not (
+            arrays["missing_labels"].shape != () or arrays["undeclared"].ndim != 2 or (segments and not (
                 0 <= arrays["segment_image"].min() and arrays["segment_image"].max() < images
                 and arrays["segment_value"].min() >= 0)):
         raise ValueError("index arrays do not fit together")
+
+
+def _as_values(values):
+    """None, one value or several -> an iterable of values."""
+    if values is None:
+        return ()
+    return (values,) if isinstance(values, (int, np.integer)) else values
 
 
 def _is_image_name(name):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from AttentionNet import AttentionNet
-from Datasets import open_dataset, resolve_paths
+from Datasets import label_convention, open_dataset, resolve_paths
 from roilib import cli
 from roilib.checkpoint import load_checkpoint
 from roilib.distributed import Distributed
@@ -38,12 +38,16 @@ from roilib.trainparams import check_class_names, check_parameters, due, parse_j
 from roilib.windows import WINDOW_RULE, parse_window, training_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
-DATASET = "demo"            # [demo|coco|opensurfaces] which default layout and class names to use (see README)
+DATASET = "demo"            # [demo|coco|opensurfaces|camvid] which default layout, class names and label-map convention to use (see README)
 TRAIN_IMAGES = ""           # training image folder ("" = the DATASET's default layout, see README)
 TRAIN_ANNOTATIONS = ""      # coco: instances JSON; opensurfaces: label-map folder ("" = default)
 VAL_IMAGES = ""             # validation image folder ("" = default)
 VAL_ANNOTATIONS = ""        # validation instances JSON or label-map folder ("" = default)
-CLASS_NAMES = None          # label maps only: comma-separated names in value order (None = the 45 OpenSurfaces materials)
+CLASS_NAMES = None          # label maps only: comma-separated names in value order (None = the DATASET's; else the 45 OpenSurfaces materials)
+BACKGROUND = ""             # label maps: value of unlabelled pixels, None = every value is a class ("" = the DATASET's: 0, camvid None)
+IGNORE = ""                 # label maps: comma-separated values neither a class nor a region, e.g. 255 ("" = the DATASET's: none, camvid 11)
+CLASS_VALUES = ""           # label maps: comma-separated values of the classes in class order, e.g. Cityscapes ids ("" = all values in order but BACKGROUND and IGNORE)
+LABEL_NAMES = ""            # label maps: IMAGE_ENDING,LABEL_ENDING, e.g. _leftImg8bit.png,_gtFine_labelIds.png ("" = image stem + .png)
 MIN_AREA = 1                # [>=1] segments smaller than this (pixels) are not used
 ARCH = "resnet18"           # [resnet18|resnet34|resnet50|resnet101|resnet152] backbone (resnet50: the paper's)
 WEIGHTS = None              # None (random init) | imagenet | path to a torchvision ResNet state_dict
@@ -108,10 +112,13 @@ def train(cfg, params, jitter, window, dist, device):
     with dist.together():
         last = os.path.join(run_dir, "last.pt")
         state = load_checkpoint(last) if cfg.RESUME and os.path.exists(last) else None
+        convention = label_convention(params, cfg.DATASET)
         train_set = open_dataset(cfg.DATASET, "train", cfg.TRAIN_IMAGES, cfg.TRAIN_ANNOTATIONS,
-                                 train=True, class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA)
+                                 train=True, class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA,
+                                 convention=convention)
         val_set = open_dataset(cfg.DATASET, "val", cfg.VAL_IMAGES, cfg.VAL_ANNOTATIONS, train=False,
-                               class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA)
+                               class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA,
+                               convention=convention)
         if val_set.class_names != train_set.class_names:
             raise UserError("the validation set's classes differ from the training set's")
         model, changes = build_model(cfg, params, train_set, state, last)
@@ -161,7 +168,8 @@ def train(cfg, params, jitter, window, dist, device):
                 model.save(os.path.join(run_dir, name), optimizer=optimizer.state_dict(),
                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), step=step,
                            best_metric=best, metrics=metrics, params=params, window=list(window),
-                           schedule_steps=schedule_steps, world_size=dist.world_size)
+                           schedule_steps=schedule_steps, world_size=dist.world_size,
+                           label_convention=getattr(train_set, "convention", None))
 
     sampler = VaryingSizeBatchSampler(
         train_set.labels, cfg.MIN_SIZE, cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH,
