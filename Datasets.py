@@ -74,6 +74,7 @@ def label_convention(params, dataset, stored=None, source="the checkpoint"):
     gives in BACKGROUND, IGNORE, CLASS_VALUES and LABEL_NAMES (not ""), the rest from `stored`
     (a checkpoint's; a value given must then agree with it, as class names must), else the
     dataset's own."""
+    _check_stored(stored, source)
     convention = {**DEFAULT_CONVENTION, **CONVENTIONS.get(dataset, {}), **(stored or {})}
     for name, key in CONVENTION_PARAMETERS.items():
         text = params.get(name, "")
@@ -85,6 +86,22 @@ def label_convention(params, dataset, stored=None, source="the checkpoint"):
                             f"{key} {stored[key]!r}; read them the same way (leave {name} out)")
         convention[key] = value
     return convention
+
+
+def _check_stored(stored, source):
+    """A checkpoint's convention is untrusted data: the reader's keywords, of their types."""
+    def ints(values):
+        return isinstance(values, list) and all(type(v) is int and v >= 0 for v in values)
+    if stored is None:
+        return
+    if not (isinstance(stored, dict) and set(stored) <= set(DEFAULT_CONVENTION)
+            and (stored.get("background") is None or ints([stored["background"]]))
+            and ints(stored.get("ignore", []))
+            and (stored.get("class_values") is None or ints(stored["class_values"]))
+            and (stored.get("label_names") is None or (
+                isinstance(stored["label_names"], list) and len(stored["label_names"]) == 2
+                and all(isinstance(v, str) and v for v in stored["label_names"])))):
+        raise UserError(f"{source}: its label-map convention is not readable ({stored!r:.200})")
 
 
 def _parse_convention(name, text):

@@ -19,6 +19,8 @@ FIXED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNO
 CHANGEABLE = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "WORKERS", "DEVICE", "AMP", "CHANNELS_LAST",
               "COMPILE", "LOG_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
 FOLDER = ("LOG_DIR", "RUN", "RESUME")
+# Parameters added after runs were stored, with the value those runs had in effect.
+ADDED = {"BACKGROUND": "", "IGNORE": "", "CLASS_VALUES": "", "LABEL_NAMES": ""}
 PATHS = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")
 
 
@@ -55,7 +57,7 @@ def resume_changes(stored, params, checkpoint, resolve):
     if not isinstance(stored, dict):
         raise UserError(f"{checkpoint}: no parameters stored (not written by Train.py); use "
                         "another --RUN, or --RESUME=False to start afresh")
-    old, new = dict(stored), dict(params)
+    old, new = {**ADDED, **stored}, dict(params)
     for values in (old, new):
         values.update(zip(PATHS, (os.path.abspath(p) for p in resolve(values))))
     fixed = [f"{name}: {old.get(name)!r} -> {new[name]!r}" for name in FIXED

@@ -124,6 +124,13 @@ def test_bad_convention_is_one_line(params, words):
         label_convention(params, "opensurfaces")
 
 
+@pytest.mark.parametrize("stored", [[0], {"background": "0"}, {"ignore": [-1]}, {"x": 1},
+                                    {"label_names": [".png"]}])
+def test_unreadable_stored_convention_is_one_line(stored):
+    with pytest.raises(UserError, match="convention is not readable"):
+        label_convention({}, "camvid", stored, "c.pt")
+
+
 def test_class_value_may_not_be_void(tmp_path):
     images, labels = write_set(tmp_path, [camvid_map()])
     with pytest.raises(UserError, match="none of them background or ignore"):

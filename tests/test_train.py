@@ -180,6 +180,14 @@ def test_class_names_are_part_of_the_model():
         resume_changes(stored, changed, "last.pt", Train.data_paths)
 
 
+def test_label_convention_is_fixed_on_resume_and_older_runs_resume():
+    stored = train_namespace()
+    older = {k: v for k, v in stored.items() if k not in ("BACKGROUND", "IGNORE")}
+    assert resume_changes(older, stored, "last.pt", Train.data_paths) == []
+    with pytest.raises(UserError, match="IGNORE: '' -> '255'"):
+        resume_changes(older, dict(stored, IGNORE="255"), "last.pt", Train.data_paths)
+
+
 @pytest.mark.parametrize("name,value", [("VAL_MAX_IMAGES", -1), ("LOG_EVERY", -1), ("STEPS", 0),
                                         ("LR", 0.0)])
 def test_bad_values_are_refused_before_training(name, value):
