@@ -64,21 +64,11 @@ class OpenSurfacesReader(SegmentDataset):
         self.image_dir, self.label_dir = str(image_dir), str(label_dir)
         self.background = None if background is None else int(background)
         self.ignore = tuple(sorted({int(v) for v in _as_values(ignore)}))
-        void = {self.background, *self.ignore}
-        if class_values is not None:
-            class_values = [int(v) for v in class_values]
-            if num_classes is None and class_names is None:
-                num_classes = len(class_values)
-            if len(set(class_values)) != len(class_values) or void & set(class_values):
-                raise UserError(f"class values {class_values}: each once, and none of them "
-                                f"background or ignore ({self.background}, {list(self.ignore)})")
+        if class_values is not None and class_names is None and num_classes is None:
+            num_classes = len(class_values)
         self.class_names = _class_names(class_names, num_classes)
-        if class_values is None:
-            limit = len(self.class_names) + len(void)
-            class_values = [v for v in range(limit) if v not in void][:len(self.class_names)]
-        elif len(class_values) != len(self.class_names):
-            raise UserError(f"{len(class_values)} class values for "
-                            f"{len(self.class_names)} class names")
+        class_values = _class_values(class_values, len(self.class_names),
+                                     {self.background, *self.ignore})
         self.category_ids = class_values  # the label-map value of each class
         self._label_of = {v: label for label, v in enumerate(class_values)}
         self.image_end, self.label_end = label_names or (None, ".png")
@@ -148,7 +138,9 @@ class OpenSurfacesReader(SegmentDataset):
                                      StringTable.of(arrays, "image_names"),
                                      StringTable.of(arrays, "stems"))
         self._values, self._seeds = arrays["segment_value"], arrays["segment_seed"]
-        labels = np.array([self.label_of(v) for v in self._values], np.int64)
+        lookup = np.array([self.label_of(v) for v in range(int(self._values.max(initial=0)) + 1)],
+                          np.int64)
+        labels = lookup[self._values]
         adopt_segments(self, len(self.images), arrays["segment_image"],
                        arrays["segment_number"], labels, arrays["segment_area"],
                        arrays["segment_bbox"])
@@ -293,6 +285,20 @@ def _class_names(class_names, num_classes):
     if num_classes is not None:
         return [f"class {i}" for i in range(num_classes)]
     return list(OPENSURFACES_CLASSES)
+
+
+def _class_values(values, count, void):
+    """The label-map value of each of `count` classes: `values` checked, or by default every
+    value in order but the `void` ones."""
+    if values is None:
+        return [v for v in range(count + len(void)) if v not in void][:count]
+    values = [int(v) for v in values]
+    if len(set(values)) != len(values) or void & set(values):
+        raise UserError(f"class values {values}: each once, and none of them background or "
+                        f"ignore ({', '.join(str(v) for v in sorted(void, key=str))})")
+    if len(values) != count:
+        raise UserError(f"{len(values)} class values for {count} class names")
+    return values
 
 
 def _value_components(label_map, value, min_area):
