@@ -177,3 +177,14 @@ def test_real_camvid_val_reads_as_on_disk():
     assert len(reader.images) == 101 and reader.missing_labels == 0 and reader.undeclared == {}
     assert set(reader.labels.tolist()) == set(range(11))   # every class, Sky (0) included
     assert reader.segments[0].area >= 64
+
+
+def test_component_size_table():
+    """tools/component_sizes.py: segments per class at each threshold, pixels below `keep`."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "component_sizes", os.path.join(ROOT, "tools", "component_sizes.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rows = tool.size_table(np.array([0, 0, 1]), np.array([10, 100, 70]), ["a", "b"], [1, 64], 64)
+    assert rows == [["a", 2, 1, "9.09%"], ["b", 1, 1, "0.00%"], ["all", 3, 2, "5.56%"]]
