@@ -8,7 +8,7 @@ Writes logs/<RUN>/: config.json, train_log.csv, TensorBoard events, last.pt, bes
 validation mean class accuracy) and step_N.pt snapshots. Running again with the same RUN
 resumes from last.pt (model, optimiser, step, data order): parameters that define the model or
 the data must match the checkpoint's, changed ones such as LR are applied and announced (see
-README, "Resuming"). --RESUME=False starts afresh and moves the old run aside (nothing is deleted).
+docs/training.md, "Resuming"). --RESUME=False starts afresh and moves the old run aside (nothing is deleted).
 """
 import math
 import os
@@ -147,7 +147,7 @@ def train(cfg, params, jitter, window, dist, device):
         if cfg.STEPS > schedule_steps and step < cfg.STEPS:
             logger.print(f"steps {max(step, schedule_steps) + 1}-{cfg.STEPS} run at the learning-rate "
                          f"schedule's end value, {FINAL_FACTOR:g} x LR = {FINAL_FACTOR * cfg.LR:.2e} "
-                         f"(the cosine spans the first {schedule_steps} steps; see README, Resuming)")
+                         f"(the cosine spans the first {schedule_steps} steps; see docs/training.md, Resuming)")
         logger.print(f"evaluation window: {window[0]}x{window[1]} ({WINDOW_RULE})")
         if step >= cfg.STEPS:
             logger.print(f"already trained {step} steps (STEPS={cfg.STEPS}); raise --STEPS to go on "

@@ -1,17 +1,33 @@
-"""The README stays true to the code: CI runs its test command, and its parameter tables list
-every parameter of the scripts."""
+"""The README and docs/ stay true to the code: CI runs the README's test command, the parameter
+tables in docs/parameters.md are what the scripts' blocks generate, and every relative link
+points at a file that exists."""
+import glob
 import os
+import re
+import sys
 
 import pytest
 
 from roilib.cli import read_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py", "Export.py", "LabelMasks.py",
+           "Ablation.py", "Benchmark.py"]
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
 def read(name):
     with open(os.path.join(ROOT, name), encoding="utf-8") as f:
         return f.read()
+
+
+def readme_params():
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import readme_params as module
+    finally:
+        sys.path.pop(0)
+    return module
 
 
 def test_ci_runs_the_readme_test_command():
@@ -21,8 +37,33 @@ def test_ci_runs_the_readme_test_command():
     assert ci_command[0].strip() in setup
 
 
-@pytest.mark.parametrize("script", ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py", "Export.py", "LabelMasks.py"])
-def test_readme_lists_every_parameter(script):
-    readme = read("README.md")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_parameters_doc_lists_every_parameter(script):
+    doc = read("docs/parameters.md").split(f"## {script}\n", 1)
+    assert len(doc) == 2, f"docs/parameters.md has no '## {script}' section"
+    section = doc[1].split("\n## ", 1)[0]
     for name, _ in read_block(os.path.join(ROOT, script)):
-        assert f"`{name}`" in readme, f"{script}: {name} missing from the README's parameter table"
+        assert f"| `{name}` |" in section, f"{script}: {name} missing from docs/parameters.md"
+
+
+def test_parameters_doc_is_what_the_tool_generates():
+    text = read(readme_params().PARAMETERS_DOC)
+    assert readme_params().regenerate(text) == text, "run python tools/readme_params.py"
+
+
+def test_regenerate_replaces_a_stale_table():
+    stale = "# P\n\n## Export.py\n\n| parameter | default | meaning |\n|---|---|---|\n| `OLD` | `1` | x |\n\nend\n"
+    fresh = readme_params().regenerate(stale)
+    assert "`OLD`" not in fresh and "| `OPSET` | `18` |" in fresh and fresh.endswith("\nend\n")
+
+
+def test_readme_fits_and_links_resolve():
+    assert len(read("README.md").splitlines()) <= 300
+    pages = ["README.md"] + [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))]
+    assert len(pages) >= 5
+    for page in pages:
+        for target in LINK.findall(read(page)):
+            if "://" in target:
+                continue
+            path = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), target))
+            assert os.path.exists(path), f"{page}: link to {target} points at nothing"

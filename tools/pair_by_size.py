@@ -1,5 +1,5 @@
 """Accuracy on a few classes (a context pair) by segment area, for one or more checkpoints: where
-the far pair is lost (README, "The paper's comparisons").
+the far pair is lost (docs/results.md, "The paper's comparisons").
 
     python tools/pair_by_size.py logs/ablation/v3c/runs/crop+attention-s0/last.pt \
         logs/ablation/v3c/runs/stem-s0/last.pt --classes hive,kennel --edges 0,250,500,1000

@@ -1,9 +1,9 @@
-"""Regenerate the README's parameter tables from the scripts' parameter blocks.
+"""Regenerate the parameter tables of docs/parameters.md from the scripts' parameter blocks.
 
-    python tools/readme_params.py          # rewrites README.md in place
+    python tools/readme_params.py          # rewrites docs/parameters.md in place
 
-Each `#### <Script>.py` heading under "## Parameters" is followed by a table of the script's
-block: name, default, comment. tests/test_readme.py checks that every parameter is listed.
+Each `## <Script>.py` heading is followed by a table of the script's block: name, default,
+comment. tests/test_readme.py checks that the file is what this tool writes.
 """
 import os
 import re
@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from roilib.cli import ASSIGNMENT, read_block  # noqa: E402
 from roilib.paths import REPO  # noqa: E402
 
-HEADING = re.compile(r"^#### (\w+\.py)$")
+HEADING = re.compile(r"^## (\w+\.py)$")
+PARAMETERS_DOC = os.path.join("docs", "parameters.md")
 
 
 def table(script):
@@ -34,17 +35,14 @@ def regenerate(text):
         i += 1
         if not match:
             continue
-        while i < len(lines) and not lines[i].startswith("|"):   # blank lines before the table
-            out.append(lines[i])
-            i += 1
-        while i < len(lines) and lines[i].startswith("|"):       # the old table
-            i += 1
-        out += table(match.group(1))
-    return "\n".join(out) + "\n"
+        while i < len(lines) and (not lines[i].strip() or lines[i].startswith("|")):
+            i += 1                                               # the old table and its blank lines
+        out += ["", *table(match.group(1)), ""]
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":
-    path = os.path.join(REPO, "README.md")
+    path = os.path.join(REPO, PARAMETERS_DOC)
     with open(path, encoding="utf-8") as f:
         text = f.read()
     with open(path, "w", encoding="utf-8") as f:
