@@ -395,8 +395,8 @@ def test_palette_label_map_gives_indices_and_ignore_value(tmp_path):
     assert reader.labels.tolist() == [0, 14] and [s.area for s in reader.segments] == [64, 150]
     assert reader.category_ids[:2] == [1, 2] and len(reader.category_ids) == 20
     assert (reader[1]["mask"] == (values == 15)).all()
-    with pytest.raises(Exception, match="value 255"):
-        OpenSurfacesReader(tmp_path / "images", tmp_path / "labels", num_classes=20)
+    undeclared = OpenSurfacesReader(tmp_path / "images", tmp_path / "labels", num_classes=20)
+    assert undeclared.undeclared == {255: 17} and undeclared.labels.tolist() == [0, 14]
 
 
 # ----------------------------------------------------------------------------- crafted caches
