@@ -4,11 +4,11 @@
     python EvaluateAccuracy.py --CHECKPOINT=logs/camvid_r18/best.pt
 
 Data under data/camvid/ in the SegNet tutorial's layout, read as it is on disk: 0 is Sky,
-11 is void (DATASET=camvid declares it; see README, "Your own data"). Arguments after the file
-override it.
+11 is void (DATASET=camvid declares it; see docs/training.md, "Label-map conventions").
+Arguments after the file override it.
 """
 DATASET = "camvid"
-MIN_AREA = 64               # 62% of CamVid's components are < 64 px but hold 0.4% of its labelled pixels (README)
+MIN_AREA = 64               # 62% of CamVid's components are < 64 px but hold 0.4% of its labelled pixels (docs/results.md)
 ARCH = "resnet18"
 WEIGHTS = None
 RUN = "camvid_r18"

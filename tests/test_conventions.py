@@ -12,6 +12,7 @@ import torch
 from Datasets import CAMVID_CLASSES, label_convention, open_dataset
 from helpers import ROOT, TINY, run_in_process, run_script
 from roilib.errors import UserError
+from roilib.labelconvention import LabelConvention
 
 CAMVID = os.path.join(ROOT, "..", "shared", "datasets", "camvid")
 
@@ -129,6 +130,26 @@ def test_bad_convention_is_one_line(params, words):
 def test_unreadable_stored_convention_is_one_line(stored):
     with pytest.raises(UserError, match="convention is not readable"):
         label_convention({}, "camvid", stored, "c.pt")
+
+
+@pytest.mark.parametrize("keywords, count, labels", [
+    # keywords, classes -> the label of each value 0..13 and of 300 (-1: not a class)
+    ({}, 3, [-1, 0, 1, 2] + [-1] * 11),
+    ({"background": None, "ignore": [11]}, 11, list(range(11)) + [-1] * 4),
+    ({"ignore": [2, 255]}, 3, [-1, 0, -1, 1, 2] + [-1] * 10),
+    ({"class_values": [7, 8, 11, 13]}, 4, [-1] * 7 + [0, 1, -1, -1, 2, -1, 3, -1]),
+    ({"background": None, "class_values": [5, 0]}, 2, [1, -1, -1, -1, -1, 0] + [-1] * 9)])
+def test_every_value_has_its_label_or_none(keywords, count, labels):
+    rule = LabelConvention(count, **keywords)
+    values = np.array(list(range(14)) + [300])
+    assert rule.labels_of(values).tolist() == labels
+    assert [int(rule.labels_of(v)) for v in values] == labels  # one value alike
+    counts = np.bincount(values, minlength=301)
+    classes, undeclared = rule.split(counts)
+    void = set(rule.ignore) | {rule.background}
+    assert classes.tolist() == [v for v, label in zip(values, labels) if label >= 0]
+    assert undeclared.tolist() == [[v, 1] for v, label in zip(values, labels)
+                                   if label < 0 and v not in void]
 
 
 def test_class_value_may_not_be_void(tmp_path):

@@ -1,5 +1,6 @@
 """Segments per class at several MIN_AREA thresholds: how CamVid's MIN_AREA was chosen
-(README, "CamVid"). Segments are counted with MIN_AREA=1, as the reader finds them.
+(docs/results.md, "CamVid's segment sizes"). Segments are counted with MIN_AREA=1, as the
+reader finds them.
 
     python tools/component_sizes.py --dataset camvid --split train
     python tools/component_sizes.py --dataset opensurfaces --thresholds 1,100,1000
