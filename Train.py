@@ -116,14 +116,15 @@ def train(cfg, params, jitter, window, dist, device):
     run_dir = run_folder(cfg.LOG_DIR, cfg.RUN, cfg.RESUME)
     with dist.together():   # rank 0 alone writes the run folder: it holds the lock
         lock = claim_run_folder(run_dir, cfg.RESUME) if dist.is_main else None
-    saved = {}   # {"last.pt": its step}, once written or resumed from: named on Ctrl-C
+    # last.pt's step once written or resumed from (named on Ctrl-C); whether a step ran
+    progress = {"last.pt": None, "stepped": False}
     try:
-        train_in(run_dir, saved, cfg, params, jitter, window, dist, device)
+        train_in(run_dir, progress, cfg, params, jitter, window, dist, device)
     except BaseException as error:
-        if lock:   # a run that failed before its first checkpoint leaves no folder behind
+        if lock and not progress["stepped"]:   # failed before its first step: no folder left
             lock.discard_if_unused(RUN_FILES)
         if isinstance(error, KeyboardInterrupt):
-            raise KeyboardInterrupt(interrupted_note(run_dir, saved.get("last.pt"), cfg.RESUME)) from None
+            raise KeyboardInterrupt(interrupted_note(run_dir, progress["last.pt"], cfg.RESUME)) from None
         raise
     if lock:
         lock.release()
@@ -150,8 +151,8 @@ def interrupted_note(run_dir, step, resume):
             f"{again} resumes from it")
 
 
-def train_in(run_dir, saved, cfg, params, jitter, window, dist, device):
-    """Train in the claimed `run_dir`, noting in `saved` each last.pt written."""
+def train_in(run_dir, progress, cfg, params, jitter, window, dist, device):
+    """Train in the claimed `run_dir`, noting in `progress` the first step and each last.pt."""
     with dist.together():
         last = os.path.join(run_dir, "last.pt")
         state = load_checkpoint(last) if cfg.RESUME and os.path.exists(last) else None
@@ -177,7 +178,7 @@ def train_in(run_dir, saved, cfg, params, jitter, window, dist, device):
         step = 0
         if state is not None:
             step = restore_training_state(state, optimizer, scaler, cfg.WEIGHT_DECAY, last)
-            saved["last.pt"] = step
+            progress["last.pt"] = step
         stop_at = min(cfg.STOP_AT or cfg.STEPS, cfg.STEPS)
         best = (state or {}).get("best_metric", -1.0)
         schedule = {"warmup_steps": warmup, "cosine_steps": schedule_steps,
@@ -219,7 +220,7 @@ def train_in(run_dir, saved, cfg, params, jitter, window, dist, device):
                            best_metric=best, metrics=metrics, params=params, window=list(window),
                            schedule_steps=schedule_steps, warmup_steps=warmup, world_size=dist.world_size)
         if name == "last.pt":
-            saved[name] = step
+            progress[name] = step
 
     sampler = VaryingSizeBatchSampler(
         train_set.labels, cfg.MIN_SIZE, cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH,
@@ -247,6 +248,7 @@ def train_in(run_dir, saved, cfg, params, jitter, window, dist, device):
         scaler.step(optimizer)
         scaler.update()
         step += 1
+        progress["stepped"] = True
         meter.add(loss.detach(), labels.shape[0])
         if due(step, cfg.LOG_EVERY) or step == stop_at:
             mean_loss, rate = meter.summary(dist)   # over all processes: the same everywhere
