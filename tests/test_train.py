@@ -301,7 +301,14 @@ def test_a_run_folder_without_checkpoint_is_removed_only_when_made_here(tmp_path
 
 
 def test_failed_start_leaves_no_run_folder(data, tmp_path):
-    result = run_script("Train.py", *FAST, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=r",
-                        f"--VAL_ANNOTATIONS={tmp_path}/missing.json", check=False, env=ENV)
+    """Failed before its first step: no folder. Failed after steps, before any checkpoint: the
+    folder stays with the log that shows what happened."""
+    common = [*FAST, *data_args(data), f"--LOG_DIR={tmp_path}", "--VAL_EVERY=0", "--SAVE_EVERY=0"]
+    result = run_script("Train.py", *common, "--RUN=r", f"--VAL_ANNOTATIONS={tmp_path}/missing.json",
+                        check=False, env=ENV)
     assert result.returncode == 2 and "missing.json" in result.stderr
     assert os.listdir(tmp_path) == []
+    result = run_script("Train.py", *common, "--RUN=nan", "--LR=1e30", "--LOG_EVERY=1", "--STEPS=6",
+                        check=False, env=ENV)
+    assert result.returncode == 2 and "the loss became nan" in result.stderr
+    assert os.listdir(tmp_path) == ["nan"] and read_csv(tmp_path / "nan" / "train_log.csv")
