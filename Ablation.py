@@ -83,7 +83,7 @@ SUMMARY_BINS = ("<1k", "1k-2k", "2k-4k", "4k-8k")
 
 
 def main():
-    cfg = cli.parse_config(globals(), __file__)
+    cfg = cli.parse_config(globals(), __file__, help_more=variant_help())
     variants = list(VARIANT_TABLE) if cfg.VARIANTS == "all" else [v.strip() for v in cfg.VARIANTS.split(",")]
     unknown = [v for v in variants if v not in VARIANT_TABLE]
     if unknown:
@@ -107,6 +107,14 @@ def main():
     write_results(table, results, folder, vars(cfg), pairs)
     print(format_table(table))
     print(f"wrote results.csv, results.json, results.png in {folder}")
+
+
+def variant_help():
+    """The VARIANTS table as --help shows it: each name with the Train.py settings it runs."""
+    width = max(map(len, VARIANT_TABLE))
+    rows = [f"  {name:<{width}}  {' '.join(f'--{k}={v}' for k, v in overrides.items())}"
+            for name, overrides in VARIANT_TABLE.items()]
+    return "\nVARIANTS (name: Train.py settings; the rest as set above):\n" + "\n".join(rows)
 
 
 def run_all(jobs, runs, start, cfg):
