@@ -33,11 +33,16 @@ NAME = "demo"               # [nonempty] results go to LOG_DIR/<NAME>/
 LOG_DIR = "logs/ablation"   # [nonempty] folder of all ablations (relative paths: to this repository)
 VARIANTS = "all"            # comma-separated names from the table below, or all
 SEEDS = "0,1"               # [nonempty] seeds: each variant is trained once per seed
-DATASET = "demo"            # [demo|coco|opensurfaces] dataset (with the paths below, "" = default layout)
+DATASET = "demo"            # [demo|coco|opensurfaces|camvid] dataset (with the paths below, "" = default layout)
 TRAIN_IMAGES = ""           # training image folder
 TRAIN_ANNOTATIONS = ""      # training instances JSON or label-map folder
 VAL_IMAGES = ""             # evaluation image folder
 VAL_ANNOTATIONS = ""        # evaluation instances JSON or label-map folder
+BACKGROUND = ""             # label maps: value of unlabelled pixels, None = every value is a class ("" = the DATASET's, see Train.py)
+IGNORE = ""                 # label maps: comma-separated values neither a class nor a region ("" = the DATASET's)
+CLASS_VALUES = ""           # label maps: comma-separated values of the classes in class order ("" = all but BACKGROUND and IGNORE)
+LABEL_NAMES = ""            # label maps: IMAGE_ENDING,LABEL_ENDING ("" = image stem + .png)
+MIN_AREA = 1                # [1..1e12] segments smaller than this (pixels) are neither trained on nor evaluated
 ARCH = "resnet18"           # backbone of every variant
 WEIGHTS = None              # None | imagenet | path (same start for every variant)
 STEPS = 200                 # [1..1e7] training steps per run
@@ -71,13 +76,14 @@ VARIANT_TABLE = {
     "channel": {"MODE": "channel"},
     "none": {"MODE": "none"},
 }
-SHARED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS", "ARCH",
+SHARED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS", "BACKGROUND",
+          "IGNORE", "CLASS_VALUES", "LABEL_NAMES", "MIN_AREA", "ARCH",
           "WEIGHTS", "STEPS", "LR", "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "WORKERS", "DEVICE", "AMP")
 SUMMARY_BINS = ("<1k", "1k-2k", "2k-4k", "4k-8k")
 
 
 def main():
-    cfg = cli.parse_config(globals(), __file__)
+    cfg = cli.parse_config(globals(), __file__, help_more=variant_help())
     variants = list(VARIANT_TABLE) if cfg.VARIANTS == "all" else [v.strip() for v in cfg.VARIANTS.split(",")]
     unknown = [v for v in variants if v not in VARIANT_TABLE]
     if unknown:
@@ -101,6 +107,14 @@ def main():
     write_results(table, results, folder, vars(cfg), pairs)
     print(format_table(table))
     print(f"wrote results.csv, results.json, results.png in {folder}")
+
+
+def variant_help():
+    """The VARIANTS table as --help shows it: each name with the Train.py settings it runs."""
+    width = max(map(len, VARIANT_TABLE))
+    rows = [f"  {name:<{width}}  {' '.join(f'--{k}={v}' for k, v in overrides.items())}"
+            for name, overrides in VARIANT_TABLE.items()]
+    return "\nVARIANTS (name: Train.py settings; the rest as set above):\n" + "\n".join(rows)
 
 
 def run_all(jobs, runs, start, cfg):

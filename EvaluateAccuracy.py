@@ -15,7 +15,7 @@ import os
 import torch
 
 from AttentionNet import AttentionNet
-from Datasets import open_dataset, resolve_paths
+from Datasets import label_convention, open_dataset, resolve_paths
 from roilib.checkpoint import describe_model, load_model_state
 from roilib import cli
 from roilib.errors import UserError, one_line
@@ -28,11 +28,15 @@ from roilib.windows import WINDOW_RULE, check_memory, model_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] checkpoint to evaluate (relative paths: to this repository)
-DATASET = ""                # [""|demo|coco|opensurfaces] dataset ("" = the one the checkpoint was trained on)
+DATASET = ""                # [""|demo|coco|opensurfaces|camvid] dataset ("" = the one the checkpoint was trained on)
 IMAGES = ""                 # image folder ("" = the DATASET's validation images)
 ANNOTATIONS = ""            # instances JSON or label-map folder ("" = the DATASET's validation set)
 CLASS_NAMES = None          # [None|names] label maps only: comma-separated names (None = as in training)
-MIN_AREA = 1                # [1..1e12] ignore segments smaller than this (pixels)
+BACKGROUND = ""             # label maps: value of unlabelled pixels, None = every value is a class ("" = as in training)
+IGNORE = ""                 # label maps: comma-separated values neither a class nor a region ("" = as in training)
+CLASS_VALUES = ""           # label maps: comma-separated values of the classes in class order ("" = as in training)
+LABEL_NAMES = ""            # label maps: IMAGE_ENDING,LABEL_ENDING ("" = as in training)
+MIN_AREA = None             # [None|1..1e12] ignore segments smaller than this (pixels; None = as in training)
 OUT = ""                    # output folder ("" = the checkpoint's folder)
 WINDOW = ""                 # [""|HxW] evaluation window HxW around each segment ("" = the one stored in the checkpoint by Train.py)
 MAX_BATCH = 32              # [1..65536] windows per forward pass
@@ -53,7 +57,7 @@ def main():
     window = model_window(state, cfg.WINDOW)
     check_memory(f"--MAX_BATCH={cfg.MAX_BATCH} (windows of {window[0]}x{window[1]})",
                  cfg.MAX_BATCH * window[0] * window[1], device)
-    dataset_name, images, annotations, dataset = open_evaluation_set(cfg, state)
+    dataset_name, images, annotations, dataset = open_evaluation_set(cfg, state, checkpoint)
     check_classes(model, dataset, checkpoint, annotations, cfg.MATCH_BY_INDEX)
     folder = cfg.OUT or os.path.dirname(os.path.abspath(checkpoint))
     check_writable_folder(folder)  # before the evaluation, not after it
@@ -83,9 +87,10 @@ def main():
     print(f"{out['segments_per_s']:.1f} segments/s ({out['seconds']:.1f} s); wrote {', '.join(written)} in {folder}")
 
 
-def open_evaluation_set(cfg, state):
+def open_evaluation_set(cfg, state, checkpoint):
     """(dataset name, images, annotations, reader): the parameters' data, or by default the
-    validation set the checkpoint was trained with (Train.py's parameters stored in it)."""
+    validation set the checkpoint was trained with (Train.py's parameters stored in it), read
+    with the checkpoint's label-map convention and MIN_AREA unless the parameters say."""
     trained = state.get("params") if isinstance(state.get("params"), dict) else {}
     dataset_name = cfg.DATASET or trained.get("DATASET") or "demo"
     names = cfg.CLASS_NAMES if cfg.CLASS_NAMES is not None else trained.get("CLASS_NAMES")
@@ -93,8 +98,12 @@ def open_evaluation_set(cfg, state):
     if not cfg.DATASET and not cfg.IMAGES and not cfg.ANNOTATIONS:
         images, annotations = trained.get("VAL_IMAGES", ""), trained.get("VAL_ANNOTATIONS", "")
     images, annotations = resolve_paths(dataset_name, "val", images, annotations)
+    given = {"BACKGROUND": cfg.BACKGROUND, "IGNORE": cfg.IGNORE, "CLASS_VALUES": cfg.CLASS_VALUES,
+             "LABEL_NAMES": cfg.LABEL_NAMES}
+    convention = label_convention(given, dataset_name, state.get("label_convention"), checkpoint)
+    min_area = cfg.MIN_AREA if cfg.MIN_AREA is not None else trained.get("MIN_AREA", 1)
     dataset = open_dataset(dataset_name, "val", images, annotations, train=False,
-                           class_names=names, min_area=cfg.MIN_AREA)
+                           class_names=names, min_area=min_area, convention=convention)
     return dataset_name, images, annotations, dataset
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from AttentionNet import AttentionNet
-from Datasets import open_dataset, resolve_paths
+from Datasets import label_convention, open_dataset, resolve_paths
 from roilib import cli
 from roilib.checkpoint import load_checkpoint
 from roilib.distributed import Distributed
@@ -30,7 +30,7 @@ from roilib.optim import (FINAL_FACTOR, lr_factor, make_optimizer, require_train
                           restore_training_state, set_learning_rate, warmup_steps)
 from roilib.paths import REPO
 from roilib.runlock import claim_run_folder
-from roilib.runlog import LossMeter, RunLogger
+from roilib.runlog import RUN_FILES, LossMeter, RunLogger
 from roilib.runtime import amp_dtype, autocast, resolve_device
 from roilib.sampler import VaryingSizeBatchSampler, batch_pixels, check_sizes, make_train_loader
 from roilib.skipped import SkippedFiles
@@ -38,12 +38,16 @@ from roilib.trainparams import check_class_names, check_weights, due, parse_jitt
 from roilib.windows import WINDOW_RULE, check_memory, parse_window, training_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
-DATASET = "demo"            # [demo|coco|opensurfaces] which default layout and class names to use (see README)
+DATASET = "demo"            # [demo|coco|opensurfaces|camvid] which default layout, class names and label-map convention to use (see README)
 TRAIN_IMAGES = ""           # training image folder ("" = the DATASET's default layout, see README)
 TRAIN_ANNOTATIONS = ""      # coco: instances JSON; opensurfaces: label-map folder ("" = default)
 VAL_IMAGES = ""             # validation image folder ("" = default)
 VAL_ANNOTATIONS = ""        # validation instances JSON or label-map folder ("" = default)
-CLASS_NAMES = None          # [None|names] label maps only: comma-separated names in value order (None = the 45 OpenSurfaces materials)
+CLASS_NAMES = None          # [None|names] label maps only: comma-separated names in value order (None = the DATASET's; else the 45 OpenSurfaces materials)
+BACKGROUND = ""             # label maps: value of unlabelled pixels, None = every value is a class ("" = the DATASET's: 0, camvid None)
+IGNORE = ""                 # label maps: comma-separated values neither a class nor a region, e.g. 255 ("" = the DATASET's: none, camvid 11)
+CLASS_VALUES = ""           # label maps: comma-separated values of the classes in class order, e.g. Cityscapes ids ("" = all values in order but BACKGROUND and IGNORE)
+LABEL_NAMES = ""            # label maps: IMAGE_ENDING,LABEL_ENDING, e.g. _leftImg8bit.png,_gtFine_labelIds.png ("" = image stem + .png)
 MIN_AREA = 1                # [1..1e12] segments smaller than this (pixels) are not used
 ARCH = "resnet18"           # [resnet18|resnet34|resnet50|resnet101|resnet152] backbone (resnet50: the paper's)
 WEIGHTS = None              # None (random init) | imagenet | path to a torchvision ResNet state_dict
@@ -84,14 +88,16 @@ SNAPSHOT_EVERY = 0          # [0..1e9] keep step_N.pt every N steps (0 = never)
 # the data or the schedule's shape and must match last.pt's; CHANGEABLE ones take effect and
 # are announced; the folder (FOLDER) is not compared.
 FIXED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS",
-         "CLASS_NAMES", "MIN_AREA", "ARCH", "WEIGHTS", "MODE", "ATTENTION", "MERGE", "WARMUP_STEPS",
-         "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "JITTER", "CROP_MARGIN", "BALANCED",
-         "FLIP", "SEED", "WINDOW")
+         "CLASS_NAMES", "BACKGROUND", "IGNORE", "CLASS_VALUES", "LABEL_NAMES", "MIN_AREA", "ARCH",
+         "WEIGHTS", "MODE", "ATTENTION", "MERGE", "WARMUP_STEPS", "MIN_SIZE", "MAX_SIZE",
+         "MAX_PIXELS", "MAX_BATCH", "JITTER", "CROP_MARGIN", "BALANCED", "FLIP", "SEED", "WINDOW")
 CHANGEABLE = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "WORKERS", "DEVICE", "AMP", "CHANNELS_LAST",
               "COMPILE", "LOG_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
 FOLDER = ("LOG_DIR", "RUN", "RESUME")
 # What to do about a last.pt that cannot be resumed from.
 RESUME_WAY_OUT = "start afresh with --RESUME=False (the old run is moved aside) or choose another --RUN"
+# Parameters added after runs were stored, with the value those runs had in effect.
+ADDED = {"BACKGROUND": "", "IGNORE": "", "CLASS_VALUES": "", "LABEL_NAMES": ""}
 
 
 def main():
@@ -119,16 +125,56 @@ def train(cfg, params, jitter, window, dist, device):
     """Every process runs this; a step that can fail on one process alone runs inside
     dist.together(), so that any error stops all processes at once (roilib/distributed.py)."""
     torch.manual_seed(cfg.SEED)
-    run_dir = os.path.join(cfg.LOG_DIR if os.path.isabs(cfg.LOG_DIR) else os.path.join(REPO, cfg.LOG_DIR), cfg.RUN)
+    run_dir = run_folder(cfg.LOG_DIR, cfg.RUN, cfg.RESUME)
     with dist.together():   # rank 0 alone writes the run folder: it holds the lock
         lock = claim_run_folder(run_dir, cfg.RESUME) if dist.is_main else None
+    # last.pt's step once written or resumed from (named on Ctrl-C); whether a step ran
+    progress = {"last.pt": None, "stepped": False}
+    try:
+        train_in(run_dir, progress, cfg, params, jitter, window, dist, device)
+    except BaseException as error:
+        if lock and not progress["stepped"]:   # failed before its first step: no folder left
+            lock.discard_if_unused(RUN_FILES)
+        if isinstance(error, KeyboardInterrupt):
+            raise KeyboardInterrupt(interrupted_note(run_dir, progress["last.pt"], cfg.RESUME)) from None
+        raise
+    if lock:
+        lock.release()
+
+
+def run_folder(log_dir, run, resume):
+    """LOG_DIR/RUN. --RESUME=False moves an existing run folder aside, so there RUN must name a
+    folder inside LOG_DIR: `.`, `..` or a path outside would move LOG_DIR or more."""
+    logs = log_dir if os.path.isabs(log_dir) else os.path.join(REPO, log_dir)
+    run_dir = os.path.normpath(os.path.join(logs, run))
+    real_logs, real_run = os.path.realpath(logs), os.path.realpath(run_dir)
+    if not resume and (real_run == real_logs or os.path.commonpath([real_logs, real_run]) != real_logs):
+        raise UserError(f"--RUN={run} names {real_run}, not a folder inside --LOG_DIR ({real_logs}), "
+                        "which --RESUME=False would move aside; give a run name such as --RUN=demo2")
+    return run_dir
+
+
+def interrupted_note(run_dir, step, resume):
+    """What Ctrl-C leaves: the last checkpoint and its step, and how to go on from it."""
+    if step is None:
+        return "no checkpoint was written yet, nothing to resume from"
+    again = "the same command" if resume else "the same command without --RESUME=False"
+    return (f"the last checkpoint is {os.path.join(run_dir, 'last.pt')} (step {step}); "
+            f"{again} resumes from it")
+
+
+def train_in(run_dir, progress, cfg, params, jitter, window, dist, device):
+    """Train in the claimed `run_dir`, noting in `progress` the first step and each last.pt."""
     with dist.together():
         last = os.path.join(run_dir, "last.pt")
         state = load_checkpoint(last, way_out=RESUME_WAY_OUT) if cfg.RESUME and os.path.exists(last) else None
+        convention = label_convention(params, cfg.DATASET)
         train_set = open_dataset(cfg.DATASET, "train", cfg.TRAIN_IMAGES, cfg.TRAIN_ANNOTATIONS,
-                                 train=True, class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA)
+                                 train=True, class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA,
+                                 convention=convention)
         val_set = open_dataset(cfg.DATASET, "val", cfg.VAL_IMAGES, cfg.VAL_ANNOTATIONS, train=False,
-                               class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA)
+                               class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA,
+                               convention=convention)
         if val_set.class_names != train_set.class_names:
             raise UserError("the validation set's classes differ from the training set's")
         model, changes = build_model(cfg, params, train_set, state, last)
@@ -147,11 +193,14 @@ def train(cfg, params, jitter, window, dist, device):
         step = 0
         if state is not None:
             step = restore_training_state(state, optimizer, scaler, cfg.WEIGHT_DECAY, last)
+            progress["last.pt"] = step
+        stop_at = min(cfg.STOP_AT or cfg.STEPS, cfg.STEPS)
         best = (state or {}).get("best_metric", -1.0)
         schedule = {"warmup_steps": warmup, "cosine_steps": schedule_steps,
                     "final_factor": FINAL_FACTOR}
         logger = RunLogger(run_dir, params, cfg.STEPS, train_set, dist, device, dtype,
-                           resumed_step=step if state else None, schedule=schedule)
+                           resumed_step=step if state else None, schedule=schedule,
+                           will_train=step < stop_at)
         logger.announce(train_set, val_set, model, step, settings_line(cfg))
         for change in changes:
             logger.print(f"changed on resume: {change}")
@@ -166,7 +215,9 @@ def train(cfg, params, jitter, window, dist, device):
         if step >= cfg.STEPS:
             logger.print(f"already trained {step} steps (STEPS={cfg.STEPS}); raise --STEPS to go on "
                          f"at {FINAL_FACTOR:g} x LR")
-    if step >= cfg.STEPS:
+        elif step >= stop_at:
+            logger.print(f"already at step {step}, past STOP_AT={cfg.STOP_AT}: no step to run")
+    if step >= stop_at:
         return
     net = model
     if dist.enabled:
@@ -182,7 +233,10 @@ def train(cfg, params, jitter, window, dist, device):
                 model.save(os.path.join(run_dir, name), optimizer=optimizer.state_dict(),
                            scaler=scaler.state_dict(), step=step,
                            best_metric=best, metrics=metrics, params=params, window=list(window),
-                           schedule_steps=schedule_steps, warmup_steps=warmup, world_size=dist.world_size)
+                           schedule_steps=schedule_steps, warmup_steps=warmup, world_size=dist.world_size,
+                           label_convention=getattr(train_set, "convention", None))
+        if name == "last.pt":
+            progress[name] = step
 
     sampler = VaryingSizeBatchSampler(
         train_set.labels, cfg.MIN_SIZE, cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH,
@@ -193,7 +247,6 @@ def train(cfg, params, jitter, window, dist, device):
     net.train()
     meter = LossMeter()
     skipped = SkippedFiles()
-    stop_at = min(cfg.STOP_AT or cfg.STEPS, cfg.STEPS)
     while step < stop_at:
         with dist.together():   # a loader error here must not leave the others in DDP's all-reduce
             batch = next(loader)
@@ -211,6 +264,7 @@ def train(cfg, params, jitter, window, dist, device):
         scaler.step(optimizer)
         scaler.update()
         step += 1
+        progress["stepped"] = True
         meter.add(loss.detach(), labels.shape[0])
         if due(step, cfg.LOG_EVERY) or step == stop_at:
             mean_loss, rate = meter.summary(dist)   # over all processes: the same everywhere
@@ -237,8 +291,6 @@ def train(cfg, params, jitter, window, dist, device):
         if due(step, cfg.SNAPSHOT_EVERY):
             save(f"step_{step}.pt")
     logger.finish(step, best, skipped)
-    if lock:
-        lock.release()
 
 
 def settings_line(cfg):
@@ -262,13 +314,15 @@ def build_model(cfg, params, train_set, state, last):
         raise UserError(f"{last} holds a different model ({found}) than asked ({expected}); use "
                         "another --RUN, or --RESUME=False to start afresh")
     require_training_state(state, last)
-    changes = resume_changes(state["params"], params, last, FIXED, CHANGEABLE, with_data_paths)
+    changes = resume_changes(state["params"], params, last, FIXED, CHANGEABLE, as_read)
     check_class_names(model.class_names, train_set.class_names, last)
     return model, changes
 
 
-def with_data_paths(p):
-    """A parameter dict with its four data paths as read: defaults filled in, absolute."""
+def as_read(p):
+    """A parameter dict as it is read: the ADDED ones a run stored before them had in effect,
+    and its four data paths with defaults filled in, absolute."""
+    p = {**ADDED, **p}
     paths = (*resolve_paths(p["DATASET"], "train", p["TRAIN_IMAGES"], p["TRAIN_ANNOTATIONS"]),
              *resolve_paths(p["DATASET"], "val", p["VAL_IMAGES"], p["VAL_ANNOTATIONS"]))
     names = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")

@@ -75,3 +75,14 @@ def test_pair_accuracy_by_area():
     rows = tool.accuracy_by_area(labels, preds, areas, [8, 9], [0, 250, 1000, 2000])
     # class 0 (wrong, 50 px) is not in the pair; the 5000-px segment is beyond the last edge
     assert rows == [(0, 250, 0.5, 2), (250, 1000, 1.0, 2), (1000, 2000, None, 0)]
+
+
+def test_help_prints_the_variant_table():
+    """--VARIANTS says "names from the table below": --help prints it, each name with its settings."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "Ablation.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "names from the table below" in result.stdout
+    table = result.stdout.split("VARIANTS (name", 1)[1].splitlines()[1:]
+    assert [row.split()[0] for row in table] == list(Ablation.VARIANT_TABLE)
+    for row, overrides in zip(table, Ablation.VARIANT_TABLE.values()):
+        assert row.split()[1:] == [f"--{k}={v}" for k, v in overrides.items()]
