@@ -25,6 +25,7 @@ from roilib.outputs import atomic_write, check_writable_folder
 from roilib.paths import find_checkpoint
 from roilib.runtime import amp_dtype, precision_name, resolve_device
 from roilib.windows import WINDOW_RULE, model_window
+from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] checkpoint to evaluate (relative paths: to this repository)
@@ -43,6 +44,9 @@ DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = True                  # bf16 where the device runs it natively (else float32)
 # ---- end of parameters ----
 
+OUTPUTS = ("eval.json", "eval_by_size.csv", "eval_by_class.csv", "eval_accuracy_by_size.png",
+           "eval_confusion.png")
+
 
 def main():
     cfg = cli.parse_config(globals(), __file__)
@@ -50,10 +54,14 @@ def main():
     checkpoint = find_checkpoint(cfg.CHECKPOINT)
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint)
-    dataset_name, images, annotations, dataset = open_evaluation_set(cfg, state)
-    check_classes(model, dataset, checkpoint, annotations, cfg.MATCH_BY_INDEX)
-    folder = cfg.OUT or os.path.dirname(os.path.abspath(checkpoint))
+    dataset_name, images, annotations, names = evaluation_paths(cfg, state)
+    folder = output_folder(cfg.OUT, checkpoint)
+    check_writes([("--OUT", os.path.join(folder, name)) for name in OUTPUTS],
+                 [checkpoint, images, annotations], folders=[("--OUT", folder)])
     check_writable_folder(folder)  # before the evaluation, not after it
+    dataset = open_dataset(dataset_name, "val", images, annotations, train=False,
+                           class_names=names, min_area=cfg.MIN_AREA)
+    check_classes(model, dataset, checkpoint, annotations, cfg.MATCH_BY_INDEX)
 
     window = model_window(state, cfg.WINDOW)
     dtype = amp_dtype(device, cfg.AMP)
@@ -82,8 +90,16 @@ def main():
     print(f"{out['segments_per_s']:.1f} segments/s ({out['seconds']:.1f} s); wrote {', '.join(written)} in {folder}")
 
 
-def open_evaluation_set(cfg, state):
-    """(dataset name, images, annotations, reader): the parameters' data, or by default the
+def output_folder(out, checkpoint):
+    """OUT, else the checkpoint's own folder: a run folder for a .pt file, the released folder
+    itself for a released model (its parent may hold other releases: results there would mix)."""
+    if out:
+        return out
+    return checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
+
+
+def evaluation_paths(cfg, state):
+    """(dataset name, images, annotations, class names): the parameters' data, or by default the
     validation set the checkpoint was trained with (Train.py's parameters stored in it)."""
     trained = state.get("params") if isinstance(state.get("params"), dict) else {}
     dataset_name = cfg.DATASET or trained.get("DATASET") or "demo"
@@ -92,9 +108,7 @@ def open_evaluation_set(cfg, state):
     if not cfg.DATASET and not cfg.IMAGES and not cfg.ANNOTATIONS:
         images, annotations = trained.get("VAL_IMAGES", ""), trained.get("VAL_ANNOTATIONS", "")
     images, annotations = resolve_paths(dataset_name, "val", images, annotations)
-    dataset = open_dataset(dataset_name, "val", images, annotations, train=False,
-                           class_names=names, min_area=cfg.MIN_AREA)
-    return dataset_name, images, annotations, dataset
+    return dataset_name, images, annotations, names
 
 
 def report_skipped(out):
@@ -161,12 +175,11 @@ def write_outputs(result, folder):
         writer.writerow(["class", "count", "accuracy"])
         for row in result["per_class"]:
             writer.writerow([row["class"], row["count"], row["accuracy"]])
-    written = ["eval.json", "eval_by_size.csv", "eval_by_class.csv"]
     from roilib.plots import plot_accuracy_by_size, plot_confusion
     plot_accuracy_by_size({"model": result["by_size"]}, os.path.join(folder, "eval_accuracy_by_size.png"))
     plot_confusion(result["confusion"], [r["class"] for r in result["per_class"]],
                    os.path.join(folder, "eval_confusion.png"))
-    return written + ["eval_accuracy_by_size.png", "eval_confusion.png"]
+    return list(OUTPUTS)
 
 
 if __name__ == "__main__":

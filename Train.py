@@ -36,6 +36,7 @@ from roilib.sampler import VaryingSizeBatchSampler, check_sizes, make_train_load
 from roilib.skipped import SkippedFiles
 from roilib.trainparams import check_class_names, check_weights, due, parse_jitter, resume_changes
 from roilib.windows import WINDOW_RULE, parse_window, training_window
+from roilib.writeplan import RUN_FILES, check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 DATASET = "demo"            # [demo|coco|opensurfaces] which default layout and class names to use (see README)
@@ -87,9 +88,13 @@ FIXED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNO
          "CLASS_NAMES", "MIN_AREA", "ARCH", "WEIGHTS", "MODE", "ATTENTION", "MERGE", "WARMUP_STEPS",
          "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "JITTER", "CROP_MARGIN", "BALANCED",
          "FLIP", "SEED", "WINDOW")
-CHANGEABLE = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "WORKERS", "DEVICE", "AMP", "CHANNELS_LAST",
-              "COMPILE", "LOG_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
+# SCHEDULE: changeable, yet they change what the run learns (Ablation.py reuses a run only
+# when FIXED and SCHEDULE equal its request).
+SCHEDULE = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY")
+CHANGEABLE = SCHEDULE + ("WORKERS", "DEVICE", "AMP", "CHANNELS_LAST", "COMPILE", "LOG_EVERY", "VAL_EVERY",
+                         "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
 FOLDER = ("LOG_DIR", "RUN", "RESUME")
+DATA_PATHS = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")
 
 
 def main():
@@ -104,6 +109,7 @@ def main():
             check_weights(cfg.WEIGHTS)
             jitter = parse_jitter(cfg.JITTER)
             window = parse_window(cfg.WINDOW) if cfg.WINDOW else training_window(cfg.MAX_SIZE)
+            check_outputs(run_folder(cfg), params)
         train(cfg, params, jitter, window, dist, device)
     finally:
         dist.stop()
@@ -113,7 +119,7 @@ def train(cfg, params, jitter, window, dist, device):
     """Every process runs this; a step that can fail on one process alone runs inside
     dist.together(), so that any error stops all processes at once (roilib/distributed.py)."""
     torch.manual_seed(cfg.SEED)
-    run_dir = os.path.join(cfg.LOG_DIR if os.path.isabs(cfg.LOG_DIR) else os.path.join(REPO, cfg.LOG_DIR), cfg.RUN)
+    run_dir = run_folder(cfg)
     with dist.together():   # rank 0 alone writes the run folder: it holds the lock
         lock = claim_run_folder(run_dir, cfg.RESUME) if dist.is_main else None
     with dist.together():
@@ -261,12 +267,28 @@ def build_model(cfg, params, train_set, state, last):
     return model, changes
 
 
+def run_folder(cfg):
+    log_dir = cfg.LOG_DIR if os.path.isabs(cfg.LOG_DIR) else os.path.join(REPO, cfg.LOG_DIR)
+    return os.path.join(log_dir, cfg.RUN)
+
+
+def check_outputs(run_dir, params):
+    """Before any work: the run's files are never written over its data or weights."""
+    check_writes([("--RUN", os.path.join(run_dir, name)) for name in RUN_FILES], inputs(params),
+                 folders=[("--RUN", run_dir)], owns=("run",))
+
+
+def inputs(params):
+    """The files and folders a run reads: its four data paths (as read) and WEIGHTS."""
+    paths = with_data_paths(params)
+    return [paths[name] for name in DATA_PATHS] + [params["WEIGHTS"]]
+
+
 def with_data_paths(p):
     """A parameter dict with its four data paths as read: defaults filled in, absolute."""
     paths = (*resolve_paths(p["DATASET"], "train", p["TRAIN_IMAGES"], p["TRAIN_ANNOTATIONS"]),
              *resolve_paths(p["DATASET"], "val", p["VAL_IMAGES"], p["VAL_ANNOTATIONS"]))
-    names = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")
-    return dict(p, **{name: os.path.abspath(path) for name, path in zip(names, paths)})
+    return dict(p, **{name: os.path.abspath(path) for name, path in zip(DATA_PATHS, paths)})
 
 
 def validate(model, val_set, device, dtype, dist, logger, step, window, cfg):

@@ -128,10 +128,3 @@ def check_writable_folder(folder, what="output folder"):
     except OSError as error:
         raise UserError(f"{folder}: cannot write to the {what} ({error.strerror or error})") from None
 
-
-def refuse_input_as_output(output, inputs, name):
-    """One line instead of overwriting one of the inputs with an output."""
-    target = os.path.realpath(output)
-    for path in inputs:
-        if path and os.path.exists(path) and os.path.realpath(path) == target:
-            raise UserError(f"--{name}={output}: is an input of this run; choose another path")
