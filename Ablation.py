@@ -10,7 +10,7 @@ Every variant is trained by Train.py and evaluated by EvaluateAccuracy.py (run a
 --NAME=value overrides) on the same data, budget and seeds. Writes logs/ablation/<NAME>/:
 results.csv, results.json, results.png, and runs/<variant>-s<seed>/ for each run. Running it
 again skips the runs already evaluated and resumes interrupted ones, only where every setting
-that changes what a run learns (Train.py's FIXED and SCHEDULE) equals this request; a run of
+that changes what a run learns (Train.py's FIXED and LEARNING) equals this request; a run of
 other settings stops it with one line (another --NAME, or --RETRAIN=True).
 """
 import concurrent.futures
@@ -204,7 +204,7 @@ def run_variant(variant, seed, runs, cfg, device=None, env=None):
 
 def settings_changed(run_dir, overrides):
     """["NAME: old -> new", ...]: the settings that change what a run learns (Train.py's FIXED
-    and SCHEDULE, compared as resume compares them) where the run left in `run_dir` differs
+    and LEARNING, compared as resume compares them) where the run left in `run_dir` differs
     from the one Train.py would make of `overrides`; [] for no run there yet."""
     config_path = os.path.join(run_dir, "config.json")
     if not os.path.exists(config_path):
@@ -213,7 +213,7 @@ def settings_changed(run_dir, overrides):
     if not isinstance(stored, dict):
         raise UserError(f"{config_path}: no parameters stored (not written by Train.py); use another --NAME")
     request = cli.parse_parameters(vars(Train), Train.__file__, arguments(overrides))
-    return differences(stored, request, Train.FIXED + Train.SCHEDULE, Train.with_data_paths)
+    return differences(stored, request, Train.FIXED + Train.LEARNING, Train.with_data_paths)
 
 
 def read_json(path):

@@ -4,7 +4,8 @@
     python EvaluateAccuracy.py --CHECKPOINT=logs/coco_r50/best.pt --DATASET=coco
 
 Prints a table and writes eval.json, eval_by_size.csv, eval_by_class.csv,
-eval_accuracy_by_size.png and eval_confusion.png next to the checkpoint (or into --OUT).
+eval_accuracy_by_size.png and eval_confusion.png next to the checkpoint (inside a released
+folder; or into --OUT).
 Deterministic and scale-true: every segment once, in the window the model was trained with
 (native scale, centred on the segment; see roilib/windows.py), windows of many images batched.
 """

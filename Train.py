@@ -88,10 +88,10 @@ FIXED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNO
          "CLASS_NAMES", "MIN_AREA", "ARCH", "WEIGHTS", "MODE", "ATTENTION", "MERGE", "WARMUP_STEPS",
          "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "JITTER", "CROP_MARGIN", "BALANCED",
          "FLIP", "SEED", "WINDOW")
-# SCHEDULE: changeable, yet they change what the run learns (Ablation.py reuses a run only
-# when FIXED and SCHEDULE equal its request).
-SCHEDULE = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY")
-CHANGEABLE = SCHEDULE + ("WORKERS", "DEVICE", "AMP", "CHANNELS_LAST", "COMPILE", "LOG_EVERY", "VAL_EVERY",
+# LEARNING: changeable, yet they change what the run learns (Ablation.py reuses a run only
+# when FIXED and LEARNING equal its request).
+LEARNING = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "AMP")
+CHANGEABLE = LEARNING + ("WORKERS", "DEVICE", "CHANNELS_LAST", "COMPILE", "LOG_EVERY", "VAL_EVERY",
                          "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
 FOLDER = ("LOG_DIR", "RUN", "RESUME")
 DATA_PATHS = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")
