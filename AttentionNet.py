@@ -298,7 +298,7 @@ class AttentionNet(nn.Module):
     @classmethod
     def from_state(cls, state, path="checkpoint"):
         """The model of a loaded checkpoint or released folder (load_model_state's dict)."""
-        return model_from_state(state, path, lambda config: cls(weights=None, **config))
+        return model_from_state(state, path, lambda config: cls(weights=None, **config)).eval()   # loaded to predict
 
 
 def _with_mask_channel(conv):

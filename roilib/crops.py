@@ -74,6 +74,12 @@ def box_mask(mask):
     return BoxMask(np.ascontiguousarray(mask[y:y + h, x:x + w] != 0, dtype=np.uint8), x, y)
 
 
+def box_mask_bbox(mask):
+    """(x, y, w, h) in image pixels of a BoxMask's nonzero pixels."""
+    local = cv2.boundingRect(mask.mask)
+    return mask.x + local[0], mask.y + local[1], local[2], local[3]
+
+
 def crop_sample(sample, out_h, out_w, rng=None, flip=False, scale_jitter=DEFAULT_JITTER):
     """Crop a sample to exactly out_h × out_w (see ``plan_crop``), one warp per array.
     ``sample["mask"]`` is the full-size mask or a BoxMask (same crop either way). The mask
@@ -84,8 +90,7 @@ def crop_sample(sample, out_h, out_w, rng=None, flip=False, scale_jitter=DEFAULT
     if mask is None or not mask.mask.any():
         raise ValueError(f"empty mask for segment {sample['segment_id']!r} of image "
                          f"{sample['image_id']!r}")
-    local = cv2.boundingRect(mask.mask)
-    bbox = (mask.x + local[0], mask.y + local[1], local[2], local[3])
+    bbox = box_mask_bbox(mask)
     out_hw = (out_h, out_w)
     scale, x0, y0 = plan_crop(image.shape[:2], bbox, out_hw, rng, scale_jitter)
     image = _warp(image, scale, x0, y0, out_hw, flip, cv2.INTER_LINEAR, MEAN_COLOUR)

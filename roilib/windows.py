@@ -16,7 +16,7 @@ sees segments at the scale it learnt them: a 4000x3000 photo is not shrunk as a 
 import numpy as np
 import torch
 
-from roilib.crops import SIZE_STEP, crop_sample
+from roilib.crops import SIZE_STEP, box_mask_bbox, crop_sample, plan_crop
 from roilib.errors import UserError
 
 WINDOW_RULE = ("native scale (scaled down only where the segment's box does not fit), "
@@ -62,6 +62,14 @@ def window_sample(sample, window):
     """A sample (image + mask of one segment) cut to its evaluation window: the rule above."""
     height, width = window
     return crop_sample(sample, height, width, rng=None, flip=False, scale_jitter=None)
+
+
+def window_box(image_hw, region, window):
+    """(x0, y0, x1, y1) in photo pixels (floats; may reach past the photo, where the window is
+    padded): the part of the photo that the window of `region` (a BoxMask) shows."""
+    height, width = window
+    scale, x0, y0 = plan_crop(image_hw, box_mask_bbox(region), window)
+    return x0 / scale, y0 / scale, (x0 + width) / scale, (y0 + height) / scale
 
 
 def cut_windows(image, masks, window):

@@ -22,3 +22,10 @@ def make_demo_data(tmp_path_factory):
 def data(make_demo_data):
     """The small demo of the script-level tests (24 training and 6 validation images)."""
     return make_demo_data(3, 24, 6)
+
+
+@pytest.fixture(scope="session")
+def example_checkpoint(tmp_path_factory):
+    """A ResNet-18 checkpoint that knows Test/example.png's four masks (helpers.train_on_example)."""
+    from helpers import train_on_example
+    return train_on_example(tmp_path_factory.mktemp("example_model") / "example.pt")

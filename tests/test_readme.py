@@ -11,7 +11,7 @@ import pytest
 from roilib.cli import read_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py", "Export.py", "LabelMasks.py",
+SCRIPTS = ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py", "App.py", "Export.py", "LabelMasks.py",
            "Ablation.py", "Benchmark.py"]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 

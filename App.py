@@ -1,0 +1,252 @@
+"""A local web page: put a photo in, mark a region, see its class and where the model looked.
+
+    python App.py                                   # serves http://127.0.0.1:7860
+    python App.py --CHECKPOINT=logs/coco/best.pt --PORT=8080
+
+Mark the region by painting it on the photo, by uploading a mask PNG, or by clicking a segment
+of an uploaded instance or label map. The page shows the top classes as a bar chart, the photo
+with the region outlined and the window the net saw (the checkpoint's evaluation rule,
+roilib/windows.py) as a box, and two heat maps over that window: what the attention branch
+adds at its merge point, and Grad-CAM of the predicted class at layer4 (roilib/explain.py).
+Same numbers as RunPrediction.py: both classify through RegionClassifier. Built with Gradio.
+"""
+import os
+import time
+import traceback
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # no calls home; works offline
+
+import cv2  # noqa: E402  (after the environment is set)
+import numpy as np  # noqa: E402
+
+from RegionClassifier import RegionClassifier, as_box_mask  # noqa: E402
+from roilib import cli  # noqa: E402
+from roilib.checkpoint import require  # noqa: E402
+from roilib.errors import UserError, one_line  # noqa: E402
+from roilib.explain import explain_regions  # noqa: E402
+from roilib.imageio import read_label_map, read_mask  # noqa: E402
+from roilib.overlay import draw_regions, region_colour  # noqa: E402
+from roilib.paths import find_checkpoint, find_path  # noqa: E402
+
+# ---- parameters: edit here, or override as --NAME=value ----
+CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model, .pt or release folder (relative: to this repository if not found here)
+HOST = "127.0.0.1"          # [nonempty] address to serve on (0.0.0.0: anyone who reaches this machine can use the page)
+PORT = 7860                 # [1..65535] port to serve on
+DEVICE = "auto"             # auto | cpu | cuda | cuda:N
+TOPK = 5                    # [>=1] classes shown
+WINDOW = ""                 # [""|HxW] window HxW around the region ("" = the one the model was trained and validated with)
+MAX_PIXELS = 40000000       # [>=1024] photos with more pixels are refused (memory)
+EXAMPLES = 3                # [>=0] example photos from the demo data and from CamVid, each (Test/example.png always)
+CAMVID = "../shared/datasets/camvid"   # CamVid folder for examples (val split), used when it exists ("" = none)
+# ---- end of parameters ----
+
+
+def main():
+    params = cli.parse_parameters(globals(), __file__)
+    require("gradio", "gradio")   # a missing package: one line, before the model is loaded
+    classifier = RegionClassifier.from_pretrained(find_checkpoint(params["CHECKPOINT"]), params["DEVICE"],
+                                                  params["WINDOW"])
+    examples = example_rows(params["EXAMPLES"], params["CAMVID"])
+    app = build_app(classifier, params["TOPK"], params["MAX_PIXELS"], examples)
+    print(f"model {params['CHECKPOINT']} on {classifier.device}, window {classifier.window[0]}x"
+          f"{classifier.window[1]}; open http://{params['HOST']}:{params['PORT']} (Ctrl-C stops)")
+    app.launch(server_name=params["HOST"], server_port=params["PORT"], quiet=True,
+               allowed_paths=sorted({os.path.dirname(path) for row in examples for path in row[:2]}))
+
+
+# ---- regions from what the page sends -----------------------------------------------------------
+def photo_from_editor(value, max_pixels):
+    """The editor's background as RGB uint8, or a UserError saying what is missing."""
+    background = value.get("background") if isinstance(value, dict) else None
+    if background is None:
+        raise UserError("no photo: upload one or pick an example first")
+    photo = np.asarray(background)
+    if photo.shape[0] * photo.shape[1] > max_pixels:
+        raise UserError(f"photo is {photo.shape[1]}x{photo.shape[0]}: more than the {max_pixels} pixels "
+                        "this page accepts (--MAX_PIXELS)")
+    if photo.ndim == 2:
+        return cv2.cvtColor(photo.astype(np.uint8), cv2.COLOR_GRAY2RGB)
+    return np.ascontiguousarray(photo[:, :, :3].astype(np.uint8))
+
+
+def brush_mask(value, shape):
+    """The painted region: every pixel that a brush layer covers (alpha > 0)."""
+    painted = np.zeros(shape[:2], bool)
+    for layer in value.get("layers") or []:
+        layer = np.asarray(layer)
+        if layer.shape[:2] != tuple(shape[:2]):
+            raise UserError(f"painted layer is {layer.shape[1]}x{layer.shape[0]} but the photo is "
+                            f"{shape[1]}x{shape[0]}")
+        has_alpha = layer.ndim == 3 and layer.shape[2] == 4
+        painted |= (layer[:, :, 3] if has_alpha else layer.reshape(*layer.shape[:2], -1).max(axis=2)) > 0
+    if not painted.any():
+        raise UserError("no region painted: paint over the region with the brush, then press the button")
+    return painted
+
+
+def clicked_segment(map_path, shape, x, y, whole_value):
+    """The segment of the instance or label map at pixel (x, y): every pixel of its value
+    (`whole_value`: an instance map, where 0 is no segment) or the connected piece of that value
+    holding the pixel (a label map, where each piece is a segment and 0 may be a class)."""
+    if not map_path:
+        raise UserError("no instance or label map: upload one first")
+    label_map = read_label_map(map_path)
+    if label_map.shape[:2] != tuple(shape[:2]):
+        raise UserError(f"the map is {label_map.shape[1]}x{label_map.shape[0]} but the photo is "
+                        f"{shape[1]}x{shape[0]}: a map must have the photo's size")
+    x, y = int(round(x)), int(round(y))
+    if not (0 <= x < shape[1] and 0 <= y < shape[0]):
+        raise UserError(f"point ({x}, {y}) is outside the {shape[1]}x{shape[0]} photo")
+    value = label_map[y, x]
+    same = label_map == value
+    if whole_value:
+        if value == 0:
+            raise UserError(f"({x}, {y}) has value 0, no segment in an instance map (untick "
+                            "'instance map' to take a piece of a label map's value 0)")
+        return same
+    _, pieces = cv2.connectedComponents(same.astype(np.uint8), connectivity=8)
+    return pieces == pieces[y, x]
+
+
+def map_view(value, map_path):
+    """The photo under the map's segments, each value in its own colour (what one clicks on)."""
+    if not map_path:
+        return None
+    label_map = read_label_map(map_path)
+    colours = np.array([region_colour(i) for i in range(int(label_map.max()) + 1)], np.uint8)
+    colours[0] = 0   # value 0 (background in an instance map) only darkened
+    view = colours[label_map]
+    background = value.get("background") if isinstance(value, dict) else None
+    if background is not None and np.asarray(background).shape[:2] == label_map.shape:
+        view = cv2.addWeighted(photo_from_editor(value, np.inf), 0.5, view, 0.5, 0)
+    return view
+
+
+# ---- the answer ------------------------------------------------------------------------------
+def analyse(classifier, photo, mask, topk):
+    """(scores {class: probability}, photo with the region and its window, attention map,
+    Grad-CAM, message) for one region of `photo`."""
+    start = time.perf_counter()
+    region = as_box_mask(mask, photo.shape[:2], "region")
+    result = classifier.classify_box_masks(photo, [region], topk)[0]
+    box = classifier.window_box(photo.shape[:2], region)
+    outlined = draw_regions(photo, [region], [f"{one_line(result['class'])} {result['probability']:.2f}"], [box])
+    scores = {one_line(t["class"]): t["probability"] for t in result["topk"]}
+    message = (f"**{one_line(result['class'])}** ({result['probability']:.2f}); region of {result['area']} px, "
+               f"seen in a {classifier.window[1]}x{classifier.window[0]} window (the box)")
+    try:
+        panel = explain_regions(classifier.model, photo, [region], classifier.window)[0]
+    except UserError as error:
+        return scores, outlined, None, None, f"{message}. No heat maps: {error}"
+    return scores, outlined, panel["attention"], panel["grad_cam"], \
+        f"{message}; {time.perf_counter() - start:.2f} s"
+
+
+def answer_or_message(work):
+    """Run `work()` -> analyse's 5 outputs; a failure becomes a message on the page (no
+    traceback there; an unexpected one is logged on the server's stderr)."""
+    try:
+        return work()
+    except UserError as error:
+        return None, None, None, None, f"**Could not classify:** {error}"
+    except Exception as error:   # the page must answer whatever happened
+        traceback.print_exc()
+        return None, None, None, None, f"**Internal error** ({type(error).__name__}: {one_line(error)})"
+
+
+def example_rows(count, camvid):
+    """[photo, map, whole_value] rows: the example, `count` demo and `count` CamVid val photos
+    (those present) with their maps."""
+    rows = [[find_path("Test/example.png"), find_path("Test/example_labels.png"), True]]
+    demo = find_path("Test/demo/val")
+    names = sorted(os.listdir(os.path.join(demo, "images")))[:count] if os.path.isdir(demo) else []
+    rows += [[os.path.join(demo, "images", n), os.path.join(demo, "labels", n), False] for n in names]
+    listing = os.path.join(find_path(camvid), "val.txt") if camvid else ""
+    if os.path.isfile(listing):   # lines "val/photo.png valannot/map.png", relative to the folder
+        with open(listing, encoding="utf-8") as file:
+            pairs = [line.split() for line in file if len(line.split()) == 2][:count]
+        root = os.path.dirname(listing)
+        rows += [[os.path.join(root, photo), os.path.join(root, labels), False] for photo, labels in pairs]
+    return [[os.path.abspath(row[0]), os.path.abspath(row[1]), row[2]] for row in rows
+            if os.path.isfile(row[0]) and os.path.isfile(row[1])]
+
+
+# ---- the page --------------------------------------------------------------------------------
+def build_app(classifier, topk, max_pixels, examples=()):
+    """The Gradio page around a loaded classifier (loaded once, shared by every request).
+    API names (gradio_client): classify_brush, classify_mask, classify_click."""
+    import gradio as gr
+
+    def by_brush(value):
+        def work():
+            photo = photo_from_editor(value, max_pixels)
+            return analyse(classifier, photo, brush_mask(value, photo.shape), topk)
+        return answer_or_message(work)
+
+    def by_mask(value, mask_path):
+        def work():
+            photo = photo_from_editor(value, max_pixels)
+            if not mask_path:
+                raise UserError("no mask file: upload a PNG with 0 outside the region")
+            return analyse(classifier, photo, read_mask(mask_path, photo.shape), topk)
+        return answer_or_message(work)
+
+    def by_click(value, map_path, whole_value, x, y):
+        def work():
+            photo = photo_from_editor(value, max_pixels)
+            return analyse(classifier, photo, clicked_segment(map_path, photo.shape, x, y, whole_value), topk)
+        return answer_or_message(work)
+
+    def show_map(value, map_path):
+        try:
+            return map_view(value, map_path), ""
+        except UserError as error:
+            return None, f"**Could not read the map:** {error}"
+
+    with gr.Blocks(title="Region classifier") as app:
+        gr.Markdown("## Which class is this region?\nPut a photo in, mark a region one of three "
+                    "ways, and see the classes, the window the model saw, and where it looked.")
+        with gr.Row():
+            with gr.Column():
+                editor = gr.ImageEditor(label="Photo: upload, then paint the region", type="numpy",
+                                        image_mode="RGBA", layers=False, transforms=(), format="png",
+                                        brush=gr.Brush(colors=["#ff2060"], color_mode="fixed", default_size=12))
+                brush_button = gr.Button("Classify the painted region", variant="primary")
+                with gr.Accordion("... or upload a mask", open=False):
+                    mask_file = gr.File(label="Mask PNG (0 outside, the photo's size)", type="filepath")
+                    mask_button = gr.Button("Classify the mask")
+                with gr.Accordion("... or click a segment of an instance or label map", open=True):
+                    map_file = gr.File(label="Instance or label map PNG", type="filepath")
+                    whole_value = gr.Checkbox(True, label="instance map (a value is one segment; "
+                                              "untick for a label map: the clicked piece)")
+                    view = gr.Image(label="Click a segment", interactive=False, elem_id="map-view")
+                    with gr.Row():
+                        x = gr.Number(0, label="x", precision=0)
+                        y = gr.Number(0, label="y", precision=0)
+                        click_button = gr.Button("Classify the segment at x, y")
+            with gr.Column():
+                message = gr.Markdown(elem_id="message")
+                scores = gr.Label(num_top_classes=topk, label="Classes", elem_id="scores")
+                outlined = gr.Image(label="Region (outline) and the window the model saw (box)", format="png")
+                with gr.Row():
+                    attention = gr.Image(label="Attention branch at its merge point", format="png")
+                    cam = gr.Image(label="Grad-CAM of the class at layer4", format="png")
+        outputs = [scores, outlined, attention, cam, message]
+        if examples:
+            gr.Examples([list(row) for row in examples], inputs=[editor, map_file, whole_value], elem_id="examples",
+                        example_labels=[os.path.basename(row[0]) for row in examples])
+        brush_button.click(by_brush, [editor], outputs, api_name="classify_brush")
+        mask_button.click(by_mask, [editor, mask_file], outputs, api_name="classify_mask")
+        click_button.click(by_click, [editor, map_file, whole_value, x, y], outputs, api_name="classify_click")
+        for trigger in (map_file.change, editor.upload):
+            trigger(show_map, [editor, map_file], [view, message], api_name=False)
+
+        def pick(event: gr.SelectData):
+            return event.index[0], event.index[1]
+        view.select(pick, None, [x, y], api_name=False).then(
+            by_click, [editor, map_file, whole_value, x, y], outputs, api_name=False)
+    return app
+
+
+if __name__ == "__main__":
+    cli.run(main)

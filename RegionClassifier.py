@@ -1,0 +1,111 @@
+"""RegionClassifier: what RunPrediction.py does, as one Python call.
+
+    from RegionClassifier import RegionClassifier
+    classifier = RegionClassifier.from_pretrained("logs/demo/best.pt")   # or a release folder
+    for region in classifier.classify("Test/example.png", ["Test/example_mask1.png"]):
+        print(region["class"], region["probability"], region["topk"])
+
+Each region is shown to the net by the evaluation rule (roilib/windows.py: a window of the
+checkpoint's training geometry centred on the region, at the photo's native scale), windows go
+through the net `max_batch` at a time, and the model is in eval mode: the numbers are those of
+`python RunPrediction.py --JSON=True` for the same photo and masks.
+"""
+import os
+
+import numpy as np
+import torch
+
+from AttentionNet import AttentionNet
+from roilib.checkpoint import load_model_state
+from roilib.crops import BoxMask, box_mask
+from roilib.errors import UserError
+from roilib.evaluation import forward_windows
+from roilib.imageio import read_image, read_mask
+from roilib.runtime import amp_dtype, resolve_device
+from roilib.windows import cut_windows, model_window, window_box
+
+
+class RegionClassifier:
+    """A trained AttentionNet with its evaluation window, ready to classify regions of photos."""
+
+    def __init__(self, model, window, device=torch.device("cpu"), max_batch=32, amp=False):
+        self.model = model.to(device).eval()
+        self.window = tuple(int(side) for side in window)
+        self.device = device
+        self.max_batch = int(max_batch)
+        self.dtype = amp_dtype(device, amp)
+        self.class_names = model.class_names or [str(i) for i in range(model.num_classes)]
+
+    @classmethod
+    def from_pretrained(cls, path, device="auto", window="", max_batch=32, amp=False):
+        """Load a checkpoint (.pt) or a released folder (Export.py --FORMAT=safetensors).
+        `window`: 'HxW' to override the checkpoint's window; `device`: auto | cpu | cuda[:N]."""
+        path = os.fspath(path)
+        state = load_model_state(path)
+        model = AttentionNet.from_state(state, path)
+        return cls(model, model_window(state, window), resolve_device(device), max_batch, amp)
+
+    def classify(self, image, masks, topk=5):
+        """Class, probability and top-k of each region. `image`: a path or an RGB uint8 array
+        H×W×3; `masks`: one mask or a list of them, each a path or an H×W array (nonzero =
+        inside). Returns one dict per mask: {"class", "probability", "topk": [{"class",
+        "index", "probability"}], "area"}, probabilities rounded to 4 digits as RunPrediction's."""
+        image = as_image(image)
+        regions = as_box_masks(masks, image.shape[:2])
+        return self.classify_box_masks(image, regions, topk)
+
+    def classify_box_masks(self, image, regions, topk=5):
+        """classify() for an RGB array and BoxMasks (roilib.crops) already checked against it."""
+        k = min(int(topk), len(self.class_names))
+        results = []
+        with torch.inference_mode():
+            for first in range(0, len(regions), self.max_batch):
+                part = regions[first:first + self.max_batch]
+                images, window_masks = cut_windows(image, part, self.window)
+                probs = forward_windows(self.model, images, window_masks, self.device, self.dtype).softmax(1)
+                top_p, top_i = probs.topk(k, dim=1)
+                for region, p_row, i_row in zip(part, top_p.tolist(), top_i.tolist()):
+                    top = [{"class": self.class_names[i], "index": i, "probability": round(p, 4)}
+                           for p, i in zip(p_row, i_row)]
+                    results.append({"class": top[0]["class"], "probability": top[0]["probability"],
+                                    "topk": top, "area": int(region.mask.sum())})
+        return results
+
+    def window_box(self, image_hw, region):
+        """(x0, y0, x1, y1) in photo pixels: the part of the photo the net sees for `region`."""
+        return window_box(image_hw, region, self.window)
+
+
+def as_image(image):
+    """A path or an array -> RGB uint8 H×W×3 (a one-line UserError for anything else)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise UserError(f"image: expected an RGB uint8 array H×W×3, got {array.dtype} {array.shape}")
+    return array
+
+
+def as_box_masks(masks, shape):
+    """One mask or a list (paths or H×W arrays) -> BoxMasks, each checked against the photo's
+    size `shape` (H, W) and refused when empty."""
+    if isinstance(masks, (str, os.PathLike, BoxMask)) or (isinstance(masks, np.ndarray) and masks.ndim == 2):
+        masks = [masks]
+    if len(masks) == 0:
+        raise UserError("no mask given")
+    return [as_box_mask(mask, shape, f"mask {i + 1}") for i, mask in enumerate(masks)]
+
+
+def as_box_mask(mask, shape, name="mask"):
+    if isinstance(mask, BoxMask):
+        return mask
+    if isinstance(mask, (str, os.PathLike)):
+        return box_mask(read_mask(mask, shape))
+    array = np.asarray(mask)
+    if array.ndim != 2 or array.shape != tuple(shape[:2]):
+        raise UserError(f"{name}: mask is {'x'.join(map(str, array.shape[::-1]))} (WxH) but the photo "
+                        f"is {shape[1]}x{shape[0]}; a mask must have the photo's size")
+    region = box_mask(array != 0)
+    if region is None:
+        raise UserError(f"{name}: mask is empty (no nonzero pixel)")
+    return region

@@ -1,0 +1,118 @@
+"""Where the model looked, as heat maps over evaluation windows (what the net saw).
+
+    panels = explain_regions(model, image, regions, window)   # RGB pictures per region
+    write_image(path, explanation_strip(panels[0]))           # window | attention | Grad-CAM
+    images, masks = cut_windows(image, regions, window)        # or the maps themselves:
+    attention = attention_map(model, images, masks)            # [S,H,W] in [0, 1]
+    cam = grad_cam(model, images, masks)                       # [S,H,W] in [0, 1]
+
+attention_map: what the mask's side branch adds to the feature map at its merge point (for the
+default additive merge exactly A(mask), for a multiplicative one x·M(mask) - x), averaged over
+channels in absolute value. grad_cam: Grad-CAM (Selvaraju et al. 2017) of a class at layer4,
+the last feature map before pooling. Both are scaled to the window and to a maximum of 1, so
+they show where, not how much. A user compares them: attention on the region and Grad-CAM
+on its surroundings means the class came from the context.
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from roilib.errors import UserError
+from roilib.overlay import heat_overlay
+from roilib.windows import cut_windows
+
+# The modes whose feature maps lie over the window; the crop modes resample a box of it.
+WINDOW_MODES = ("attention", "blackout", "channel", "none")
+
+
+def explain_regions(model, image, regions, window):
+    """Per region (a BoxMask of the RGB `image`), RGB uint8 pictures of the window's size:
+    {"window": the window as the net saw it, "attention": it under the attention map (None for
+    a model without a mask branch), "grad_cam": it under Grad-CAM of the predicted class},
+    each with the region's edge in white."""
+    images, masks = cut_windows(image, regions, window)
+    device = next(model.parameters()).device
+    images, masks = images.to(device), masks.to(device)
+    attention = attention_map(model, images, masks) if len(model.branches) else None
+    cams = grad_cam(model, images, masks)
+    panels = []
+    for i in range(len(regions)):
+        rgb = np.ascontiguousarray(images[i].permute(1, 2, 0).cpu().numpy())
+        outline = masks[i, 0].cpu().numpy()
+        panels.append({"window": rgb, "grad_cam": heat_overlay(rgb, cams[i], outline=outline),
+                       "attention": None if attention is None else
+                       heat_overlay(rgb, attention[i], outline=outline)})
+    return panels
+
+
+def explanation_strip(panel, gap=4):
+    """One picture of an explain_regions panel: the window, then its heat maps, side by side."""
+    pictures = [panel[key] for key in ("window", "attention", "grad_cam") if panel[key] is not None]
+    spacer = np.full((pictures[0].shape[0], gap, 3), 255, np.uint8)
+    return np.hstack([part for picture in pictures for part in (picture, spacer)][:-1])
+
+
+def attention_map(model, images, masks, point=None):
+    """[S,H,W] float numpy: the side branch's change to the feature map at `point` (default:
+    its first merge point), per window, mean |change| over channels, scaled to [0, 1]."""
+    _check_mode(model)
+    if not len(model.branches):
+        raise UserError(f"no attention map: a model of mode '{model.config['mode']}' has no mask branch")
+    point = point or next(iter(model.branches))
+    if point not in model.branches:
+        raise UserError(f"no attention branch at {point} (this model merges at "
+                        f"{', '.join(model.branches)})")
+    captured = {}
+
+    def keep_change(module, inputs, output):
+        captured["change"] = (output - inputs[0]).float()
+
+    handle = model.branches[point].register_forward_hook(keep_change)
+    try:
+        with torch.inference_mode():
+            model(images, masks)
+    finally:
+        handle.remove()
+    return _to_window(captured["change"].abs().mean(1, keepdim=True), images.shape[-2:])
+
+
+def grad_cam(model, images, masks, classes=None):
+    """[S,H,W] float numpy: Grad-CAM at layer4 of `classes` (one index per window; default the
+    predicted class), scaled to [0, 1]."""
+    _check_mode(model)
+    captured = {}
+
+    def keep_output(module, inputs, output):
+        captured["features"] = output
+
+    handle = model.backbone.layer4.register_forward_hook(keep_output)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            logits = model(images, masks)
+            if classes is None:
+                classes = logits.argmax(1)
+            score = logits.gather(1, torch.as_tensor(classes).view(-1, 1).to(logits.device)).sum()
+            features = captured["features"]
+            gradients, = torch.autograd.grad(score, features)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * features).sum(1, keepdim=True)).detach()
+    return _to_window(cam, images.shape[-2:])
+
+
+def _check_mode(model):
+    mode = model.config["mode"]
+    if mode not in WINDOW_MODES:
+        raise UserError(f"no heat maps for a model of mode '{mode}': its feature maps lie over a "
+                        "box resampled from the window, not over the window")
+
+
+def _to_window(maps, size):
+    """[S,1,h,w] -> [S,H,W] numpy, bilinear to the window, each map divided by its maximum."""
+    maps = F.interpolate(maps.float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    peak = maps.flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1)
+    return (maps.clamp(min=0) / peak).cpu().numpy()

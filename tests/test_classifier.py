@@ -1,0 +1,90 @@
+"""RegionClassifier (the Python API): RunPrediction's answers in one call; loaders in eval mode."""
+import json
+
+import numpy as np
+import pytest
+
+from AttentionNet import AttentionNet
+from helpers import EXAMPLE_CLASSES, EXAMPLE_IMAGE, EXAMPLE_MASKS, run_script
+from RegionClassifier import RegionClassifier
+from roilib.crops import box_mask, box_mask_bbox
+from roilib.errors import UserError
+from roilib.imageio import read_image, read_mask
+
+
+@pytest.fixture(scope="module")
+def checkpoint(example_checkpoint):
+    return example_checkpoint
+
+
+@pytest.fixture(scope="module")
+def classifier(checkpoint):
+    return RegionClassifier.from_pretrained(checkpoint, device="cpu")
+
+
+def test_loaders_return_eval_mode(checkpoint):
+    assert AttentionNet.from_checkpoint(checkpoint).training is False
+
+
+def test_classify_equals_runprediction_json(checkpoint, classifier):
+    result = run_script("RunPrediction.py", f"--CHECKPOINT={checkpoint}", f"--IMAGE={EXAMPLE_IMAGE}",
+                        f"--MASKS={','.join(EXAMPLE_MASKS)}", "--TOPK=4", "--JSON=True", "--DEVICE=cpu")
+    expected = json.loads(result.stdout)
+    regions = classifier.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS, topk=4)
+    assert list(classifier.window) == expected["window"] == [64, 64]
+    for region, segment in zip(regions, expected["segments"], strict=True):
+        segment.pop("mask")
+        assert region == segment
+    # the trained model knows the example: mask i is class i, with confidence
+    assert [r["class"] for r in regions] == EXAMPLE_CLASSES[:4]
+    assert min(r["probability"] for r in regions) > 0.5
+
+
+def test_arrays_and_paths_agree(classifier):
+    image = read_image(EXAMPLE_IMAGE)
+    mask = read_mask(EXAMPLE_MASKS[1]) * 255          # 0/255 as a painted mask is
+    from_arrays = classifier.classify(image, mask, topk=2)
+    assert from_arrays == classifier.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS[1], topk=2)
+    assert len(from_arrays) == 1 and len(from_arrays[0]["topk"]) == 2
+    assert from_arrays[0]["area"] == int((mask > 0).sum())
+
+
+def test_many_masks_batched_as_one(checkpoint):
+    one_by_one = RegionClassifier.from_pretrained(checkpoint, device="cpu", max_batch=1)
+    together = RegionClassifier.from_pretrained(checkpoint, device="cpu", max_batch=32)
+    a = one_by_one.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS)
+    b = together.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS)
+    assert [r["class"] for r in a] == [r["class"] for r in b]
+    assert np.allclose([r["probability"] for r in a], [r["probability"] for r in b], atol=2e-4)
+
+
+def test_bad_masks_refused_with_reason(classifier):
+    image = read_image(EXAMPLE_IMAGE)
+    with pytest.raises(UserError, match=r"mask is 10x20 \(WxH\) but the photo is 223x207"):
+        classifier.classify(image, np.ones((20, 10), np.uint8))
+    with pytest.raises(UserError, match="empty"):
+        classifier.classify(image, np.zeros(image.shape[:2], np.uint8))
+    with pytest.raises(UserError, match="RGB uint8"):
+        classifier.classify(image.astype(np.float32), EXAMPLE_MASKS[0])
+
+
+def test_window_box_holds_the_region_at_native_scale(classifier):
+    image = read_image(EXAMPLE_IMAGE)
+    region = box_mask(read_mask(EXAMPLE_MASKS[0]))
+    x0, y0, x1, y1 = classifier.window_box(image.shape[:2], region)
+    x, y, w, h = box_mask_bbox(region)
+    assert x0 <= x and y0 <= y and x + w <= x1 and y + h <= y1   # the whole region is seen
+    assert 0 <= x0 and 0 <= y0 and x1 <= image.shape[1] and y1 <= image.shape[0]
+    if max(w, h) <= 64:                                            # fits: native scale
+        assert (x1 - x0, y1 - y0) == pytest.approx((64, 64))
+    else:                                                          # scaled down to fit
+        assert max(x1 - x0, y1 - y0) == pytest.approx(max(w, h), abs=1)
+
+
+def test_release_folder_gives_the_same_answers(checkpoint, classifier, tmp_path):
+    from roilib.checkpoint import load_checkpoint
+    from roilib.export import write_release
+    write_release(load_checkpoint(checkpoint), str(tmp_path / "release"))
+    released = RegionClassifier.from_pretrained(tmp_path / "release", device="cpu")
+    assert released.window == classifier.window
+    assert released.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS) == classifier.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS)
