@@ -275,7 +275,8 @@ def run_folder(cfg):
 def check_outputs(run_dir, params):
     """Before any work: the run's files are never written over its data or weights."""
     check_writes([("--RUN", os.path.join(run_dir, name)) for name in RUN_FILES], inputs(params),
-                 folders=[("--RUN", run_dir)], owns=("run",))
+                 folders=[("--RUN", run_dir)], owns=("run",),
+                 moved=[] if params["RESUME"] else [("--RUN", run_dir)])
 
 
 def inputs(params):

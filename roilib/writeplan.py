@@ -25,19 +25,26 @@ OWNED_FOLDERS = {
 }
 
 
-def check_writes(writes, reads=(), folders=(), owns=()):
+def check_writes(writes, reads=(), folders=(), owns=(), moved=()):
     """Refuse, before any work, a planned write that would destroy something.
 
     writes: [(label, path)] every file the script will write (label: e.g. "--OUT");
     reads: paths of the files and folders it reads (missing or empty ones are ignored);
     folders: [(label, path)] folders it will create or write into;
-    owns: kinds of OWNED_FOLDERS whose files the script writes itself (Train.py: "run").
+    owns: kinds of OWNED_FOLDERS whose files the script writes itself (Train.py: "run");
+    moved: [(label, folder)] folders the script moves aside whole (a fresh start): no input
+    may lie in one.
     """
     for label, folder in folders:
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise UserError(f"{label}={folder}: is an existing file, not a folder; choose a folder")
     inputs = [read_file for path in reads if path and os.path.exists(path)
               for read_file in _read_files(path)]
+    for label, folder in moved:
+        inside = [read for read, _ in inputs if os.path.exists(folder) and _inside(read, folder)]
+        if inside:
+            raise UserError(f"{label}: {folder} would be moved aside, and it holds the input "
+                            f"{inside[0]}; choose another folder")
     seen = {}
     for label, path in writes:
         _check_one(label, path, inputs, owns)

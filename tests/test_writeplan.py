@@ -81,6 +81,10 @@ CASES = [
     ("Train.py", [*TRAIN[:2], "--TRAIN_ANNOTATIONS={p}/data/config.json", *TRAIN[3:], "--LOG_DIR={p}",
                   "--RUN=data"], "data/config.json", "is the input"),
     ("Train.py", [*TRAIN, "--LOG_DIR={p}", "--RUN=a_file"], "a_file", "is an existing file, not a folder"),
+    ("Train.py", [*TRAIN, "--LOG_DIR={p}", "--RUN=val", "--RESUME=False"], "val/instances.json",
+     "would be moved aside, and it holds the input"),
+    ("Train.py", [*TRAIN, "--WEIGHTS={p}/run/best.pt", "--LOG_DIR={p}", "--RUN=run", "--RESUME=False"],
+     "run/best.pt", "would be moved aside, and it holds the input"),
     ("Ablation.py", [*TRAIN[:5], "--LOG_DIR={p}", "--NAME=a_file", "--DEVICE=cpu"], "a_file", "not a folder"),
     ("Benchmark.py", ["--OUT={p}/bench", "--DEVICE=cpu"], None, "is an existing folder"),
 ]
