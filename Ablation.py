@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 import Train
-from Datasets import open_dataset
+from Datasets import label_convention, open_dataset
 from roilib import cli
 from roilib.paths import REPO
 from roilib.errors import UserError
@@ -39,11 +39,16 @@ NAME = "demo"               # [nonempty] results go to LOG_DIR/<NAME>/
 LOG_DIR = "logs/ablation"   # [nonempty] folder of all ablations (relative paths: to this repository)
 VARIANTS = "all"            # comma-separated names from the table below, or all
 SEEDS = "0,1"               # [nonempty] seeds: each variant is trained once per seed
-DATASET = "demo"            # [demo|coco|opensurfaces] dataset (with the paths below, "" = default layout)
+DATASET = "demo"            # [demo|coco|opensurfaces|camvid] dataset (with the paths below, "" = default layout)
 TRAIN_IMAGES = ""           # training image folder
 TRAIN_ANNOTATIONS = ""      # training instances JSON or label-map folder
 VAL_IMAGES = ""             # evaluation image folder
 VAL_ANNOTATIONS = ""        # evaluation instances JSON or label-map folder
+BACKGROUND = ""             # label maps: value of unlabelled pixels, None = every value is a class ("" = the DATASET's, see Train.py)
+IGNORE = ""                 # label maps: comma-separated values neither a class nor a region ("" = the DATASET's)
+CLASS_VALUES = ""           # label maps: comma-separated values of the classes in class order ("" = all but BACKGROUND and IGNORE)
+LABEL_NAMES = ""            # label maps: IMAGE_ENDING,LABEL_ENDING ("" = image stem + .png)
+MIN_AREA = 1                # [>=1] segments smaller than this (pixels) are neither trained on nor evaluated
 ARCH = "resnet18"           # backbone of every variant
 WEIGHTS = None              # None | imagenet | path (same start for every variant)
 STEPS = 200                 # [>=1] training steps per run
@@ -78,7 +83,8 @@ VARIANT_TABLE = {
     "channel": {"MODE": "channel"},
     "none": {"MODE": "none"},
 }
-SHARED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS", "ARCH",
+SHARED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS", "BACKGROUND",
+          "IGNORE", "CLASS_VALUES", "LABEL_NAMES", "MIN_AREA", "ARCH",
           "WEIGHTS", "STEPS", "LR", "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "WORKERS", "DEVICE", "AMP")
 SUMMARY_BINS = ("<1k", "1k-2k", "2k-4k", "4k-8k")
 OUTPUTS = ("results.csv", "results.json", "results.png")
@@ -117,7 +123,8 @@ def main():
 def check_pair_classes(pairs, cfg):
     """The context pairs name classes of the evaluation data: a misspelt or absent one would
     leave its column empty without a word."""
-    names = open_dataset(cfg.DATASET, "val", cfg.VAL_IMAGES, cfg.VAL_ANNOTATIONS, train=False).class_names
+    names = open_dataset(cfg.DATASET, "val", cfg.VAL_IMAGES, cfg.VAL_ANNOTATIONS, train=False,
+                         convention=label_convention(vars(cfg), cfg.DATASET)).class_names
     for name, classes in pairs.items():
         unknown = [c.strip() for c in classes.split(",") if c.strip() and c.strip() not in names]
         if unknown:
@@ -213,7 +220,7 @@ def settings_changed(run_dir, overrides):
     if not isinstance(stored, dict):
         raise UserError(f"{config_path}: no parameters stored (not written by Train.py); use another --NAME")
     request = cli.parse_parameters(vars(Train), Train.__file__, arguments(overrides))
-    return differences(stored, request, Train.FIXED + Train.LEARNING, Train.with_data_paths)
+    return differences(stored, request, Train.FIXED + Train.LEARNING, Train.as_read)
 
 
 def read_json(path):

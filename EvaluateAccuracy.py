@@ -16,7 +16,7 @@ import os
 import torch
 
 from AttentionNet import AttentionNet
-from Datasets import open_dataset, resolve_paths
+from Datasets import label_convention, open_dataset, resolve_paths
 from roilib.checkpoint import load_model_state
 from roilib import cli
 from roilib.errors import UserError, one_line
@@ -30,11 +30,15 @@ from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] checkpoint to evaluate (relative paths: to this repository)
-DATASET = ""                # [""|demo|coco|opensurfaces] dataset ("" = the one the checkpoint was trained on)
+DATASET = ""                # [""|demo|coco|opensurfaces|camvid] dataset ("" = the one the checkpoint was trained on)
 IMAGES = ""                 # image folder ("" = the DATASET's validation images)
 ANNOTATIONS = ""            # instances JSON or label-map folder ("" = the DATASET's validation set)
 CLASS_NAMES = None          # label maps only: comma-separated names (None = as in training)
-MIN_AREA = 1                # [>=1] ignore segments smaller than this (pixels)
+BACKGROUND = ""             # label maps: value of unlabelled pixels, None = every value is a class ("" = as in training)
+IGNORE = ""                 # label maps: comma-separated values neither a class nor a region ("" = as in training)
+CLASS_VALUES = ""           # label maps: comma-separated values of the classes in class order ("" = as in training)
+LABEL_NAMES = ""            # label maps: IMAGE_ENDING,LABEL_ENDING ("" = as in training)
+MIN_AREA = None             # [None|>=1] ignore segments smaller than this (pixels; None = as in training)
 OUT = ""                    # output folder ("" = the checkpoint's folder)
 WINDOW = ""                 # [""|HxW] evaluation window HxW around each segment ("" = the one stored in the checkpoint by Train.py)
 MAX_BATCH = 32              # [>=1] windows per forward pass
@@ -55,13 +59,12 @@ def main():
     checkpoint = find_checkpoint(cfg.CHECKPOINT)
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint)
-    dataset_name, images, annotations, names = evaluation_paths(cfg, state)
+    dataset_name, images, annotations = evaluation_paths(cfg, state)
     folder = output_folder(cfg.OUT, checkpoint)
     check_writes([("--OUT", os.path.join(folder, name)) for name in OUTPUTS],
                  [checkpoint, images, annotations], folders=[("--OUT", folder)])
     check_writable_folder(folder)  # before the evaluation, not after it
-    dataset = open_dataset(dataset_name, "val", images, annotations, train=False,
-                           class_names=names, min_area=cfg.MIN_AREA)
+    dataset = open_evaluation_set(cfg, state, checkpoint, dataset_name, images, annotations)
     check_classes(model, dataset, checkpoint, annotations, cfg.MATCH_BY_INDEX)
 
     window = model_window(state, cfg.WINDOW)
@@ -100,16 +103,27 @@ def output_folder(out, checkpoint):
 
 
 def evaluation_paths(cfg, state):
-    """(dataset name, images, annotations, class names): the parameters' data, or by default the
-    validation set the checkpoint was trained with (Train.py's parameters stored in it)."""
+    """(dataset name, images, annotations): the parameters' data, or by default the validation
+    set the checkpoint was trained with (Train.py's parameters stored in it)."""
     trained = state.get("params") if isinstance(state.get("params"), dict) else {}
     dataset_name = cfg.DATASET or trained.get("DATASET") or "demo"
-    names = cfg.CLASS_NAMES if cfg.CLASS_NAMES is not None else trained.get("CLASS_NAMES")
     images, annotations = cfg.IMAGES, cfg.ANNOTATIONS
     if not cfg.DATASET and not cfg.IMAGES and not cfg.ANNOTATIONS:
         images, annotations = trained.get("VAL_IMAGES", ""), trained.get("VAL_ANNOTATIONS", "")
-    images, annotations = resolve_paths(dataset_name, "val", images, annotations)
-    return dataset_name, images, annotations, names
+    return (dataset_name, *resolve_paths(dataset_name, "val", images, annotations))
+
+
+def open_evaluation_set(cfg, state, checkpoint, dataset_name, images, annotations):
+    """The reader of evaluation_paths' data, with the checkpoint's class names, label-map
+    convention and MIN_AREA unless the parameters say."""
+    trained = state.get("params") if isinstance(state.get("params"), dict) else {}
+    names = cfg.CLASS_NAMES if cfg.CLASS_NAMES is not None else trained.get("CLASS_NAMES")
+    given = {"BACKGROUND": cfg.BACKGROUND, "IGNORE": cfg.IGNORE, "CLASS_VALUES": cfg.CLASS_VALUES,
+             "LABEL_NAMES": cfg.LABEL_NAMES}
+    convention = label_convention(given, dataset_name, state.get("label_convention"), checkpoint)
+    min_area = cfg.MIN_AREA if cfg.MIN_AREA is not None else trained.get("MIN_AREA", 1)
+    return open_dataset(dataset_name, "val", images, annotations, train=False,
+                        class_names=names, min_area=min_area, convention=convention)
 
 
 def report_skipped(out):

@@ -2,14 +2,12 @@
 
     reader = OpenSurfacesReader("TrainVal_Set/Images", "TrainVal_Set/Annotations")
 
-Each image has a label map: a single-channel PNG with the image's stem in ``label_dir``,
-pixel value = class, ``background`` = unlabelled. Each connected component (8-connectivity)
-of each class is one segment. Labels number the non-background values in order, so for
-OpenSurfaces (background 0) label = value - 1 over its 45 materials. Any other label-map
-dataset works by giving ``class_names`` or ``num_classes``.
-
-Palette (indexed) PNGs, as PASCAL VOC ships its SegmentationClass maps, are read as their
-indices; ``ignore`` (VOC: 255) declares a value that is neither a class nor background.
+Each image has a label map: a single-channel PNG in ``label_dir`` (by default the image's
+stem + ".png"), pixel value = class; each connected component (8-connectivity) of a class is
+one segment. The convention (``background``, ``ignore``, ``class_values``, ``label_names``:
+roilib/labelconvention.py) is the caller's; by default 0 is unlabelled and the other values
+are the classes in order (OpenSurfaces: label = value - 1). Values neither a class nor void
+are counted and reported by summary(). Palette PNGs (VOC) are read as their indices.
 
 All label maps are scanned once (threads: cv2 releases the GIL); for each segment its bbox
 and one of its pixels are kept in numpy arrays, so a mask is later rebuilt from the label
@@ -35,6 +33,7 @@ from roilib.errors import UserError
 from roilib.imageio import read_label_map
 from roilib.indexcache import (cached_index, content_digest, folder_identity, notice,
                                stat_row)
+from roilib.labelconvention import LabelConvention, total_undeclared, undeclared_warning
 
 # The 45 OpenSurfaces materials, in the order of the original repository
 # (sagieppel/Classification-of-the-material-given-region-of-an-image-using-a-convolutional-
@@ -54,24 +53,30 @@ ANNOUNCE_MAPS = 2000
 
 # value: label-map value; seed: (x, y) of one pixel of the component, to find it again.
 Component = namedtuple("Component", "value area bbox seed")
-# One label map in the index: its stat row, content digest, (height, width), and its
-# segments as rows of SEGMENT_COLUMNS.
-MapEntry = namedtuple("MapEntry", "name stem stat digest shape segments")
+# One label map in the index: its stat row, content digest, (height, width), its segments
+# as rows of SEGMENT_COLUMNS, and (value, pixels) rows of its undeclared values.
+MapEntry = namedtuple("MapEntry", "name stem stat digest shape segments undeclared")
 SEGMENT_COLUMNS = ("number", "x", "y", "w", "h", "area", "value", "seed_x", "seed_y")
 
 
 class OpenSurfacesReader(SegmentDataset):
     def __init__(self, image_dir, label_dir, train=True, background=0, class_names=None,
-                 num_classes=None, min_area=1, ignore=None):
+                 num_classes=None, min_area=1, ignore=(), class_values=None, label_names=None):
         super().__init__(train)
         self.image_dir, self.label_dir = str(image_dir), str(label_dir)
-        self.background = background
-        self.ignore = ignore  # a value that is neither a class nor background (VOC: 255)
+        if class_values is not None and class_names is None and num_classes is None:
+            num_classes = len(class_values)
         self.class_names = _class_names(class_names, num_classes)
-        self.category_ids = [v for v in range(len(self.class_names) + 2)
-                             if v not in (background, ignore)][:len(self.class_names)]
+        self.rule = LabelConvention(len(self.class_names), background, ignore, class_values,
+                                    label_names)  # how values and file names are read
+        self.category_ids = self.rule.class_values  # the label-map value of each class
         self.min_area = max(int(min_area), 1)
         self._adopt(self._index())
+
+    @property
+    def convention(self):
+        """How the label maps are read, as plain data (stored in checkpoints)."""
+        return self.rule.as_dict()
 
     # ------------------------------------------------------------------ construction
 
@@ -82,8 +87,7 @@ class OpenSurfacesReader(SegmentDataset):
         identity = {"images": folder_identity(self.image_dir, with_stat=False,
                                               names=_is_image_name),
                     "labels": folder_identity(self.label_dir)}
-        settings = {"background": self.background, "ignore": self.ignore,
-                    "classes": self.num_classes, "min_area": self.min_area}
+        settings = {**self.convention, "classes": self.num_classes, "min_area": self.min_area}
         return cached_index(self.label_dir, "labelmap", identity, settings, self._scan,
                             self._check_index, incremental=True)
 
@@ -109,9 +113,9 @@ class OpenSurfacesReader(SegmentDataset):
         name; and how many images have none."""
         maps, missing = [], 0
         for name in sorted(os.listdir(self.image_dir)):
-            if not _is_image_name(name):
+            stem = self.rule.stem_of(name, _is_image_name)
+            if stem is None:
                 continue
-            stem = os.path.splitext(name)[0]
             try:
                 status = os.stat(self._label_path(stem))
             except OSError:  # none, or a dangling link (as os.path.isfile said before)
@@ -131,17 +135,20 @@ class OpenSurfacesReader(SegmentDataset):
         if old is not None and old.digest == digest:
             return old._replace(name=name, stat=status)
         label_map = read_label_map(path)
+        components, undeclared = self._components_of(label_map)
         rows = [(number, *c.bbox, c.area, c.value, *c.seed)
-                for number, c in enumerate(self._components_of(label_map, path))]
+                for number, c in enumerate(components)]
         return MapEntry(name, stem, status, digest, label_map.shape,
-                        np.array(rows, np.int64).reshape(-1, len(SEGMENT_COLUMNS)))
+                        np.array(rows, np.int64).reshape(-1, len(SEGMENT_COLUMNS)), undeclared)
 
     def _adopt(self, arrays):
         """Index arrays -> the reader's tables; maps without a segment are left out."""
         self.missing_labels = int(arrays["missing_labels"])
+        # value -> pixels of the values that are neither a class nor declared void
+        self.undeclared = total_undeclared(arrays["undeclared"])
         counts = np.diff(arrays["map_segments"])
         kept = np.flatnonzero(counts)
-        self.images = LabelMapImages(self.image_dir, self.label_dir,
+        self.images = LabelMapImages(self.image_dir, self.label_dir, self.rule.label_end,
                                      StringTable.of(arrays, "image_names"),
                                      StringTable.of(arrays, "stems"), kept)
         table = arrays["segments"]  # columns: SEGMENT_COLUMNS
@@ -150,44 +157,33 @@ class OpenSurfacesReader(SegmentDataset):
                        table[:, 0], self.labels_of(self._values), table[:, 5], table[:, 1:5])
 
     def _check_index(self, arrays):
-        """check_label_map_index, and every value a class of these settings."""
+        """check_label_map_index, every segment value a class of these settings and every
+        undeclared value none."""
         check_label_map_index(arrays)
-        values = arrays["segments"][:, 6]
-        void = [v for v in (self.background, self.ignore) if v is not None]
-        if np.isin(values, void).any():
-            raise ValueError("index holds segments of the background or ignore value")
+        values, others = arrays["segments"][:, 6], arrays["undeclared"][:, 0]
+        if self.rule.is_void(values).any() or self.rule.is_void(others).any():
+            raise ValueError("index holds the background or an ignore value")
         check_range("segment label", self.labels_of(values), 0, self.num_classes - 1)
+        check_range("undeclared label", self.labels_of(others), -1, -1)
 
     def _label_path(self, stem):
-        return os.path.join(self.label_dir, stem + ".png")
+        return os.path.join(self.label_dir, stem + self.rule.label_end)
 
     def label_of(self, value):
-        """Label of a class value: its index among the values that are neither background
-        nor ``ignore``."""
-        return int(self.labels_of(np.int64(value)))
+        """Label of a class value (its index in ``category_ids``), -1 for any other value."""
+        return int(self.rule.labels_of(value))
 
     def labels_of(self, values):
-        """``label_of`` over an array of values."""
-        skipped = (values > self.background).astype(np.int64)
-        if self.ignore is not None:
-            skipped += values > self.ignore
-        return values - skipped
+        return self.rule.labels_of(values)  # label_of over an array
 
-    def _components_of(self, label_map, label_path):
-        """One scan of a label map -> its components (by value, then raster order)."""
-        counts = np.bincount(label_map.ravel())
+    def _components_of(self, label_map):
+        """One scan of a label map -> (its components, by value then raster order; (value,
+        pixels) rows of the values that are neither a class nor declared void)."""
+        classes, undeclared = self.rule.split(np.bincount(label_map.ravel()))
         components = []
-        for value in np.flatnonzero(counts):
-            if value == self.background or value == self.ignore:
-                continue
-            if not 0 <= self.label_of(value) < self.num_classes:
-                raise UserError(
-                    f"{label_path}: label value {value} but only {self.num_classes} classes "
-                    f"(background {self.background}"
-                    f"{'' if self.ignore is None else f', ignore {self.ignore}'}); give "
-                    f"class_names or num_classes")
+        for value in classes:
             components += _value_components(label_map, value, self.min_area)
-        return components
+        return components, undeclared
 
     # ------------------------------------------------------------------ access
 
@@ -230,19 +226,20 @@ class OpenSurfacesReader(SegmentDataset):
         return [self._box_mask_from(label_map, i) for i in segment_indices]
 
     def summary(self):
+        warning = undeclared_warning(self.undeclared, "declare them (IGNORE, CLASS_VALUES) or "
+                                                      "name more classes")
         return (f"{self.label_dir}: {len(self.images)} images, {len(self)} segments, "
                 f"{self.num_classes} classes; images without a label map: "
-                f"{self.missing_labels}")
+                f"{self.missing_labels}" + (f"\n{warning}" if warning else ""))
 
 
 class LabelMapImages(_View):
     """``images[i]``: {"path", "label_path", "id"} built on demand (id: the file stem, as
     an int when it is a number), over the maps ``rows`` of the index."""
 
-    def __init__(self, image_dir, label_dir, names, stems, rows):
-        self.image_dir, self.label_dir, self.names, self.stems = \
-            image_dir, label_dir, names, stems
-        self.rows = rows
+    def __init__(self, image_dir, label_dir, label_end, names, stems, rows):
+        self.image_dir, self.label_dir, self.label_end = image_dir, label_dir, label_end
+        self.names, self.stems, self.rows = names, stems, rows
 
     def __len__(self):
         return len(self.rows)
@@ -251,7 +248,7 @@ class LabelMapImages(_View):
         row = self.rows[index]
         stem = self.stems[row]
         return {"path": os.path.join(self.image_dir, self.names[row]),
-                "label_path": os.path.join(self.label_dir, stem + ".png"),
+                "label_path": os.path.join(self.label_dir, stem + self.label_end),
                 "id": int(stem) if stem.isdigit() else stem}
 
 
@@ -261,18 +258,20 @@ def _known_entries(previous):
         return {}
     names = StringTable.of(previous, "image_names")
     stems = StringTable.of(previous, "stems")
-    bounds = previous["map_segments"]
+    bounds, others = previous["map_segments"], previous["map_undeclared"]
     return {stems[i]: MapEntry(names[i], stems[i], tuple(previous["map_stat"][i].tolist()),
                                int(previous["map_digest"][i]),
                                tuple(previous["map_shape"][i].tolist()),
-                               previous["segments"][bounds[i]:bounds[i + 1]])
+                               previous["segments"][bounds[i]:bounds[i + 1]],
+                               previous["undeclared"][others[i]:others[i + 1]])
             for i in range(len(stems))}
 
 
 def _pack(entries, missing):
     """Index arrays of MapEntry items, in order."""
-    bounds = np.zeros(len(entries) + 1, np.int64)
+    bounds, others = (np.zeros(len(entries) + 1, np.int64) for _ in range(2))
     np.cumsum([len(e.segments) for e in entries], out=bounds[1:])
+    np.cumsum([len(e.undeclared) for e in entries], out=others[1:])
     empty = np.zeros((0, len(SEGMENT_COLUMNS)), np.int64)
     return {**StringTable.build([e.name for e in entries]).arrays("image_names"),
             **StringTable.build([e.stem for e in entries]).arrays("stems"),
@@ -281,6 +280,9 @@ def _pack(entries, missing):
             "map_shape": np.array([e.shape for e in entries], np.int64).reshape(-1, 2),
             "map_segments": bounds,
             "segments": np.concatenate([e.segments for e in entries] + [empty]),
+            "map_undeclared": others,
+            "undeclared": np.concatenate([e.undeclared for e in entries]
+                                         + [np.zeros((0, 2), np.int64)]),
             "missing_labels": np.array(missing, np.int64)}
 
 
@@ -294,12 +296,15 @@ def check_label_map_index(arrays):
         "stems_data": (np.uint8, (None,)), "stems_offsets": (ints, (None,)),
         "map_stat": (ints, (None, 4)), "map_digest": (ints, (None,)),
         "map_shape": (ints, (None, 2)), "map_segments": (ints, (None,)),
-        "segments": (ints, (None, len(SEGMENT_COLUMNS))), "missing_labels": (ints, ())})
-    check_lengths(arrays, [("image_names_offsets", "stems_offsets", "map_segments"),
+        "segments": (ints, (None, len(SEGMENT_COLUMNS))), "missing_labels": (ints, ()),
+        "map_undeclared": (ints, (None,)), "undeclared": (ints, (None, 2))})
+    check_lengths(arrays, [("image_names_offsets", "stems_offsets", "map_segments",
+                            "map_undeclared"),
                            ("map_stat", "map_digest", "map_shape")])
     check_offsets(arrays["image_names_offsets"], arrays["image_names_data"])
     check_offsets(arrays["stems_offsets"], arrays["stems_data"])
     check_offsets(arrays["map_segments"], arrays["segments"])
+    check_offsets(arrays["map_undeclared"], arrays["undeclared"])
     if len(arrays["map_stat"]) + 1 != len(arrays["map_segments"]):
         raise ValueError("index arrays do not fit together")
     shape, table = arrays["map_shape"], arrays["segments"]
@@ -311,6 +316,8 @@ def check_label_map_index(arrays):
     check_range("seed y", table[:, 8], y, y + h - 1)
     check_range("segment value", table[:, 6], 0, np.iinfo(np.uint16).max)
     check_range("missing_labels", arrays["missing_labels"], 0, np.inf)
+    check_range("undeclared value", arrays["undeclared"][:, 0], 0, np.iinfo(np.uint16).max)
+    check_range("undeclared pixels", arrays["undeclared"][:, 1], 1, np.inf)
 
 
 def _is_image_name(name):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from AttentionNet import AttentionNet
-from Datasets import open_dataset, resolve_paths
+from Datasets import label_convention, open_dataset, resolve_paths
 from roilib import cli
 from roilib.checkpoint import load_checkpoint
 from roilib.distributed import Distributed
@@ -39,12 +39,16 @@ from roilib.windows import WINDOW_RULE, parse_window, training_window
 from roilib.writeplan import RUN_FILES, check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
-DATASET = "demo"            # [demo|coco|opensurfaces] which default layout and class names to use (see README)
+DATASET = "demo"            # [demo|coco|opensurfaces|camvid] which default layout, class names and label-map convention to use (see README)
 TRAIN_IMAGES = ""           # training image folder ("" = the DATASET's default layout, see README)
 TRAIN_ANNOTATIONS = ""      # coco: instances JSON; opensurfaces: label-map folder ("" = default)
 VAL_IMAGES = ""             # validation image folder ("" = default)
 VAL_ANNOTATIONS = ""        # validation instances JSON or label-map folder ("" = default)
-CLASS_NAMES = None          # label maps only: comma-separated names in value order (None = the 45 OpenSurfaces materials)
+CLASS_NAMES = None          # label maps only: comma-separated names in value order (None = the DATASET's; else the 45 OpenSurfaces materials)
+BACKGROUND = ""             # label maps: value of unlabelled pixels, None = every value is a class ("" = the DATASET's: 0, camvid None)
+IGNORE = ""                 # label maps: comma-separated values neither a class nor a region, e.g. 255 ("" = the DATASET's: none, camvid 11)
+CLASS_VALUES = ""           # label maps: comma-separated values of the classes in class order, e.g. Cityscapes ids ("" = all values in order but BACKGROUND and IGNORE)
+LABEL_NAMES = ""            # label maps: IMAGE_ENDING,LABEL_ENDING, e.g. _leftImg8bit.png,_gtFine_labelIds.png ("" = image stem + .png)
 MIN_AREA = 1                # [>=1] segments smaller than this (pixels) are not used
 ARCH = "resnet18"           # [resnet18|resnet34|resnet50|resnet101|resnet152] backbone (resnet50: the paper's)
 WEIGHTS = None              # None (random init) | imagenet | path to a torchvision ResNet state_dict
@@ -85,15 +89,17 @@ SNAPSHOT_EVERY = 0          # [>=0] keep step_N.pt every N steps (0 = never)
 # the data or the schedule's shape and must match last.pt's; CHANGEABLE ones take effect and
 # are announced; the folder (FOLDER) is not compared.
 FIXED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS",
-         "CLASS_NAMES", "MIN_AREA", "ARCH", "WEIGHTS", "MODE", "ATTENTION", "MERGE", "WARMUP_STEPS",
-         "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "JITTER", "CROP_MARGIN", "BALANCED",
-         "FLIP", "SEED", "WINDOW")
+         "CLASS_NAMES", "BACKGROUND", "IGNORE", "CLASS_VALUES", "LABEL_NAMES", "MIN_AREA", "ARCH",
+         "WEIGHTS", "MODE", "ATTENTION", "MERGE", "WARMUP_STEPS", "MIN_SIZE", "MAX_SIZE",
+         "MAX_PIXELS", "MAX_BATCH", "JITTER", "CROP_MARGIN", "BALANCED", "FLIP", "SEED", "WINDOW")
 # LEARNING: changeable, yet they change what the run learns (Ablation.py reuses a run only
 # when FIXED and LEARNING equal its request).
 LEARNING = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "AMP")
 CHANGEABLE = LEARNING + ("WORKERS", "DEVICE", "CHANNELS_LAST", "COMPILE", "LOG_EVERY", "VAL_EVERY",
                          "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
 FOLDER = ("LOG_DIR", "RUN", "RESUME")
+# Parameters added after runs were stored, with the value those runs had in effect.
+ADDED = {"BACKGROUND": "", "IGNORE": "", "CLASS_VALUES": "", "LABEL_NAMES": ""}
 DATA_PATHS = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")
 
 
@@ -125,10 +131,13 @@ def train(cfg, params, jitter, window, dist, device):
     with dist.together():
         last = os.path.join(run_dir, "last.pt")
         state = load_checkpoint(last) if cfg.RESUME and os.path.exists(last) else None
+        convention = label_convention(params, cfg.DATASET)
         train_set = open_dataset(cfg.DATASET, "train", cfg.TRAIN_IMAGES, cfg.TRAIN_ANNOTATIONS,
-                                 train=True, class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA)
+                                 train=True, class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA,
+                                 convention=convention)
         val_set = open_dataset(cfg.DATASET, "val", cfg.VAL_IMAGES, cfg.VAL_ANNOTATIONS, train=False,
-                               class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA)
+                               class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA,
+                               convention=convention)
         if val_set.class_names != train_set.class_names:
             raise UserError("the validation set's classes differ from the training set's")
         model, changes = build_model(cfg, params, train_set, state, last)
@@ -182,7 +191,8 @@ def train(cfg, params, jitter, window, dist, device):
                 model.save(os.path.join(run_dir, name), optimizer=optimizer.state_dict(),
                            scaler=scaler.state_dict(), step=step,
                            best_metric=best, metrics=metrics, params=params, window=list(window),
-                           schedule_steps=schedule_steps, warmup_steps=warmup, world_size=dist.world_size)
+                           schedule_steps=schedule_steps, warmup_steps=warmup, world_size=dist.world_size,
+                           label_convention=getattr(train_set, "convention", None))
 
     sampler = VaryingSizeBatchSampler(
         train_set.labels, cfg.MIN_SIZE, cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH,
@@ -262,7 +272,7 @@ def build_model(cfg, params, train_set, state, last):
         raise UserError(f"{last} holds a different model ({found}) than asked ({expected}); use "
                         "another --RUN, or --RESUME=False to start afresh")
     require_training_state(state, last)
-    changes = resume_changes(state["params"], params, last, FIXED, CHANGEABLE, with_data_paths)
+    changes = resume_changes(state["params"], params, last, FIXED, CHANGEABLE, as_read)
     check_class_names(model.class_names, train_set.class_names, last)
     return model, changes
 
@@ -281,12 +291,14 @@ def check_outputs(run_dir, params):
 
 def inputs(params):
     """The files and folders a run reads: its four data paths (as read) and WEIGHTS."""
-    paths = with_data_paths(params)
+    paths = as_read(params)
     return [paths[name] for name in DATA_PATHS] + [params["WEIGHTS"]]
 
 
-def with_data_paths(p):
-    """A parameter dict with its four data paths as read: defaults filled in, absolute."""
+def as_read(p):
+    """A parameter dict as it is read: the ADDED ones a run stored before them had in effect,
+    and its four data paths with defaults filled in, absolute."""
+    p = {**ADDED, **p}
     paths = (*resolve_paths(p["DATASET"], "train", p["TRAIN_IMAGES"], p["TRAIN_ANNOTATIONS"]),
              *resolve_paths(p["DATASET"], "val", p["VAL_IMAGES"], p["VAL_ANNOTATIONS"]))
     return dict(p, **{name: os.path.abspath(path) for name, path in zip(DATA_PATHS, paths)})

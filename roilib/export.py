@@ -38,7 +38,7 @@ def release_info(state):
     return {"format": state.get("format"), "config": dict(state["config"]),
             "window": list(model_window(state)), "window_rule": WINDOW_RULE,
             "padding_rgb": list(MEAN_COLOUR), "params": state.get("params"),
-            "step": state.get("step")}
+            "label_convention": state.get("label_convention"), "step": state.get("step")}
 
 
 def onnx_metadata(state):

@@ -395,8 +395,8 @@ def test_palette_label_map_gives_indices_and_ignore_value(tmp_path):
     assert reader.labels.tolist() == [0, 14] and [s.area for s in reader.segments] == [64, 150]
     assert reader.category_ids[:2] == [1, 2] and len(reader.category_ids) == 20
     assert (reader[1]["mask"] == (values == 15)).all()
-    with pytest.raises(Exception, match="value 255"):
-        OpenSurfacesReader(tmp_path / "images", tmp_path / "labels", num_classes=20)
+    undeclared = OpenSurfacesReader(tmp_path / "images", tmp_path / "labels", num_classes=20)
+    assert undeclared.undeclared == {255: 17} and undeclared.labels.tolist() == [0, 14]
 
 
 # ----------------------------------------------------------------------------- crafted caches
@@ -438,6 +438,15 @@ def _first(value):
     return change
 
 
+def _undeclared(rows):
+    """The first map's undeclared rows replaced by ``rows`` (value, pixels)."""
+    def edit(arrays):
+        arrays["undeclared"] = np.array(rows, np.int64).reshape(-1, 2)
+        arrays["map_undeclared"] = np.minimum(np.arange(len(arrays["map_undeclared"])),
+                                              len(rows))
+    return edit
+
+
 # (reader, case) -> how the arrays of a valid cache are changed; the key stays right, so
 # only the check of the arrays themselves can catch it.
 CRAFTED = {
@@ -452,6 +461,12 @@ CRAFTED = {
     ("labelmap", "bad offsets"): _set("map_segments", lambda a: a[::-1].copy()),
     ("labelmap", "offsets beyond the buffer"): _set("stems_offsets", _first(-5)),
     ("labelmap", "wrong shape"): _set("segments", lambda a: a[:, :8].copy()),
+    ("labelmap", "undeclared value a class"): _undeclared([[1, 5]]),
+    ("labelmap", "undeclared value the background"): _undeclared([[0, 5]]),
+    ("labelmap", "undeclared value huge"): _undeclared([[2 ** 40, 5]]),
+    ("labelmap", "undeclared pixels none"): _undeclared([[200, 0]]),
+    ("labelmap", "undeclared offsets beyond the buffer"): _set("map_undeclared", lambda a: a + 3),
+    ("labelmap", "undeclared rows of 3"): _set("undeclared", lambda a: np.zeros((0, 3), np.int64)),
     ("coco", "huge header"): "rle_data",
     ("coco", "float arrays"): _set("segment_bbox", lambda a: a.astype(np.float32)),
     ("coco", "label out of range"): _set("segment_label", _first(80)),
@@ -585,6 +600,36 @@ def test_touched_or_added_label_map_keeps_the_other_entries(demo, tmp_path, monk
     os.link(demo / "labels" / extra, labels / extra)
     grown = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
     assert scanned == [extra] and len(grown.images) == len(first.images) + 1
+
+
+def _undeclared_pixels(labels, classes):
+    """{value: pixels} of the values above 0 that are not among the first `classes`, counted
+    over the maps on disk."""
+    counts = sum(np.bincount(cv2.imread(str(path), cv2.IMREAD_UNCHANGED).ravel(), minlength=256)
+                 for path in sorted(labels.iterdir()))
+    return {v: int(counts[v]) for v in np.flatnonzero(counts) if v > classes}
+
+
+def test_undeclared_counts_survive_the_incremental_index(demo, tmp_path, monkeypatch):
+    """They are stored per map: a map added, or one recoloured in place, is scanned alone and
+    the counts are still those of every map on disk."""
+    images, labels = _copy_label_maps(demo, tmp_path)
+    few = CLASS_NAMES[:3]  # values 4.. are neither a class nor void
+    first = OpenSurfacesReader(images, labels, class_names=few)
+    assert first.undeclared == _undeclared_pixels(labels, 3) != {}
+    extra = sorted(os.listdir(demo / "labels"))[5]
+    os.link(demo / "images" / extra, images / extra)
+    os.link(demo / "labels" / extra, labels / extra)
+    name = sorted(os.listdir(labels))[0]
+    old_map = cv2.imread(str(labels / name), cv2.IMREAD_UNCHANGED)
+    _edit_keeping_size_and_mtime(labels / name, lambda path: cv2.imwrite(
+        str(path), np.where(old_map > 3, 200, old_map).astype(np.uint8),
+        [cv2.IMWRITE_PNG_COMPRESSION, 0]))
+    scanned = _count_scans(monkeypatch)
+    changed = OpenSurfacesReader(images, labels, class_names=few)
+    assert sorted(scanned) == sorted([name, extra])
+    assert changed.undeclared == _undeclared_pixels(labels, 3) != first.undeclared
+    assert 200 in changed.undeclared and "200 (" in changed.summary()
 
 
 def test_coco_file_edited_in_place_with_its_mtime_restored_is_read_again(tmp_path):

@@ -178,7 +178,16 @@ def test_class_names_are_part_of_the_model():
     stored = train_namespace()
     changed = dict(stored, CLASS_NAMES="grass,water")
     with pytest.raises(UserError, match="CLASS_NAMES: None -> 'grass,water'"):
-        resume_changes(stored, changed, "last.pt", Train.FIXED, Train.CHANGEABLE, Train.with_data_paths)
+        resume_changes(stored, changed, "last.pt", Train.FIXED, Train.CHANGEABLE, Train.as_read)
+
+
+def test_label_convention_is_fixed_on_resume_and_older_runs_resume():
+    stored = train_namespace()
+    older = {k: v for k, v in stored.items() if k not in ("BACKGROUND", "IGNORE")}
+    groups = (Train.FIXED, Train.CHANGEABLE, Train.as_read)
+    assert resume_changes(older, stored, "last.pt", *groups) == []
+    with pytest.raises(UserError, match="IGNORE: '' -> '255'"):
+        resume_changes(older, dict(stored, IGNORE="255"), "last.pt", *groups)
 
 
 @pytest.mark.parametrize("name,value", [("VAL_MAX_IMAGES", -1), ("LOG_EVERY", -1), ("STEPS", 0),

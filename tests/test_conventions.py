@@ -1,0 +1,211 @@
+"""Label maps of every convention, read as they are on disk: CamVid (0 is a class, 11 void),
+PASCAL VOC (palette PNG, 0 background, 255 void), ADE20K (0 unlabelled) and Cityscapes
+(non-contiguous labelIds, label files named differently). None turns a void value into a
+class; a value nobody declared is counted and reported; the checkpoint keeps the convention."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from Datasets import CAMVID_CLASSES, label_convention, open_dataset
+from helpers import ROOT, TINY, run_in_process, run_script
+from roilib.errors import UserError
+from roilib.labelconvention import LabelConvention
+
+CAMVID = os.path.join(ROOT, "..", "shared", "datasets", "camvid")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Index caches go to the test's folder, never beside shared data."""
+    monkeypatch.setenv("ROI_ATTENTION_CACHE", str(tmp_path / "cache"))
+
+
+def write_set(folder, maps, image_name="{}.png", label_name="{}.png", palette=False):
+    """images/ and labels/ under `folder`, one textured image per label map."""
+    from PIL import Image
+    images, labels = folder / "images", folder / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, values in enumerate(maps):
+        cv2.imwrite(str(images / image_name.format(f"f{i}")),
+                    rng.integers(0, 255, (*values.shape, 3), dtype=np.uint8))
+        picture = Image.fromarray(values.astype(np.uint8), mode="P" if palette else "L")
+        if palette:
+            picture.putpalette([0, 0, 0, 128, 0, 0] + [64, 128, 200] * 254)
+        picture.save(labels / label_name.format(f"f{i}"))
+    return str(images), str(labels)
+
+
+def camvid_map(shift=0):
+    """0 Sky on top, 3 Road below, a 9 Pedestrian, 11 void everywhere else."""
+    values = np.full((64, 64), 11, np.uint8)
+    values[:20] = 0
+    values[40:] = 3
+    values[25:35, 10 + shift:16 + shift] = 9
+    return values
+
+
+def segments_by_value(reader):
+    """{label-map value: [areas of its segments]}."""
+    found = {}
+    for segment in reader.segments:
+        found.setdefault(reader.category_ids[segment.label], []).append(segment.area)
+    return found
+
+
+def test_camvid_convention_keeps_sky_and_drops_void(tmp_path):
+    images, labels = write_set(tmp_path, [camvid_map()])
+    reader = open_dataset("camvid", "train", images, labels)
+    assert reader.class_names == CAMVID_CLASSES and reader.category_ids == list(range(11))
+    assert segments_by_value(reader) == {0: [20 * 64], 3: [24 * 64], 9: [60]}
+    assert [s.label for s in reader.segments] == [0, 3, 9] and reader.undeclared == {}
+    assert (reader[0]["mask"] == (camvid_map() == 0)).all()
+    # the old default convention would have lost Sky and made void a class: not so here
+    plain = open_dataset("opensurfaces", "train", images, labels, class_names=CAMVID_CLASSES)
+    assert 0 not in segments_by_value(plain) and 11 in segments_by_value(plain)
+
+
+def test_voc_palette_with_void_border(tmp_path):
+    values = np.zeros((40, 40), np.uint8)
+    values[5:15, 5:15] = 1            # aeroplane
+    values[20:35, 20:35] = 15         # person
+    values[19, 19:36] = 255           # void border
+    values[20:35, 19] = 255
+    images, labels = write_set(tmp_path, [values], image_name="{}.jpg", palette=True)
+    names = [f"voc{i}" for i in range(1, 21)]
+    convention = label_convention({"IGNORE": "255"}, "opensurfaces")
+    reader = open_dataset("opensurfaces", "val", images, labels, train=False, class_names=names,
+                          convention=convention)
+    assert segments_by_value(reader) == {1: [100], 15: [225]} and reader.undeclared == {}
+    assert reader.labels.tolist() == [0, 14] and reader.category_ids == list(range(1, 21))
+
+
+def test_ade20k_zero_is_unlabelled(tmp_path):
+    values = np.zeros((30, 30), np.uint8)
+    values[:10] = 1      # wall
+    values[20:] = 150    # the last of ADE20K's 150 classes
+    images, labels = write_set(tmp_path, [values], image_name="{}.jpg")
+    reader = open_dataset("opensurfaces", "val", images, labels, train=False,
+                          class_names=[f"ade{i}" for i in range(1, 151)])
+    assert segments_by_value(reader) == {1: [300], 150: [300]}
+    assert reader.labels.tolist() == [0, 149] and reader.undeclared == {}
+
+
+def test_cityscapes_ids_and_file_names(tmp_path):
+    values = np.zeros((32, 48), np.uint8)   # 0 unlabelled
+    values[:8] = 7            # road
+    values[10:20, :10] = 26   # car
+    values[10:20, 20:30] = 4  # static: declared void
+    values[25:, 40:] = 33     # bicycle, but not among the classes given: undeclared
+    images, labels = write_set(tmp_path, [values], image_name="{}_leftImg8bit.png",
+                               label_name="{}_gtFine_labelIds.png")
+    # an image without its label file is counted, not paired with another's
+    cv2.imwrite(os.path.join(images, "lone_leftImg8bit.png"), np.zeros((32, 48, 3), np.uint8))
+    params = {"IGNORE": "1,2,3,4", "CLASS_VALUES": "7,8,26",
+              "LABEL_NAMES": "_leftImg8bit.png,_gtFine_labelIds.png"}
+    reader = open_dataset("opensurfaces", "val", images, labels, train=False,
+                          class_names=["road", "sidewalk", "car"],
+                          convention=label_convention(params, "opensurfaces"))
+    assert segments_by_value(reader) == {7: [8 * 48], 26: [100]}
+    assert reader.labels.tolist() == [0, 2] and reader.missing_labels == 1
+    assert reader.images[0]["id"] == "f0" and reader.images[0]["label_path"].endswith(
+        "f0_gtFine_labelIds.png")
+    assert reader.undeclared == {33: 7 * 8} and "33 (56 px)" in reader.summary()
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"BACKGROUND": "0,1"}, "BACKGROUND=0,1"), ({"IGNORE": "x"}, "IGNORE=x"),
+    ({"LABEL_NAMES": ".png"}, "IMAGE_ENDING,LABEL_ENDING"), ({"CLASS_VALUES": "-1"}, ">= 0")])
+def test_bad_convention_is_one_line(params, words):
+    with pytest.raises(UserError, match=words):
+        label_convention(params, "opensurfaces")
+
+
+@pytest.mark.parametrize("stored", [[0], {"background": "0"}, {"ignore": [-1]}, {"x": 1},
+                                    {"label_names": [".png"]}])
+def test_unreadable_stored_convention_is_one_line(stored):
+    with pytest.raises(UserError, match="convention is not readable"):
+        label_convention({}, "camvid", stored, "c.pt")
+
+
+@pytest.mark.parametrize("keywords, count, labels", [
+    # keywords, classes -> the label of each value 0..13 and of 300 (-1: not a class)
+    ({}, 3, [-1, 0, 1, 2] + [-1] * 11),
+    ({"background": None, "ignore": [11]}, 11, list(range(11)) + [-1] * 4),
+    ({"ignore": [2, 255]}, 3, [-1, 0, -1, 1, 2] + [-1] * 10),
+    ({"class_values": [7, 8, 11, 13]}, 4, [-1] * 7 + [0, 1, -1, -1, 2, -1, 3, -1]),
+    ({"background": None, "class_values": [5, 0]}, 2, [1, -1, -1, -1, -1, 0] + [-1] * 9)])
+def test_every_value_has_its_label_or_none(keywords, count, labels):
+    rule = LabelConvention(count, **keywords)
+    values = np.array(list(range(14)) + [300])
+    assert rule.labels_of(values).tolist() == labels
+    assert [int(rule.labels_of(v)) for v in values] == labels  # one value alike
+    counts = np.bincount(values, minlength=301)
+    classes, undeclared = rule.split(counts)
+    void = set(rule.ignore) | {rule.background}
+    assert classes.tolist() == [v for v, label in zip(values, labels) if label >= 0]
+    assert undeclared.tolist() == [[v, 1] for v, label in zip(values, labels)
+                                   if label < 0 and v not in void]
+
+
+def test_class_value_may_not_be_void(tmp_path):
+    images, labels = write_set(tmp_path, [camvid_map()])
+    with pytest.raises(UserError, match="none of them background or ignore"):
+        open_dataset("camvid", "val", images, labels, class_names=["a", "b"],
+                     convention=label_convention({"CLASS_VALUES": "3,11"}, "camvid"))
+
+
+def test_convention_is_part_of_the_index_cache_key(tmp_path):
+    images, labels = write_set(tmp_path, [camvid_map()])
+    assert 0 in segments_by_value(open_dataset("camvid", "val", images, labels))
+    # same folder, other convention: scanned again, not the cached index of the first
+    other = open_dataset("camvid", "val", images, labels,
+                         convention=label_convention({"BACKGROUND": "0"}, "camvid"))
+    assert 0 not in segments_by_value(other) and set(segments_by_value(other)) == {3, 9}
+
+
+def test_checkpoint_keeps_the_convention_and_refuses_another(tmp_path, capsys, monkeypatch):
+    train = write_set(tmp_path / "train", [camvid_map(), camvid_map(20)])
+    val = write_set(tmp_path / "val", [camvid_map(10)])
+    run_script("Train.py", *TINY, "--DATASET=camvid", f"--TRAIN_IMAGES={train[0]}",
+               f"--TRAIN_ANNOTATIONS={train[1]}", f"--VAL_IMAGES={val[0]}",
+               f"--VAL_ANNOTATIONS={val[1]}", f"--LOG_DIR={tmp_path}/logs", "--RUN=c",
+               "--STEPS=2", "--VAL_EVERY=0", "--DEVICE=cpu",
+               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    checkpoint = tmp_path / "logs" / "c" / "last.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["label_convention"] == {"background": None, "ignore": [11],
+                                         "class_values": list(range(11)), "label_names": None}
+    # evaluation reads the maps the way training did, with no parameter repeated
+    code, out = run_in_process("EvaluateAccuracy.py", [
+        f"--CHECKPOINT={checkpoint}", "--WORKERS=0", "--DEVICE=cpu", f"--OUT={tmp_path}/eval"],
+        capsys, monkeypatch)
+    assert code == 0 and "3 segments in 1 images" in out.out
+    code, out = run_in_process("EvaluateAccuracy.py", [
+        f"--CHECKPOINT={checkpoint}", "--BACKGROUND=0", "--DEVICE=cpu"], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in out.err
+    assert "--BACKGROUND=0" in out.err and "background None" in out.err
+
+
+@pytest.mark.skipif(not os.path.isdir(CAMVID), reason="../shared/datasets/camvid is absent")
+def test_real_camvid_val_reads_as_on_disk():
+    images, labels = os.path.join(CAMVID, "val"), os.path.join(CAMVID, "valannot")
+    reader = open_dataset("camvid", "val", images, labels, train=False, min_area=64)
+    assert len(reader.images) == 101 and reader.missing_labels == 0 and reader.undeclared == {}
+    assert set(reader.labels.tolist()) == set(range(11))   # every class, Sky (0) included
+    assert reader.segments[0].area >= 64
+
+
+def test_component_size_table():
+    """tools/component_sizes.py: segments per class at each threshold, pixels below `keep`."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "component_sizes", os.path.join(ROOT, "tools", "component_sizes.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rows = tool.size_table(np.array([0, 0, 1]), np.array([10, 100, 70]), ["a", "b"], [1, 64], 64)
+    assert rows == [["a", 2, 1, "9.09%"], ["b", 1, 1, "0.00%"], ["all", 3, 2, "5.56%"]]
