@@ -1,5 +1,5 @@
-"""Writing results safely: whole files or nothing, output places checked before the work,
-and never over an input.
+"""Writing results safely: whole files or nothing, output folders checked before the work
+(which outputs may replace what: roilib/writeplan.py).
 
 Every file the project writes (checkpoints, eval.json, CSVs, plots, config.json, PNGs, index
 caches, ONNX) goes through ``atomic_path``/``atomic_write``: a temporary sibling named by the
