@@ -91,7 +91,7 @@ OUTPUTS = ("results.csv", "results.json", "results.png")
 
 
 def main():
-    cfg = cli.parse_config(globals(), __file__)
+    cfg = cli.parse_config(globals(), __file__, help_more=variant_help())
     variants = list(VARIANT_TABLE) if cfg.VARIANTS == "all" else [v.strip() for v in cfg.VARIANTS.split(",")]
     unknown = [v for v in variants if v not in VARIANT_TABLE]
     if unknown:
@@ -131,6 +131,14 @@ def check_pair_classes(pairs, cfg):
             option = "CONTEXT_CLASSES" if name == "near pair" else "FAR_CONTEXT_CLASSES"
             raise UserError(f"--{option}: {', '.join(unknown)} not among the data's classes; valid: "
                             f"{', '.join(map(str, names))}")
+
+
+def variant_help():
+    """The VARIANTS table as --help shows it: each name with the Train.py settings it runs."""
+    width = max(map(len, VARIANT_TABLE))
+    rows = [f"  {name:<{width}}  {' '.join(f'--{k}={v}' for k, v in overrides.items())}"
+            for name, overrides in VARIANT_TABLE.items()]
+    return "\nVARIANTS (name: Train.py settings; the rest as set above):\n" + "\n".join(rows)
 
 
 def run_all(jobs, runs, start, cfg):

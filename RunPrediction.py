@@ -3,33 +3,32 @@
     python RunPrediction.py                                        # Test/example.png + its masks
     python RunPrediction.py --IMAGE=photo.jpg --MASKS=roi1.png,roi2.png --OVERLAY=out.png
     python RunPrediction.py --IMAGE=photo.jpg --INSTANCE_MAP=instances.png --JSON=True
+    python RunPrediction.py --OVERLAY=out.png --EXPLAIN=True       # + where the model looked
 
 Masks: PNGs with 0 outside and 1 or 255 inside, the image's size (several comma-separated, or
 a glob), or one instance map where each nonzero value is one segment. Each segment is shown
 to the net the way training showed it: in a window of the model's training geometry, centred
 on it, at the photo's native scale (roilib/windows.py), so a 4000x3000 photo is not shrunk as
 a whole. Windows go through the net MAX_BATCH at a time: memory does not grow with the number
-of masks or the size of the photo beyond the photo and the masks themselves.
+of masks or the size of the photo beyond the photo and the masks themselves. The numbers are
+RegionClassifier's (the Python API): this script is that class on files.
 """
 import glob
 import json
 import os
 
-import cv2
 import numpy as np
-import torch
 
-from AttentionNet import AttentionNet
+from RegionClassifier import RegionClassifier
 from roilib import cli
-from roilib.checkpoint import load_model_state
 from roilib.crops import BoxMask, box_mask
 from roilib.errors import UserError, one_line
+from roilib.explain import check_explainable, explain_regions, explanation_strip
 from roilib.imageio import check_image_extension, read_image, read_label_map, read_mask, write_image
 from roilib.outputs import check_writable_folder
+from roilib.overlay import draw_regions
 from roilib.paths import find_checkpoint, find_path
-from roilib.evaluation import forward_windows
-from roilib.runtime import amp_dtype, resolve_device
-from roilib.windows import cut_windows, model_window
+from roilib.runtime import resolve_device
 from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
@@ -39,7 +38,8 @@ MASKS = "Test/example_mask*.png"   # ROI mask PNG(s): one path, comma-separated 
 INSTANCE_MAP = ""           # instead of MASKS: an instance map whose nonzero values are segments ("" = use MASKS)
 TOPK = 3                    # [>=1] classes listed per mask
 JSON = False                # print JSON instead of text
-OVERLAY = ""                # write the image with outlined, labelled masks to this file, .png or .jpg ("" = no)
+OVERLAY = ""                # write the image with outlined, labelled masks and their windows to this file, .png or .jpg ("" = no)
+EXPLAIN = False             # the overlay also shows, per mask, its window, the attention map and the Grad-CAM heat map
 WINDOW = ""                 # [""|HxW] window HxW around each segment ("" = the one the model was trained and validated with)
 MAX_BATCH = 32              # [>=1] windows per forward pass (bounds memory for maps with many instances)
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
@@ -49,7 +49,9 @@ AMP = False                 # bf16 autocast (faster on GPUs; float32 is exact an
 
 def main():
     cfg = cli.parse_config(globals(), __file__)
-    device = resolve_device(cfg.DEVICE)
+    if cfg.EXPLAIN and not cfg.OVERLAY:
+        raise UserError("--EXPLAIN=True draws the heat maps into the overlay: set --OVERLAY=out.png too")
+    device = resolve_device(cfg.DEVICE)   # a wrong device stops here, before any reading
     checkpoint = find_checkpoint(cfg.CHECKPOINT)
     image_path = find_path(cfg.IMAGE)
     sources = [find_path(cfg.INSTANCE_MAP)] if cfg.INSTANCE_MAP else mask_paths(cfg.MASKS)
@@ -59,16 +61,15 @@ def main():
         check_writable_folder(os.path.dirname(os.path.abspath(cfg.OVERLAY)), "OVERLAY's folder")
     image = read_image(image_path)
     names, masks = read_segments(image.shape[:2], sources, instance_map=bool(cfg.INSTANCE_MAP))
-    state = load_model_state(checkpoint)
-    model = AttentionNet.from_state(state, checkpoint).to(device).eval()
-    window = model_window(state, cfg.WINDOW)
-    results = predict(model, image, masks, device, window, cfg.MAX_BATCH, cfg.TOPK,
-                      amp_dtype(device, cfg.AMP))
-    for result, name, mask in zip(results, names, masks):
+    classifier = RegionClassifier.from_pretrained(checkpoint, device, cfg.WINDOW, cfg.MAX_BATCH, cfg.AMP)
+    if cfg.EXPLAIN:
+        check_explainable(classifier.model)
+    results = classifier.classify_box_masks(image, masks, cfg.TOPK)
+    for result, name in zip(results, names):
         result["mask"] = name
-        result["area"] = int(mask.mask.sum())
+    overlay = cfg.OVERLAY and draw_overlay(image, classifier, masks, results, cfg.EXPLAIN)
     if cfg.JSON:
-        print(json.dumps({"image": image_path, "checkpoint": checkpoint, "window": list(window),
+        print(json.dumps({"image": image_path, "checkpoint": checkpoint, "window": list(classifier.window),
                           "segments": results}, indent=1))
     else:
         print(f"{image_path} ({image.shape[1]}x{image.shape[0]}), model {checkpoint}:")
@@ -77,8 +78,7 @@ def main():
             print(f"  {r['mask']}: {one_line(r['class'])} ({r['probability']:.2f})"
                   + (f"   then {others}" if others else ""))
     if cfg.OVERLAY:
-        write_image(cfg.OVERLAY, draw_overlay(image, masks, [f"{r['class']} {r['probability']:.2f}"
-                                                             for r in results]))
+        write_image(cfg.OVERLAY, overlay)
         if not cfg.JSON:
             print(f"overlay written to {cfg.OVERLAY}")
 
@@ -137,39 +137,20 @@ def instance_box_masks(instance_map):
     return found, masks
 
 
-@torch.inference_mode()
-def predict(model, image, masks, device, window, max_batch, topk, dtype=None):
-    """Class, probability and top-k of each mask, each seen in its window (the evaluation
-    rule), at most `max_batch` windows per forward (`dtype`: autocast, None = float32)."""
-    names = model.class_names or [str(i) for i in range(model.num_classes)]
-    was_training = model.training
-    model.eval()
-    results = []
-    for first in range(0, len(masks), max_batch):
-        images, window_masks = cut_windows(image, masks[first:first + max_batch], window)
-        probs = forward_windows(model, images, window_masks, device, dtype).softmax(1)
-        top_p, top_i = probs.topk(min(topk, model.num_classes), dim=1)
-        for row_p, row_i in zip(top_p.tolist(), top_i.tolist()):
-            top = [{"class": names[i], "index": i, "probability": round(p, 4)} for p, i in zip(row_p, row_i)]
-            results.append({"class": top[0]["class"], "probability": top[0]["probability"], "topk": top})
-    model.train(was_training)
-    return results
-
-
-def draw_overlay(image, masks, labels):
-    """The image with each mask (BoxMask) outlined in its own colour and labelled at its top."""
-    canvas = image.copy()
-    for i, (mask, label) in enumerate(zip(masks, labels)):
-        colour = tuple(int(c) for c in cv2.cvtColor(
-            np.uint8([[[(i * 47) % 180, 230, 255]]]), cv2.COLOR_HSV2RGB)[0, 0])
-        contours, _ = cv2.findContours(mask.mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
-                                       offset=(mask.x, mask.y))
-        cv2.drawContours(canvas, contours, -1, colour, 2)
-        ys = np.flatnonzero(mask.mask.any(axis=1))
-        x, y = mask.x + int(np.flatnonzero(mask.mask[ys[0]])[0]), max(mask.y + int(ys[0]) - 4, 10)
-        cv2.putText(canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
-    return canvas
+def draw_overlay(image, classifier, masks, results, explain=False):
+    """The photo with each mask outlined, labelled (class and probability) and its evaluation
+    window boxed; with `explain`, a row under it per mask: the window as the net saw it, the
+    attention map and the Grad-CAM heat map (roilib/explain.py)."""
+    labels = [f"{one_line(r['class'])} {r['probability']:.2f}" for r in results]
+    boxes = [classifier.window_box(image.shape[:2], mask) for mask in masks]
+    canvas = draw_regions(image, masks, labels, boxes)
+    if not explain:
+        return canvas
+    panels = explain_regions(classifier.model, image, masks, classifier.window)
+    rows = [canvas] + [explanation_strip(panel) for panel in panels]
+    width = max(row.shape[1] for row in rows)
+    return np.vstack([np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255)
+                      for row in rows])[:-4]
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from roilib.optim import (FINAL_FACTOR, lr_factor, make_optimizer, require_train
                           restore_training_state, set_learning_rate, warmup_steps)
 from roilib.paths import REPO
 from roilib.runlock import claim_run_folder
-from roilib.runlog import LossMeter, RunLogger
+from roilib.runlog import RUN_FILES, LossMeter, RunLogger
 from roilib.runtime import amp_dtype, autocast, resolve_device
 from roilib.sampler import VaryingSizeBatchSampler, check_sizes, make_train_loader
 from roilib.skipped import SkippedFiles
@@ -115,7 +115,7 @@ def main():
             check_weights(cfg.WEIGHTS)
             jitter = parse_jitter(cfg.JITTER)
             window = parse_window(cfg.WINDOW) if cfg.WINDOW else training_window(cfg.MAX_SIZE)
-            check_outputs(run_folder(cfg), params)
+            check_outputs(run_folder(cfg.LOG_DIR, cfg.RUN, cfg.RESUME), params)
         train(cfg, params, jitter, window, dist, device)
     finally:
         dist.stop()
@@ -125,9 +125,46 @@ def train(cfg, params, jitter, window, dist, device):
     """Every process runs this; a step that can fail on one process alone runs inside
     dist.together(), so that any error stops all processes at once (roilib/distributed.py)."""
     torch.manual_seed(cfg.SEED)
-    run_dir = run_folder(cfg)
+    run_dir = run_folder(cfg.LOG_DIR, cfg.RUN, cfg.RESUME)
     with dist.together():   # rank 0 alone writes the run folder: it holds the lock
         lock = claim_run_folder(run_dir, cfg.RESUME) if dist.is_main else None
+    # last.pt's step once written or resumed from (named on Ctrl-C); whether a step ran
+    progress = {"last.pt": None, "stepped": False}
+    try:
+        train_in(run_dir, progress, cfg, params, jitter, window, dist, device)
+    except BaseException as error:
+        if lock and not progress["stepped"]:   # failed before its first step: no folder left
+            lock.discard_if_unused(RUN_FILES)
+        if isinstance(error, KeyboardInterrupt):
+            raise KeyboardInterrupt(interrupted_note(run_dir, progress["last.pt"], cfg.RESUME)) from None
+        raise
+    if lock:
+        lock.release()
+
+
+def run_folder(log_dir, run, resume):
+    """LOG_DIR/RUN. --RESUME=False moves an existing run folder aside, so there RUN must name a
+    folder inside LOG_DIR: `.`, `..` or a path outside would move LOG_DIR or more."""
+    logs = log_dir if os.path.isabs(log_dir) else os.path.join(REPO, log_dir)
+    run_dir = os.path.normpath(os.path.join(logs, run))
+    real_logs, real_run = os.path.realpath(logs), os.path.realpath(run_dir)
+    if not resume and (real_run == real_logs or os.path.commonpath([real_logs, real_run]) != real_logs):
+        raise UserError(f"--RUN={run} names {real_run}, not a folder inside --LOG_DIR ({real_logs}), "
+                        "which --RESUME=False would move aside; give a run name such as --RUN=demo2")
+    return run_dir
+
+
+def interrupted_note(run_dir, step, resume):
+    """What Ctrl-C leaves: the last checkpoint and its step, and how to go on from it."""
+    if step is None:
+        return "no checkpoint was written yet, nothing to resume from"
+    again = "the same command" if resume else "the same command without --RESUME=False"
+    return (f"the last checkpoint is {os.path.join(run_dir, 'last.pt')} (step {step}); "
+            f"{again} resumes from it")
+
+
+def train_in(run_dir, progress, cfg, params, jitter, window, dist, device):
+    """Train in the claimed `run_dir`, noting in `progress` the first step and each last.pt."""
     with dist.together():
         last = os.path.join(run_dir, "last.pt")
         state = load_checkpoint(last) if cfg.RESUME and os.path.exists(last) else None
@@ -156,11 +193,14 @@ def train(cfg, params, jitter, window, dist, device):
         step = 0
         if state is not None:
             step = restore_training_state(state, optimizer, scaler, cfg.WEIGHT_DECAY, last)
+            progress["last.pt"] = step
+        stop_at = min(cfg.STOP_AT or cfg.STEPS, cfg.STEPS)
         best = (state or {}).get("best_metric", -1.0)
         schedule = {"warmup_steps": warmup, "cosine_steps": schedule_steps,
                     "final_factor": FINAL_FACTOR}
         logger = RunLogger(run_dir, params, cfg.STEPS, train_set, dist, device, dtype,
-                           resumed_step=step if state else None, schedule=schedule)
+                           resumed_step=step if state else None, schedule=schedule,
+                           will_train=step < stop_at)
         logger.announce(train_set, val_set, model, step, settings_line(cfg))
         for change in changes:
             logger.print(f"changed on resume: {change}")
@@ -175,7 +215,9 @@ def train(cfg, params, jitter, window, dist, device):
         if step >= cfg.STEPS:
             logger.print(f"already trained {step} steps (STEPS={cfg.STEPS}); raise --STEPS to go on "
                          f"at {FINAL_FACTOR:g} x LR")
-    if step >= cfg.STEPS:
+        elif step >= stop_at:
+            logger.print(f"already at step {step}, past STOP_AT={cfg.STOP_AT}: no step to run")
+    if step >= stop_at:
         return
     net = model
     if dist.enabled:
@@ -193,6 +235,8 @@ def train(cfg, params, jitter, window, dist, device):
                            best_metric=best, metrics=metrics, params=params, window=list(window),
                            schedule_steps=schedule_steps, warmup_steps=warmup, world_size=dist.world_size,
                            label_convention=getattr(train_set, "convention", None))
+        if name == "last.pt":
+            progress[name] = step
 
     sampler = VaryingSizeBatchSampler(
         train_set.labels, cfg.MIN_SIZE, cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH,
@@ -203,7 +247,6 @@ def train(cfg, params, jitter, window, dist, device):
     net.train()
     meter = LossMeter()
     skipped = SkippedFiles()
-    stop_at = min(cfg.STOP_AT or cfg.STEPS, cfg.STEPS)
     while step < stop_at:
         with dist.together():   # a loader error here must not leave the others in DDP's all-reduce
             batch = next(loader)
@@ -221,6 +264,7 @@ def train(cfg, params, jitter, window, dist, device):
         scaler.step(optimizer)
         scaler.update()
         step += 1
+        progress["stepped"] = True
         meter.add(loss.detach(), labels.shape[0])
         if due(step, cfg.LOG_EVERY) or step == stop_at:
             mean_loss, rate = meter.summary(dist)   # over all processes: the same everywhere
@@ -247,8 +291,6 @@ def train(cfg, params, jitter, window, dist, device):
         if due(step, cfg.SNAPSHOT_EVERY):
             save(f"step_{step}.pt")
     logger.finish(step, best, skipped)
-    if lock:
-        lock.release()
 
 
 def settings_line(cfg):
@@ -275,11 +317,6 @@ def build_model(cfg, params, train_set, state, last):
     changes = resume_changes(state["params"], params, last, FIXED, CHANGEABLE, as_read)
     check_class_names(model.class_names, train_set.class_names, last)
     return model, changes
-
-
-def run_folder(cfg):
-    log_dir = cfg.LOG_DIR if os.path.isabs(cfg.LOG_DIR) else os.path.join(REPO, cfg.LOG_DIR)
-    return os.path.join(log_dir, cfg.RUN)
 
 
 def check_outputs(run_dir, params):

@@ -169,10 +169,10 @@ def convert(name, text, default):
     return text
 
 
-def parse_parameters(defaults, script_path, argv=None):
+def parse_parameters(defaults, script_path, argv=None, help_more=""):
     """{name: value} of the parameter block: `defaults` (the script's globals, not changed)
     with the arguments applied in order: `--NAME=value`, or a recipe file (a .py file of
-    `NAME = value` lines, see read_recipe). `--help` prints the block."""
+    `NAME = value` lines, see read_recipe). `--help` prints the block, then `help_more`."""
     argv = sys.argv[1:] if argv is None else argv
     block = read_block(script_path)
     names = [name for name, _ in block]
@@ -180,6 +180,8 @@ def parse_parameters(defaults, script_path, argv=None):
     if any(a in ("-h", "--help") for a in argv):
         print(f"Parameters of {script_path} (override as --NAME=value, or in a recipe file):")
         print("\n".join(line for _, line in block))
+        if help_more:
+            print(help_more)
         raise SystemExit(0)
     for arg in argv:
         if not arg.startswith("-") and arg.endswith(".py"):
@@ -198,9 +200,9 @@ def parse_parameters(defaults, script_path, argv=None):
     return {name: namespace[name] for name in names}
 
 
-def parse_config(defaults, script_path, argv=None):
+def parse_config(defaults, script_path, argv=None, help_more=""):
     """parse_parameters as a namespace: the one `cfg` a script passes its values on from."""
-    return SimpleNamespace(**parse_parameters(defaults, script_path, argv))
+    return SimpleNamespace(**parse_parameters(defaults, script_path, argv, help_more))
 
 
 def check_name(name, names, recipe=None):
@@ -269,8 +271,8 @@ def run(main):
             print(str(e), file=sys.stderr)
         time.sleep(STOP_GRACE_S)   # let the failing process exit first: torchrun names it the cause
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:   # a script may say what the interrupt left (its message)
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         raise SystemExit(130) from None
 
 

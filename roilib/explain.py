@@ -55,7 +55,7 @@ def explanation_strip(panel, gap=4):
 def attention_map(model, images, masks, point=None):
     """[S,H,W] float numpy: the side branch's change to the feature map at `point` (default:
     its first merge point), per window, mean |change| over channels, scaled to [0, 1]."""
-    _check_mode(model)
+    check_explainable(model)
     if not len(model.branches):
         raise UserError(f"no attention map: a model of mode '{model.config['mode']}' has no mask branch")
     point = point or next(iter(model.branches))
@@ -79,7 +79,7 @@ def attention_map(model, images, masks, point=None):
 def grad_cam(model, images, masks, classes=None):
     """[S,H,W] float numpy: Grad-CAM at layer4 of `classes` (one index per window; default the
     predicted class), scaled to [0, 1]."""
-    _check_mode(model)
+    check_explainable(model)
     captured = {}
 
     def keep_output(module, inputs, output):
@@ -104,7 +104,8 @@ def grad_cam(model, images, masks, classes=None):
     return _to_window(cam, images.shape[-2:])
 
 
-def _check_mode(model):
+def check_explainable(model):
+    """A one-line UserError for a model whose heat maps would not lie over its window."""
     mode = model.config["mode"]
     if mode not in WINDOW_MODES:
         raise UserError(f"no heat maps for a model of mode '{mode}': its feature maps lie over a "

@@ -1,6 +1,6 @@
 """Export a trained AttentionNet for use without this repository.
 
-ONNX: one file, model.onnx, whose graph takes uint8 images [B,3,H,W] (RGB) and uint8 masks
+ONNX: one file, <checkpoint>.onnx, whose graph takes uint8 images [B,3,H,W] (RGB) and uint8 masks
 [B,1,H,W] (nonzero = ROI) of any batch and size, normalises them inside and returns logits
 [B,K]. Its metadata holds the class names, category ids and the evaluation window with its
 rule (roilib/windows.py), so a consumer needs no other file.
@@ -42,7 +42,7 @@ def release_info(state):
 
 
 def onnx_metadata(state):
-    """metadata_props of model.onnx: strings only, lists and dicts as JSON."""
+    """metadata_props of the .onnx file: strings only, lists and dicts as JSON."""
     info = release_info(state)
     config = info["config"]
     return {"class_names": json.dumps(config["class_names"]),

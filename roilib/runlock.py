@@ -2,6 +2,7 @@
 process runs there. The OS drops a flock when its process ends, however it ends, so a killed
 run never leaves a stale lock behind."""
 import fcntl
+import fnmatch
 import os
 import shutil
 import time
@@ -17,6 +18,7 @@ class RunLock:
 
     def __init__(self, run_dir):
         self.run_dir = run_dir
+        self.created = not os.path.isdir(run_dir)   # by this process: it may remove it again
         try:
             os.makedirs(run_dir, exist_ok=True)
             self.file = open(os.path.join(run_dir, LOCK_NAME), "a+")
@@ -40,6 +42,24 @@ class RunLock:
         if not self.file.closed:
             fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
+
+    def discard_if_unused(self, run_files):
+        """Release the lock; a folder this process created that holds only the lock and files
+        matching `run_files` (glob patterns: the records a run opens before its first step) is
+        removed, so that a run which failed before any checkpoint leaves nothing behind.
+        Anything else in it (a checkpoint, a user's file) keeps the folder as it is."""
+        self.release()
+        if not self.created:
+            return
+        patterns = (LOCK_NAME, *run_files)
+        try:
+            names = os.listdir(self.run_dir)
+            if all(any(fnmatch.fnmatch(n, p) for p in patterns) for n in names):
+                for name in names:
+                    os.remove(os.path.join(self.run_dir, name))
+                os.rmdir(self.run_dir)
+        except OSError:
+            pass   # kept: a later start reads a folder without checkpoint as a new run
 
 
 def claim_run_folder(run_dir, resume):

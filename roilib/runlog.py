@@ -16,14 +16,28 @@ from roilib.runtime import precision_name
 
 RATE_FIELD = "img_per_s"   # train_log.csv's throughput column (Benchmark.py reads it back)
 CSV_FIELDS = ["step", "loss", "lr", RATE_FIELD, "val_accuracy", "val_mean_class_accuracy"]
+# The records a run opens before its first checkpoint (see RunLock.discard_if_unused).
+RUN_FILES = ("config.json", "train_log.csv", "events.out.tfevents.*")
+
+
+def read_log(csv_path):
+    """train_log.csv's rows; a file that is not a CSV text log (a non-UTF-8 byte, a NUL, a
+    field beyond csv's limit, a folder) is one line that says how to go on."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            return list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error, OSError) as error:
+        why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise UserError(f"{csv_path}: cannot be read as this run's log ({why}); move it aside to "
+                        "resume with a new log, or start afresh with --RESUME=False or another "
+                        "--RUN") from None
 
 
 def trim_log(csv_path, step):
     """Drop train_log.csv rows after `step` (the step resumed from): a killed run logged
     them after its last checkpoint, and they are logged again. Torn or malformed rows go
     too. Rewritten atomically. Returns the number of rows dropped."""
-    with open(csv_path, newline="") as f:
-        rows = list(csv.reader(f))
+    rows = read_log(csv_path)
     header = rows[0] if rows else CSV_FIELDS  # an empty file: killed before its header
     kept = [row for row in rows[1:] if len(row) == len(header) and row[0].isdigit()
             and int(row[0]) <= step]
@@ -65,8 +79,11 @@ class LossMeter:
 class RunLogger:
     """Console lines, train_log.csv, config.json and TensorBoard; only rank 0 writes."""
 
-    def __init__(self, run_dir, params, steps, train_set, dist, device, dtype, resumed_step, schedule):
-        """`params`: stored in config.json as they are; `steps`: the run's length (for the ETA)."""
+    def __init__(self, run_dir, params, steps, train_set, dist, device, dtype, resumed_step, schedule,
+                 will_train=True):
+        """`params`: stored in config.json as they are; `steps`: the run's length (for the ETA);
+        `will_train`: False when no step will run (config.json then keeps the values of the
+        model it describes)."""
         self.run_dir, self.active, self.steps = run_dir, dist.is_main, steps
         self.device, self.dtype, self.dist = device, dtype, dist
         self.start = time.perf_counter()
@@ -84,8 +101,9 @@ class RunLogger:
                   "device": str(device), "precision": precision_name(dtype),
                   "lr_schedule": schedule, "resumed_from_step": resumed_step,
                   "torch": torch.__version__, "command": sys.argv}
-        with atomic_write(os.path.join(run_dir, "config.json")) as f:
-            json.dump(config, f, indent=2)
+        if will_train:
+            with atomic_write(os.path.join(run_dir, "config.json")) as f:
+                json.dump(config, f, indent=2)
         self.csv_path = os.path.join(run_dir, "train_log.csv")
         if os.path.exists(self.csv_path):
             dropped = trim_log(self.csv_path, self.first_step)
@@ -178,5 +196,8 @@ class RunLogger:
         else:   # stopped (STOP_AT) before the first validation
             saved = f"not validated yet{skipped_note}; checkpoint {os.path.join(self.run_dir, 'last.pt')}"
             evaluate = os.path.join(self.run_dir, "last.pt")
-        self.print(f"done: {step} steps in {minutes:.1f} min; {saved}\n"
+        ran = step - self.first_step
+        total = (f" (steps {self.first_step + 1}-{step}; {step} of {self.steps} in all)"
+                 if self.first_step or step < self.steps else "")
+        self.print(f"done: {ran} steps in {minutes:.1f} min{total}; {saved}\n"
                    f"next: python EvaluateAccuracy.py --CHECKPOINT={evaluate}")

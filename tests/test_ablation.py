@@ -133,3 +133,14 @@ def test_context_classes_the_data_lacks_are_refused(data, tmp_path, capsys, monk
         code, printed = run_in_process("Ablation.py", args + [f"--{option}=boat,Car"], capsys, monkeypatch)
         assert code == 2 and f"--{option}: Car not among the data's classes; valid: " in printed.err
         assert "boat" in printed.err.split("valid:")[1] and not os.path.exists(tmp_path / "demo" / "runs")
+
+
+def test_help_prints_the_variant_table():
+    """--VARIANTS says "names from the table below": --help prints it, each name with its settings."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "Ablation.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "names from the table below" in result.stdout
+    table = result.stdout.split("VARIANTS (name", 1)[1].splitlines()[1:]
+    assert [row.split()[0] for row in table] == list(Ablation.VARIANT_TABLE)
+    for row, overrides in zip(table, Ablation.VARIANT_TABLE.values()):
+        assert row.split()[1:] == [f"--{k}={v}" for k, v in overrides.items()]

@@ -88,3 +88,44 @@ def test_release_folder_gives_the_same_answers(checkpoint, classifier, tmp_path)
     released = RegionClassifier.from_pretrained(tmp_path / "release", device="cpu")
     assert released.window == classifier.window
     assert released.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS) == classifier.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS)
+
+
+def test_runprediction_overlay_draws_with_overlay_py_and_explains(checkpoint, classifier, tmp_path):
+    """RunPrediction's overlay is roilib/overlay.py's drawing (labels on contrasting boxes,
+    windows boxed) of RegionClassifier's answers; --EXPLAIN=True adds under it, per mask, the
+    window, the attention map and the Grad-CAM map of roilib/explain.py, pixel for pixel."""
+    from roilib.explain import explain_regions, explanation_strip
+    from roilib.overlay import draw_regions
+    image = read_image(EXAMPLE_IMAGE)
+    regions = [box_mask(read_mask(p, image.shape[:2])) for p in EXAMPLE_MASKS[:2]]
+    answers = classifier.classify_box_masks(image, regions, 3)
+    expected = draw_regions(image, regions, [f"{a['class']} {a['probability']:.2f}" for a in answers],
+                            [classifier.window_box(image.shape[:2], r) for r in regions])
+    strips = [explanation_strip(p) for p in explain_regions(classifier.model, image, regions, classifier.window)]
+    common = [f"--CHECKPOINT={checkpoint}", f"--IMAGE={EXAMPLE_IMAGE}", f"--MASKS={','.join(EXAMPLE_MASKS[:2])}",
+              "--DEVICE=cpu"]
+    run_script("RunPrediction.py", *common, f"--OVERLAY={tmp_path / 'plain.png'}")
+    assert np.array_equal(read_image(tmp_path / "plain.png"), expected)
+    run_script("RunPrediction.py", *common, f"--OVERLAY={tmp_path / 'explained.png'}", "--EXPLAIN=True")
+    explained = read_image(tmp_path / "explained.png")
+    height = image.shape[0]
+    assert np.array_equal(explained[:height, :image.shape[1]], expected)
+    for strip in strips:               # three pictures: the window, attention, Grad-CAM
+        assert strip.shape[1] == 3 * classifier.window[1] + 2 * 4
+        top = height + 4
+        assert np.array_equal(explained[top:top + strip.shape[0], :strip.shape[1]], strip)
+        height = top + strip.shape[0]
+    assert explained.shape[0] == height
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--EXPLAIN=True"], "set --OVERLAY=out.png too"),
+    (["--EXPLAIN=True", "--OVERLAY={out}"], "no heat maps for a model of mode 'crop'")])
+def test_explain_refused_before_any_output(tmp_path, args, message):
+    crop = AttentionNet(3, arch="resnet18", mode="crop")
+    crop.save(str(tmp_path / "crop.pt"), window=[64, 64])
+    out = tmp_path / "out.png"
+    result = run_script("RunPrediction.py", f"--CHECKPOINT={tmp_path / 'crop.pt'}", "--DEVICE=cpu",
+                        *[a.format(out=out) for a in args], check=False)
+    assert result.returncode == 2 and message in result.stderr and result.stdout == ""
+    assert not out.exists()

@@ -67,3 +67,22 @@ def test_readme_fits_and_links_resolve():
                 continue
             path = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), target))
             assert os.path.exists(path), f"{page}: link to {target} points at nothing"
+
+
+ONNX_NAME = re.compile(r"[\w<>/-]+\.onnx\b")
+
+
+def test_docs_name_the_onnx_file_as_export_writes_it():
+    """Every .onnx file the README and docs name is Export's default for a checkpoint they
+    name (best.pt -> best.onnx), or the rule itself, `<checkpoint>.onnx`."""
+    from Export import default_out
+    pages = ["README.md"] + [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))]
+    named = 0
+    for page in pages:
+        text = read(page)
+        for name in set(ONNX_NAME.findall(text)) - {"<checkpoint>.onnx"}:
+            checkpoint = name[:-len(".onnx")] + ".pt"
+            assert default_out(checkpoint, "onnx") == name, f"{page}: {name}"
+            assert os.path.basename(checkpoint) in text, f"{page}: {name}, but no {checkpoint} named"
+            named += 1
+    assert named >= 2

@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 import Train
 from AttentionNet import AttentionNet
 from CocoReader import CocoReader
-from helpers import ROOT, TINY, read_csv, run_script
+from helpers import ROOT, TINY, read_csv, run_in_process, run_script
+from roilib import runlog
 from roilib.cli import parse_parameters, read_block
 from roilib.errors import UserError
 from roilib.evaluation import merge_shards, predict_dataset, shard_result
@@ -237,3 +238,86 @@ def test_bad_recipe_files_are_refused(tmp_path, text, message):
     recipe.write_text('"""a recipe"""\n' + text)
     with pytest.raises(UserError, match=message):
         parse_parameters(train_namespace(), Train.__file__, [str(recipe)])
+
+
+def test_resume_that_runs_no_step_keeps_config_and_a_bad_log_is_one_line(data, tmp_path):
+    """A resume with nothing to do (STEPS reached, or STOP_AT passed) leaves config.json
+    describing the model as trained, whatever new values it was given; a train_log.csv that
+    is not text stops the resume in one line that says how to go on."""
+    common = [*FAST, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=r", "--VAL_EVERY=0"]
+    run_script("Train.py", *common, "--STEPS=2", env=ENV)
+    config = (tmp_path / "r" / "config.json").read_text()
+    for extra, said in ((["--STEPS=2"], "already trained 2 steps"),
+                        (["--STEPS=5", "--STOP_AT=2"], "past STOP_AT=2: no step to run")):
+        out = run_script("Train.py", *common, *extra, "--LR=0.5", "--WEIGHT_DECAY=0.3", env=ENV).stdout
+        assert said in out and "changed on resume: LR: 0.002 -> 0.5" in out
+        assert (tmp_path / "r" / "config.json").read_text() == config
+    log = tmp_path / "r" / "train_log.csv"
+    log.write_bytes(log.read_bytes() + b"3,0.5\xff,1e-3,1.0,,\n")
+    result = run_script("Train.py", *common, "--STEPS=4", check=False, env=ENV)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "train_log.csv: cannot be read" in result.stderr and "--RESUME=False" in result.stderr
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 2   # untouched
+
+
+@pytest.mark.parametrize("content", [b"step,loss\n1,\xff\xfe\n", b"\x80step,loss\n",
+                                     b"step,loss\n1," + b"9" * 200000 + b"\n", None])
+def test_a_train_log_that_is_not_a_csv_text_is_one_line(tmp_path, content):
+    """Each way train_log.csv can fail to read (bytes, an endless field, a folder)."""
+    log = tmp_path / "train_log.csv"
+    if content is None:
+        log.mkdir()
+    else:
+        log.write_bytes(content)
+    with pytest.raises(UserError, match="cannot be read as this run's log .*--RESUME=False or another --RUN"):
+        runlog.trim_log(str(log), 1)
+    assert content is None or log.read_bytes() == content     # left as it was
+
+
+@pytest.mark.parametrize("run", [".", "..", "../elsewhere", "a/../..", "/", "link"])
+def test_fresh_start_refuses_a_run_that_is_not_inside_log_dir(tmp_path, run, capsys, monkeypatch):
+    """--RESUME=False moves the run folder aside: never LOG_DIR itself or anything above or
+    outside it (a symlink out of LOG_DIR included). Refused in one line, nothing moved."""
+    logs = tmp_path / "logs"
+    (logs / "kept").mkdir(parents=True)
+    (logs / "link").symlink_to(tmp_path)
+    before = sorted(os.listdir(tmp_path)), sorted(os.listdir(logs))
+    code, out = run_in_process("Train.py", [f"--LOG_DIR={logs}", f"--RUN={run}", "--RESUME=False",
+                                            "--DEVICE=cpu"], capsys, monkeypatch)
+    assert code == 2 and "not a folder inside --LOG_DIR" in out.err, out
+    assert len(out.err.strip().splitlines()) == 1
+    assert (sorted(os.listdir(tmp_path)), sorted(os.listdir(logs))) == before
+
+
+@pytest.mark.parametrize("files,created,removed", [
+    ([], True, True), (["config.json", "train_log.csv", "events.out.tfevents.1.host"], True, True),
+    (["config.json", "last.pt"], True, False), (["notes.txt"], True, False), ([], False, False),
+    (["config.json"], False, False)])
+def test_a_run_folder_without_checkpoint_is_removed_only_when_made_here(tmp_path, files, created, removed):
+    """What a failed start leaves: a folder it made that holds only its own records goes;
+    a checkpoint, someone's file, or a folder that was there before stays as it is."""
+    run = tmp_path / "r"
+    if not created:
+        run.mkdir()
+    lock = RunLock(str(run))
+    for name in files:
+        (run / name).write_text("x")
+    lock.discard_if_unused(runlog.RUN_FILES)
+    assert run.exists() != removed
+    if not removed:
+        assert sorted(os.listdir(run)) == sorted(files + [".lock"])
+
+
+def test_failed_start_leaves_no_run_folder(data, tmp_path):
+    """Failed before its first step: no folder. Failed after steps, before any checkpoint: the
+    folder stays with the log that shows what happened."""
+    common = [*FAST, *data_args(data), f"--LOG_DIR={tmp_path}", "--VAL_EVERY=0", "--SAVE_EVERY=0"]
+    result = run_script("Train.py", *common, "--RUN=r", f"--VAL_ANNOTATIONS={tmp_path}/missing.json",
+                        check=False, env=ENV)
+    assert result.returncode == 2 and "missing.json" in result.stderr
+    assert os.listdir(tmp_path) == []
+    result = run_script("Train.py", *common, "--RUN=nan", "--LR=1e30", "--LOG_EVERY=1", "--STEPS=6",
+                        check=False, env=ENV)
+    assert result.returncode == 2 and "the loss became nan" in result.stderr
+    assert os.listdir(tmp_path) == ["nan"] and read_csv(tmp_path / "nan" / "train_log.csv")

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 import RunPrediction
+from RegionClassifier import RegionClassifier
 from AttentionNet import AttentionNet
 from roilib.crops import BoxMask
 
@@ -38,7 +39,7 @@ def test_instance_map_with_1000_instances_is_predicted_in_chunks():
 
     model = ShapeRecorder(8, arch="resnet18").eval()
     image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    results = RunPrediction.predict(model, image, masks, torch.device("cpu"), (64, 64), 128, 3)
+    results = RegionClassifier(model, (64, 64), max_batch=128).classify_box_masks(image, masks, 3)
     assert len(results) == len(masks)
     assert len(model.shapes) == -(-len(masks) // 128)
     assert all(images[0] <= 128 and images[1:] == (3, 64, 64) and m[1:] == (1, 64, 64)
@@ -57,7 +58,7 @@ def test_large_photo_feeds_the_net_fixed_size_windows():
         side_y = min(side, height - y)
         masks.append(BoxMask(np.ones((side_y, side), np.uint8), x, y))
     model = ShapeRecorder(8, arch="resnet18").eval()
-    results = RunPrediction.predict(model, image, masks, torch.device("cpu"), (96, 128), 32, 2)
+    results = RegionClassifier(model, (96, 128), max_batch=32).classify_box_masks(image, masks, 2)
     assert len(results) == 8 and model.shapes == [((8, 3, 96, 128), (8, 1, 96, 128))]
     from roilib.windows import cut_windows
     _, window_masks = cut_windows(image, masks, (96, 128))

@@ -2,6 +2,7 @@
 data, with resume after an interrupted run, and a 2-process torchrun (gloo, CPU) run."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -12,7 +13,9 @@ import torch
 from CocoReader import CocoReader
 from helpers import ROOT, TINY, read_csv, run_script
 from roilib.demo import CLASS_NAMES
+from roilib.errors import UserError
 from roilib.imageio import read_image, read_label_map
+from roilib.paths import find_checkpoint
 
 def data_args(root):
     return [f"--TRAIN_IMAGES={root}/train/images", f"--TRAIN_ANNOTATIONS={root}/train/instances.json",
@@ -134,3 +137,59 @@ def test_demo_label_maps_read_with_demo_names(data):
     maps = open_dataset("demo", "val", f"{data}/val/images", f"{data}/val/labels", train=False)
     assert maps.class_names == coco.class_names and len(maps) == len(coco)
     assert sorted(maps.labels.tolist()) == sorted(coco.labels.tolist())
+
+
+def test_ctrl_c_names_the_checkpoint_and_a_resume_counts_its_own_steps(data, tmp_path):
+    """Ctrl-C (SIGINT) mid-run: one line names last.pt and its step and says the same command
+    resumes; the resumed run reports the steps it ran and the total."""
+    common = [*TINY, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=r", "--DEVICE=cpu",
+              "--VAL_EVERY=0", "--SAVE_EVERY=1", "--LOG_EVERY=1"]
+    train = subprocess.Popen([sys.executable, os.path.join(ROOT, "Train.py"), *common, "--STEPS=500"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+    for line in train.stdout:
+        if line.startswith("step      2/"):
+            break
+    train.send_signal(signal.SIGINT)
+    stdout, stderr = train.communicate(timeout=120)
+    assert train.returncode == 130, stdout + stderr
+    saved = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"]
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted: the last checkpoint is {tmp_path / 'r' / 'last.pt'} (step {saved}); "
+        "the same command resumes from it")
+    out = run_script("Train.py", *common, f"--STEPS={saved + 2}").stdout
+    assert f"resuming {tmp_path / 'r'} at step {saved}" in out
+    assert "done: 2 steps in " in out and f"(steps {saved + 1}-{saved + 2}; {saved + 2} of {saved + 2} in all)" in out
+
+
+@pytest.mark.parametrize("present,asked,found", [
+    (["best.pt", "last.pt"], "best.pt", "best.pt"), (["last.pt"], "best.pt", "last.pt"),
+    ([], "best.pt", None), (["last.pt"], "step_4.pt", None), (["last.pt/"], "best.pt", None)])
+def test_a_missing_best_pt_falls_back_to_last_pt(tmp_path, capsys, present, asked, found):
+    """A run stopped before its first validation has last.pt and no best.pt: every script that
+    looks for best.pt takes last.pt and says so; nothing else is guessed."""
+    for name in present:
+        (tmp_path / name).mkdir() if name.endswith("/") else (tmp_path / name).write_bytes(b"")
+    if found is None:
+        with pytest.raises(UserError, match="no trained model there"):
+            find_checkpoint(str(tmp_path / asked))
+        return
+    assert find_checkpoint(str(tmp_path / asked)) == str(tmp_path / found)
+    said = capsys.readouterr().err
+    assert (f"using {tmp_path / 'last.pt'}" in said) == (found != asked)
+
+
+@pytest.mark.parametrize("script", ["EvaluateAccuracy.py", "RunPrediction.py", "LabelMasks.py", "Export.py"])
+def test_every_script_looking_for_best_pt_falls_back(script):
+    with open(os.path.join(ROOT, script), encoding="utf-8") as f:
+        source = f.read()
+    assert 'CHECKPOINT = "logs/demo/best.pt"' in source and "find_checkpoint(cfg.CHECKPOINT)" in source
+
+
+def test_evaluation_of_a_run_without_best_pt_uses_last_pt(data, tmp_path):
+    run_script("Train.py", *TINY, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=r", "--STEPS=2",
+               "--VAL_EVERY=0")
+    result = run_script("EvaluateAccuracy.py", f"--CHECKPOINT={tmp_path / 'r' / 'best.pt'}", "--WORKERS=0",
+                        f"--IMAGES={data}/val/images", f"--ANNOTATIONS={data}/val/instances.json", "--LIMIT=2")
+    assert f"using {tmp_path / 'r' / 'last.pt'}" in result.stderr
+    assert json.loads((tmp_path / "r" / "eval.json").read_text())["checkpoint"] == str(tmp_path / "r" / "last.pt")
