@@ -204,9 +204,8 @@ def run_variant(variant, seed, runs, cfg, device=None, env=None):
     if changed and not cfg.RETRAIN:
         raise UserError(f"{run_dir} was trained with other settings ({'; '.join(changed)}); use "
                         "another --NAME, or --RETRAIN=True to train it again (the old run is moved aside)")
-    if changed:
-        overrides["RESUME"] = False
-    elif os.path.exists(eval_path) and read_json(eval_path).get("step") == cfg.STEPS:
+    overrides["RESUME"] = not changed   # --RETRAIN: Train.py moves the old run aside
+    if not changed and os.path.exists(eval_path) and read_json(eval_path).get("step") == cfg.STEPS:
         print(f"  done before: {run}", flush=True)
         return read_json(eval_path)
     call("Train.py", overrides, env)
