@@ -9,7 +9,9 @@ crop+attention (the crop's box, with the mask merged by attention).
 Every variant is trained by Train.py and evaluated by EvaluateAccuracy.py (run as they are, with
 --NAME=value overrides) on the same data, budget and seeds. Writes logs/ablation/<NAME>/:
 results.csv, results.json, results.png, and runs/<variant>-s<seed>/ for each run. Running it
-again skips the runs already evaluated and resumes interrupted ones.
+again skips the runs already evaluated and resumes interrupted ones, only where every setting
+that changes what a run learns (Train.py's FIXED and LEARNING) equals this request; a run of
+other settings stops it with one line (another --NAME, or --RETRAIN=True).
 """
 import concurrent.futures
 import csv
@@ -21,12 +23,16 @@ import time
 
 import numpy as np
 
+import Train
+from Datasets import label_convention, open_dataset
 from roilib import cli
 from roilib.paths import REPO
 from roilib.errors import UserError
 from roilib.outputs import atomic_write, save_figure
 from roilib.runtime import resolve_device
 from roilib.sampler import check_sizes
+from roilib.trainparams import differences
+from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 NAME = "demo"               # [nonempty] results go to LOG_DIR/<NAME>/
@@ -57,6 +63,7 @@ JOBS = 1                    # [1..256] runs at once: on the CPU each gets cores/
 AMP = True                  # bf16 autocast where the device runs it natively (False: float32)
 CONTEXT_CLASSES = "boat,car"   # near pair: classes that differ only by their surroundings (demo data)
 FAR_CONTEXT_CLASSES = "hive,kennel"   # far pair: classes that differ only by a cue outside the crop's box
+RETRAIN = False             # a run of this NAME left with other settings: train it again (the old one is moved aside) instead of stopping
 # ---- end of parameters ----
 
 # name -> Train.py overrides; the paper's comparison (merge add unless named).
@@ -80,6 +87,7 @@ SHARED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANN
           "IGNORE", "CLASS_VALUES", "LABEL_NAMES", "MIN_AREA", "ARCH",
           "WEIGHTS", "STEPS", "LR", "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "WORKERS", "DEVICE", "AMP")
 SUMMARY_BINS = ("<1k", "1k-2k", "2k-4k", "4k-8k")
+OUTPUTS = ("results.csv", "results.json", "results.png")
 
 
 def main():
@@ -96,17 +104,33 @@ def main():
     check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE)
     folder = os.path.join(REPO, cfg.LOG_DIR, cfg.NAME)   # an absolute LOG_DIR stays as it is
     runs = os.path.join(folder, "runs")
+    check_writes([("--NAME", os.path.join(folder, name)) for name in OUTPUTS], Train.inputs(vars(cfg)),
+                 folders=[("--NAME", folder)])
+    pairs = {"near pair": cfg.CONTEXT_CLASSES, "far pair": cfg.FAR_CONTEXT_CLASSES}
+    check_pair_classes(pairs, cfg)
     start = time.perf_counter()
     print(f"ablation '{cfg.NAME}': {len(variants)} variants x {len(seeds)} seeds, {cfg.STEPS} steps each, "
           f"{cfg.ARCH}, {cfg.JOBS} at a time; results in {folder}", flush=True)
     jobs = [(v, s) for v in variants for s in seeds]
     done = run_all(jobs, runs, start, cfg)
     results = {v: [done[(v, s)] for s in seeds] for v in variants}
-    pairs = {"near pair": cfg.CONTEXT_CLASSES, "far pair": cfg.FAR_CONTEXT_CLASSES}
     table = aggregate(results, pairs)
     write_results(table, results, folder, vars(cfg), pairs)
     print(format_table(table))
     print(f"wrote results.csv, results.json, results.png in {folder}")
+
+
+def check_pair_classes(pairs, cfg):
+    """The context pairs name classes of the evaluation data: a misspelt or absent one would
+    leave its column empty without a word."""
+    names = open_dataset(cfg.DATASET, "val", cfg.VAL_IMAGES, cfg.VAL_ANNOTATIONS, train=False,
+                         convention=label_convention(vars(cfg), cfg.DATASET)).class_names
+    for name, classes in pairs.items():
+        unknown = [c.strip() for c in classes.split(",") if c.strip() and c.strip() not in names]
+        if unknown:
+            option = "CONTEXT_CLASSES" if name == "near pair" else "FAR_CONTEXT_CLASSES"
+            raise UserError(f"--{option}: {', '.join(unknown)} not among the data's classes; valid: "
+                            f"{', '.join(map(str, names))}")
 
 
 def variant_help():
@@ -171,45 +195,60 @@ def run_variant(variant, seed, runs, cfg, device=None, env=None):
     run = f"{variant}-s{seed}"
     run_dir = os.path.join(runs, run)
     eval_path = os.path.join(run_dir, "eval.json")
-    if os.path.exists(eval_path):
-        with open(eval_path) as f:
-            result = json.load(f)
-        if result.get("step") == cfg.STEPS:
-            print(f"  done before: {run}", flush=True)
-            return result
     overrides = {name: getattr(cfg, name) for name in SHARED}
     device = device or cfg.DEVICE
     overrides.update(VARIANT_TABLE[variant], SEED=seed, RUN=run, LOG_DIR=runs, DEVICE=device,
                      VAL_EVERY=cfg.STEPS, VAL_MAX_IMAGES=20, SAVE_EVERY=max(cfg.STEPS // 4, 1),
                      LOG_EVERY=max(cfg.STEPS // 10, 1))
-    check_same_settings(run_dir, overrides)
+    changed = settings_changed(run_dir, overrides)
+    if changed and not cfg.RETRAIN:
+        raise UserError(f"{run_dir} was trained with other settings ({'; '.join(changed)}); use "
+                        "another --NAME, or --RETRAIN=True to train it again (the old run is moved aside)")
+    overrides["RESUME"] = not changed   # --RETRAIN: Train.py moves the old run aside
+    if not changed and os.path.exists(eval_path) and read_json(eval_path).get("step") == cfg.STEPS:
+        print(f"  done before: {run}", flush=True)
+        return read_json(eval_path)
     call("Train.py", overrides, env)
     # The final model, not best.pt: picking the best on the evaluation set would flatter it.
     call("EvaluateAccuracy.py", {"CHECKPOINT": os.path.join(run_dir, "last.pt"), "DATASET": cfg.DATASET,
                                  "IMAGES": cfg.VAL_IMAGES, "ANNOTATIONS": cfg.VAL_ANNOTATIONS,
                                  "OUT": run_dir, "DEVICE": device, "WORKERS": cfg.WORKERS, "AMP": cfg.AMP}, env)
-    with open(eval_path) as f:
-        return json.load(f)
+    return read_json(eval_path)
 
 
-def check_same_settings(run_dir, overrides):
-    """A run left by an ablation with other settings must not be resumed or reused silently."""
+def settings_changed(run_dir, overrides):
+    """["NAME: old -> new", ...]: the settings that change what a run learns (Train.py's FIXED
+    and LEARNING, compared as resume compares them) where the run left in `run_dir` differs
+    from the one Train.py would make of `overrides`; [] for no run there yet."""
     config_path = os.path.join(run_dir, "config.json")
     if not os.path.exists(config_path):
-        return
-    with open(config_path) as f:
-        before = json.load(f).get("params", {})
-    # Where a run is stored or which device it ran on does not change what it learns.
-    changed = [k for k, v in overrides.items()
-               if k in before and before[k] != v and k not in ("LOG_DIR", "DEVICE", "WORKERS")]
-    if changed:
-        raise UserError(f"{run_dir} was trained with other settings ({', '.join(changed)}); "
-                        "use another --NAME, or delete that folder")
+        return []
+    stored = read_json(config_path).get("params")
+    if not isinstance(stored, dict):
+        raise UserError(f"{config_path}: no parameters stored (not written by Train.py); use another --NAME")
+    request = cli.parse_parameters(vars(Train), Train.__file__, arguments(overrides))
+    return differences(stored, request, Train.FIXED + Train.LEARNING, Train.as_read)
+
+
+def read_json(path):
+    """A JSON object written by a run (config.json, eval.json): one line if it is damaged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: cannot be read ({error}); delete it, or use another --NAME") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a JSON object; delete it, or use another --NAME")
+    return data
+
+
+def arguments(overrides):
+    """--NAME=value arguments of a script, as Ablation passes them on."""
+    return [f"--{k}={'None' if v is None else v}" for k, v in overrides.items()]
 
 
 def call(script, overrides, env=None):
-    args = [f"--{k}={'None' if v is None else v}" for k, v in overrides.items()]
-    completed = subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO,
+    completed = subprocess.run([sys.executable, os.path.join(REPO, script), *arguments(overrides)], cwd=REPO,
                                capture_output=True, text=True, env={**os.environ, **(env or {})})
     if completed.returncode != 0:
         tail = (completed.stderr.strip() or completed.stdout.strip()).splitlines()[-1:]

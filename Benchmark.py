@@ -25,12 +25,13 @@ import torch
 from benchmarks import dataset_scale, end_to_end, evaluation, prediction, side_branch, train_step
 from benchmarks.common import Bench
 from roilib import cli
-from roilib.benchutil import report
+from roilib.benchutil import report, report_paths
 from roilib.errors import UserError
 from roilib.imageinfo import size_problem
 from roilib.paths import REPO
 from roilib.runtime import amp_dtype, precision_name, resolve_device
 from roilib.windows import check_memory, parse_window
+from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 PARTS = "a,b,c,d,e"         # [list of a|b|c|d|e|f] which measurements to run
@@ -62,6 +63,8 @@ def main(argv=None):
     cfg = SimpleNamespace(**params)
     full_hw, window, out = check_parameters(cfg)
     device = resolve_device(cfg.DEVICE)
+    check_writes([("--OUT", path) for path in report_paths(out, device)], [cfg.SCALE_DATA],
+                 folders=[("--OUT", out)])
     bench = Bench(device, amp_dtype(device, cfg.AMP), cfg.CHANNELS_LAST, cfg.STEPS, cfg.WARMUP)
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"

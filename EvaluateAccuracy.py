@@ -4,7 +4,8 @@
     python EvaluateAccuracy.py --CHECKPOINT=logs/coco_r50/best.pt --DATASET=coco
 
 Prints a table and writes eval.json, eval_by_size.csv, eval_by_class.csv,
-eval_accuracy_by_size.png and eval_confusion.png next to the checkpoint (or into --OUT).
+eval_accuracy_by_size.png and eval_confusion.png next to the checkpoint (inside a released
+folder; or into --OUT).
 Deterministic and scale-true: every segment once, in the window the model was trained with
 (native scale, centred on the segment; see roilib/windows.py), windows of many images batched.
 """
@@ -25,6 +26,7 @@ from roilib.outputs import atomic_write, check_writable_folder
 from roilib.paths import find_checkpoint
 from roilib.runtime import amp_dtype, precision_name, resolve_device
 from roilib.windows import WINDOW_RULE, check_memory, model_window
+from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] checkpoint to evaluate (relative paths: to this repository)
@@ -47,6 +49,9 @@ DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 AMP = True                  # bf16 where the device runs it natively (else float32)
 # ---- end of parameters ----
 
+OUTPUTS = ("eval.json", "eval_by_size.csv", "eval_by_class.csv", "eval_accuracy_by_size.png",
+           "eval_confusion.png")
+
 
 def main():
     cfg = cli.parse_config(globals(), __file__)
@@ -57,10 +62,13 @@ def main():
     window = model_window(state, cfg.WINDOW)
     check_memory(f"--MAX_BATCH={cfg.MAX_BATCH} (windows of {window[0]}x{window[1]})",
                  cfg.MAX_BATCH * window[0] * window[1], device)
-    dataset_name, images, annotations, dataset = open_evaluation_set(cfg, state, checkpoint)
-    check_classes(model, dataset, checkpoint, annotations, cfg.MATCH_BY_INDEX)
-    folder = cfg.OUT or os.path.dirname(os.path.abspath(checkpoint))
+    dataset_name, images, annotations = evaluation_paths(cfg, state)
+    folder = output_folder(cfg.OUT, checkpoint)
+    check_writes([("--OUT", os.path.join(folder, name)) for name in OUTPUTS],
+                 [checkpoint, images, annotations], folders=[("--OUT", folder)])
     check_writable_folder(folder)  # before the evaluation, not after it
+    dataset = open_evaluation_set(cfg, state, checkpoint, dataset_name, images, annotations)
+    check_classes(model, dataset, checkpoint, annotations, cfg.MATCH_BY_INDEX)
 
     dtype = amp_dtype(device, cfg.AMP)
     model.to(device, memory_format=torch.channels_last)
@@ -87,24 +95,36 @@ def main():
     print(f"{out['segments_per_s']:.1f} segments/s ({out['seconds']:.1f} s); wrote {', '.join(written)} in {folder}")
 
 
-def open_evaluation_set(cfg, state, checkpoint):
-    """(dataset name, images, annotations, reader): the parameters' data, or by default the
-    validation set the checkpoint was trained with (Train.py's parameters stored in it), read
-    with the checkpoint's label-map convention and MIN_AREA unless the parameters say."""
+def output_folder(out, checkpoint):
+    """OUT, else the checkpoint's own folder: a run folder for a .pt file, the released folder
+    itself for a released model (its parent may hold other releases: results there would mix)."""
+    if out:
+        return out
+    return checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
+
+
+def evaluation_paths(cfg, state):
+    """(dataset name, images, annotations): the parameters' data, or by default the validation
+    set the checkpoint was trained with (Train.py's parameters stored in it)."""
     trained = state.get("params") if isinstance(state.get("params"), dict) else {}
     dataset_name = cfg.DATASET or trained.get("DATASET") or "demo"
-    names = cfg.CLASS_NAMES if cfg.CLASS_NAMES is not None else trained.get("CLASS_NAMES")
     images, annotations = cfg.IMAGES, cfg.ANNOTATIONS
     if not cfg.DATASET and not cfg.IMAGES and not cfg.ANNOTATIONS:
         images, annotations = trained.get("VAL_IMAGES", ""), trained.get("VAL_ANNOTATIONS", "")
-    images, annotations = resolve_paths(dataset_name, "val", images, annotations)
+    return (dataset_name, *resolve_paths(dataset_name, "val", images, annotations))
+
+
+def open_evaluation_set(cfg, state, checkpoint, dataset_name, images, annotations):
+    """The reader of evaluation_paths' data, with the checkpoint's class names, label-map
+    convention and MIN_AREA unless the parameters say."""
+    trained = state.get("params") if isinstance(state.get("params"), dict) else {}
+    names = cfg.CLASS_NAMES if cfg.CLASS_NAMES is not None else trained.get("CLASS_NAMES")
     given = {"BACKGROUND": cfg.BACKGROUND, "IGNORE": cfg.IGNORE, "CLASS_VALUES": cfg.CLASS_VALUES,
              "LABEL_NAMES": cfg.LABEL_NAMES}
     convention = label_convention(given, dataset_name, state.get("label_convention"), checkpoint)
     min_area = cfg.MIN_AREA if cfg.MIN_AREA is not None else trained.get("MIN_AREA", 1)
-    dataset = open_dataset(dataset_name, "val", images, annotations, train=False,
-                           class_names=names, min_area=min_area, convention=convention)
-    return dataset_name, images, annotations, dataset
+    return open_dataset(dataset_name, "val", images, annotations, train=False,
+                        class_names=names, min_area=min_area, convention=convention)
 
 
 def report_skipped(out):
@@ -171,12 +191,11 @@ def write_outputs(result, folder):
         writer.writerow(["class", "count", "accuracy"])
         for row in result["per_class"]:
             writer.writerow([row["class"], row["count"], row["accuracy"]])
-    written = ["eval.json", "eval_by_size.csv", "eval_by_class.csv"]
     from roilib.plots import plot_accuracy_by_size, plot_confusion
     plot_accuracy_by_size({"model": result["by_size"]}, os.path.join(folder, "eval_accuracy_by_size.png"))
     plot_confusion(result["confusion"], [r["class"] for r in result["per_class"]],
                    os.path.join(folder, "eval_confusion.png"))
-    return written + ["eval_accuracy_by_size.png", "eval_confusion.png"]
+    return list(OUTPUTS)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,14 @@ import torch
 
 from AttentionNet import AttentionNet
 from roilib import cli
-from roilib.checkpoint import load_model_state
+from roilib.checkpoint import RELEASE_CONFIG, RELEASE_WEIGHTS, load_model_state
 from roilib.errors import UserError
 from roilib.export import (check_parity, export_onnx, format_parity, onnx_metadata, open_onnx,
                            parity_geometries, parity_inputs, read_onnx_metadata, require_parity,
                            write_release)
 from roilib.paths import find_checkpoint
 from roilib.windows import MAX_SIDE, check_memory, model_window
+from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model: a .pt checkpoint or a released folder
@@ -45,6 +46,7 @@ def main():
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint).float().eval()
     out = cfg.OUT or default_out(checkpoint, cfg.FORMAT)
+    check_outputs(checkpoint, out, cfg.FORMAT, cfg.CHECK_ONLY)
     if cfg.FORMAT == "onnx":
         export_and_check_onnx(model, state, out, cfg)
     else:
@@ -58,6 +60,18 @@ def default_out(checkpoint, fmt):
     if os.path.isdir(checkpoint):
         raise UserError(f"{checkpoint} is already a released folder; give --OUT=folder for a copy")
     return stem
+
+
+def check_outputs(checkpoint, out, fmt, check_only):
+    """Before the export: never over the checkpoint, a run's files or another model's release
+    (a release is replaced only in this checkpoint's own folder: best.pt -> best/)."""
+    if fmt == "onnx":
+        check_writes([] if check_only else [("--OUT", out)], [checkpoint])
+        return
+    own = (not os.path.isdir(checkpoint)
+           and os.path.realpath(out) == os.path.realpath(default_out(checkpoint, fmt)))
+    check_writes([("--OUT", os.path.join(out, name)) for name in (RELEASE_CONFIG, RELEASE_WEIGHTS)],
+                 [checkpoint], folders=[("--OUT", out)], owns=("release",) if own else ())
 
 
 def export_and_check_onnx(model, state, out, cfg):
@@ -84,8 +98,6 @@ def export_and_check_onnx(model, state, out, cfg):
 
 
 def release(model, state, checkpoint, out, check):
-    if os.path.abspath(out) == os.path.abspath(checkpoint):
-        raise UserError(f"--OUT={out} is the checkpoint itself; choose another folder")
     paths = write_release(state, out)
     print(f"wrote {', '.join(paths)}")
     if check:

@@ -23,13 +23,14 @@ import torch
 from AttentionNet import AttentionNet
 from roilib import cli
 from roilib.checkpoint import load_model_state
-from roilib.outputs import check_writable_folder, refuse_input_as_output, write_json
+from roilib.outputs import check_writable_folder, write_json
 from roilib.labelling import label_masks, model_category_ids, skipped_lines
 from roilib.maskeval import evaluate, evaluation_path, format_evaluation
 from roilib.maskinputs import read_masks
 from roilib.paths import find_checkpoint, find_path
 from roilib.runtime import amp_dtype, precision_name, resolve_device
 from roilib.windows import check_memory, model_window
+from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model (relative paths: to this repository if not found here)
@@ -51,9 +52,9 @@ AMP = True                  # bf16 where the device runs it natively (else float
 def main():
     cfg = cli.parse_config(globals(), __file__)
     device = resolve_device(cfg.DEVICE)
-    inputs = [find_path(p) for p in (cfg.MASKS, cfg.GT, cfg.IMAGE_INFO, cfg.CHECKPOINT) if p]
-    for output in (cfg.OUT, evaluation_path(cfg.OUT)):   # before any work: never over an input
-        refuse_input_as_output(output, inputs, "OUT")
+    reads = [find_path(p) for p in (cfg.MASKS, cfg.IMAGES, cfg.GT, cfg.IMAGE_INFO, cfg.CHECKPOINT) if p]
+    writes = [("--OUT", cfg.OUT)] + ([("--OUT", evaluation_path(cfg.OUT))] if cfg.GT else [])
+    check_writes(writes, reads)   # before any work: never over an input or a run's files
     check_writable_folder(os.path.dirname(os.path.abspath(cfg.OUT)), "OUT's folder")
     mask_set = read_masks(find_path(cfg.MASKS), find_path(cfg.IMAGES),
                           find_path(cfg.IMAGE_INFO) if cfg.IMAGE_INFO else "")

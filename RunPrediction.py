@@ -27,11 +27,12 @@ from roilib.errors import UserError, one_line
 from roilib.explain import check_explainable, explain_regions, explanation_strip
 from roilib.imageinfo import exif_notice
 from roilib.imageio import check_image_extension, read_image, read_label_map, read_mask, write_image
-from roilib.outputs import check_writable_folder, refuse_input_as_output
+from roilib.outputs import check_writable_folder
 from roilib.overlay import draw_regions
 from roilib.paths import find_checkpoint, find_path, split_paths
 from roilib.runtime import resolve_device
 from roilib.windows import check_memory
+from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model (relative paths: to this repository if not found here)
@@ -58,7 +59,7 @@ def main():
     image_path = find_path(cfg.IMAGE)
     sources = [find_path(cfg.INSTANCE_MAP)] if cfg.INSTANCE_MAP else mask_paths(cfg.MASKS)
     if cfg.OVERLAY:   # before any work: never over an input, in a known format, somewhere writable
-        refuse_input_as_output(cfg.OVERLAY, [image_path, checkpoint, *sources], "OVERLAY")
+        check_writes([("--OVERLAY", cfg.OVERLAY)], [image_path, checkpoint, *sources])
         check_image_extension(cfg.OVERLAY)
         check_writable_folder(os.path.dirname(os.path.abspath(cfg.OVERLAY)), "OVERLAY's folder")
     image = read_image(image_path)

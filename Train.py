@@ -30,12 +30,13 @@ from roilib.optim import (FINAL_FACTOR, lr_factor, make_optimizer, require_train
                           restore_training_state, set_learning_rate, warmup_steps)
 from roilib.paths import REPO
 from roilib.runlock import claim_run_folder
-from roilib.runlog import RUN_FILES, LossMeter, RunLogger
+from roilib.runlog import STARTUP_FILES, LossMeter, RunLogger
 from roilib.runtime import amp_dtype, autocast, resolve_device
 from roilib.sampler import VaryingSizeBatchSampler, batch_pixels, check_sizes, make_train_loader
 from roilib.skipped import SkippedFiles
 from roilib.trainparams import check_class_names, check_weights, due, parse_jitter, resume_changes
 from roilib.windows import WINDOW_RULE, check_memory, parse_window, training_window
+from roilib.writeplan import RUN_FILES, check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 DATASET = "demo"            # [demo|coco|opensurfaces|camvid] which default layout, class names and label-map convention to use (see README)
@@ -91,13 +92,17 @@ FIXED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNO
          "CLASS_NAMES", "BACKGROUND", "IGNORE", "CLASS_VALUES", "LABEL_NAMES", "MIN_AREA", "ARCH",
          "WEIGHTS", "MODE", "ATTENTION", "MERGE", "WARMUP_STEPS", "MIN_SIZE", "MAX_SIZE",
          "MAX_PIXELS", "MAX_BATCH", "JITTER", "CROP_MARGIN", "BALANCED", "FLIP", "SEED", "WINDOW")
-CHANGEABLE = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "WORKERS", "DEVICE", "AMP", "CHANNELS_LAST",
-              "COMPILE", "LOG_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
+# LEARNING: changeable, yet they change what the run learns (Ablation.py reuses a run only
+# when FIXED and LEARNING equal its request).
+LEARNING = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "AMP")
+CHANGEABLE = LEARNING + ("WORKERS", "DEVICE", "CHANNELS_LAST", "COMPILE", "LOG_EVERY", "VAL_EVERY",
+                         "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
 FOLDER = ("LOG_DIR", "RUN", "RESUME")
 # What to do about a last.pt that cannot be resumed from.
 RESUME_WAY_OUT = "start afresh with --RESUME=False (the old run is moved aside) or choose another --RUN"
 # Parameters added after runs were stored, with the value those runs had in effect.
 ADDED = {"BACKGROUND": "", "IGNORE": "", "CLASS_VALUES": "", "LABEL_NAMES": ""}
+DATA_PATHS = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")
 
 
 def main():
@@ -116,6 +121,7 @@ def main():
                          f"(windows of {window[0]}x{window[1]})",
                          max(batch_pixels(cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH),
                              cfg.MAX_BATCH * window[0] * window[1]), device)
+            check_outputs(run_folder(cfg.LOG_DIR, cfg.RUN, cfg.RESUME), params)
         train(cfg, params, jitter, window, dist, device)
     finally:
         dist.stop()
@@ -134,7 +140,7 @@ def train(cfg, params, jitter, window, dist, device):
         train_in(run_dir, progress, cfg, params, jitter, window, dist, device)
     except BaseException as error:
         if lock and not progress["stepped"]:   # failed before its first step: no folder left
-            lock.discard_if_unused(RUN_FILES)
+            lock.discard_if_unused(STARTUP_FILES)
         if isinstance(error, KeyboardInterrupt):
             raise KeyboardInterrupt(interrupted_note(run_dir, progress["last.pt"], cfg.RESUME)) from None
         raise
@@ -319,14 +325,26 @@ def build_model(cfg, params, train_set, state, last):
     return model, changes
 
 
+def check_outputs(run_dir, params):
+    """Before any work: the run's files are never written over its data or weights."""
+    check_writes([("--RUN", os.path.join(run_dir, name)) for name in RUN_FILES], inputs(params),
+                 folders=[("--RUN", run_dir)], owns=("run",),
+                 moved=[] if params["RESUME"] else [("--RUN", run_dir)])
+
+
+def inputs(params):
+    """The files and folders a run reads: its four data paths (as read) and WEIGHTS."""
+    paths = as_read(params)
+    return [paths[name] for name in DATA_PATHS] + [params["WEIGHTS"]]
+
+
 def as_read(p):
     """A parameter dict as it is read: the ADDED ones a run stored before them had in effect,
     and its four data paths with defaults filled in, absolute."""
     p = {**ADDED, **p}
     paths = (*resolve_paths(p["DATASET"], "train", p["TRAIN_IMAGES"], p["TRAIN_ANNOTATIONS"]),
              *resolve_paths(p["DATASET"], "val", p["VAL_IMAGES"], p["VAL_ANNOTATIONS"]))
-    names = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")
-    return dict(p, **{name: os.path.abspath(path) for name, path in zip(names, paths)})
+    return dict(p, **{name: os.path.abspath(path) for name, path in zip(DATA_PATHS, paths)})
 
 
 def validate(model, val_set, device, dtype, dist, logger, step, window, cfg):

@@ -57,9 +57,15 @@ def report(rows, params, name, device, folder):
     table = "\n".join(lines)
     print("\n" + table)
     os.makedirs(folder, exist_ok=True)
-    stem = "gpu" if device.type == "cuda" else "cpu"
-    with atomic_write(os.path.join(folder, f"{stem}.md")) as f:
+    markdown, data = report_paths(folder, device)
+    with atomic_write(markdown) as f:
         f.write(table + "\n")
-    with atomic_write(os.path.join(folder, f"{stem}.json")) as f:
+    with atomic_write(data) as f:
         json.dump({"device": name, "torch": torch.__version__, "params": params, "rows": rows}, f, indent=1)
-    print(f"\nwritten to {folder}/{stem}.md and .json")
+    print(f"\nwritten to {markdown} and {data}")
+
+
+def report_paths(folder, device):
+    """The table's two files in `folder`: <cpu|gpu>.md and .json."""
+    stem = "gpu" if device.type == "cuda" else "cpu"
+    return os.path.join(folder, f"{stem}.md"), os.path.join(folder, f"{stem}.json")

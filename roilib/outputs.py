@@ -1,5 +1,5 @@
-"""Writing results safely: whole files or nothing, output places checked before the work,
-and never over an input.
+"""Writing results safely: whole files or nothing, output folders checked before the work
+(which outputs may replace what: roilib/writeplan.py).
 
 Every file the project writes (checkpoints, eval.json, CSVs, plots, config.json, PNGs, index
 caches, ONNX) goes through ``atomic_path``/``atomic_write``: a temporary sibling named by the
@@ -138,10 +138,3 @@ def check_writable_folder(folder, what="output folder"):
             pass
         os.remove(probe)
 
-
-def refuse_input_as_output(output, inputs, name):
-    """One line instead of overwriting one of the inputs with an output."""
-    target = os.path.realpath(output)
-    for path in inputs:
-        if path and os.path.exists(path) and os.path.realpath(path) == target:
-            raise UserError(f"--{name}={output}: is an input of this run; choose another path")

@@ -20,7 +20,7 @@ KEPT = "the checkpoints saved before are intact"
 RATE_FIELD = "img_per_s"   # train_log.csv's throughput column (Benchmark.py reads it back)
 CSV_FIELDS = ["step", "loss", "lr", RATE_FIELD, "val_accuracy", "val_mean_class_accuracy"]
 # The records a run opens before its first checkpoint (see RunLock.discard_if_unused).
-RUN_FILES = ("config.json", "train_log.csv", "events.out.tfevents.*")
+STARTUP_FILES = ("config.json", "train_log.csv", "events.out.tfevents.*")  # written before the first step
 
 
 def read_log(csv_path):

@@ -47,14 +47,19 @@ def resume_changes(stored, params, checkpoint, fixed_names, changeable_names, no
     if not isinstance(stored, dict):
         raise UserError(f"{checkpoint}: no parameters stored (not written by Train.py); use "
                         "another --RUN, or --RESUME=False to start afresh")
-    old, new = normalize(dict(stored)), normalize(dict(params))
-    fixed = [f"{name}: {old.get(name)!r} -> {new[name]!r}" for name in fixed_names
-             if name in new and old.get(name) != new[name]]
+    fixed = differences(stored, params, fixed_names, normalize)
     if fixed:
         raise UserError(f"{checkpoint} was trained with other settings ({'; '.join(fixed)}); resume "
                         "with the stored values, or start afresh with --RESUME=False (the old run "
                         "is moved aside) or another --RUN")
-    return [f"{name}: {old.get(name)!r} -> {new[name]!r}" for name in changeable_names
+    return differences(stored, params, changeable_names, normalize)
+
+
+def differences(stored, params, names, normalize):
+    """["NAME: old -> new", ...] of the `names` whose values differ, compared as read
+    (`normalize`, see resume_changes)."""
+    old, new = normalize(dict(stored)), normalize(dict(params))
+    return [f"{name}: {old.get(name)!r} -> {new[name]!r}" for name in names
             if name in new and old.get(name) != new[name]]
 
 

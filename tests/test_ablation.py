@@ -10,6 +10,7 @@ import pytest
 
 import Ablation
 from roilib.demo import make_demo
+from roilib.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,6 +76,63 @@ def test_pair_accuracy_by_area():
     rows = tool.accuracy_by_area(labels, preds, areas, [8, 9], [0, 250, 1000, 2000])
     # class 0 (wrong, 50 px) is not in the pair; the 5000-px segment is beyond the last edge
     assert rows == [(0, 250, 0.5, 2), (250, 1000, 1.0, 2), (1000, 2000, None, 0)]
+
+
+def ablation_config(*args):
+    from roilib import cli
+    return cli.parse_config(vars(Ablation), Ablation.__file__, ["--STEPS=3", "--DEVICE=cpu", *args])
+
+
+@pytest.fixture
+def fake_runs(tmp_path, monkeypatch):
+    """Ablation.run_variant with Train.py and EvaluateAccuracy.py replaced by stand-ins that
+    leave what they would (config.json with the parameters Train.py parses, eval.json)."""
+    from roilib import cli
+    import Train
+    calls = []
+
+    def call(script, overrides, env=None):
+        calls.append((script, dict(overrides)))
+        if script == "Train.py":
+            run_dir = tmp_path / overrides["RUN"]
+            run_dir.mkdir(exist_ok=True)
+            params = cli.parse_parameters(vars(Train), Train.__file__, Ablation.arguments(overrides))
+            (run_dir / "config.json").write_text(json.dumps({"params": params}))
+            (run_dir / "eval.json").write_text(json.dumps({"step": params["STEPS"]}))
+    monkeypatch.setattr(Ablation, "call", call)
+    Ablation.run_variant("stem", 0, str(tmp_path), ablation_config())
+    assert [script for script, _ in calls] == ["Train.py", "EvaluateAccuracy.py"]
+    calls.clear()
+    return calls
+
+
+# A change of what the run learns is named; where and how it runs is not a change.
+@pytest.mark.parametrize("args,changed", [
+    (["--LR=0.5"], "LR: 0.002 -> 0.5"), (["--STEPS=7"], "STEPS: 3 -> 7"), (["--MAX_BATCH=5"], "MAX_BATCH"),
+    (["--ARCH=resnet34"], "ARCH"), (["--MIN_SIZE=64"], "MIN_SIZE"), (["--TRAIN_IMAGES=elsewhere"], "TRAIN_IMAGES"),
+    (["--WORKERS=0"], None), (["--DEVICE=auto"], None), (["--AMP=False"], "AMP"), (["--JOBS=2"], None)])
+def test_a_run_is_reused_only_with_the_settings_it_learned_with(fake_runs, tmp_path, capsys, args, changed):
+    cfg = ablation_config(*args)
+    if changed is None:
+        assert Ablation.run_variant("stem", 0, str(tmp_path), cfg) == {"step": 3}
+        assert fake_runs == [] and "done before: stem-s0" in capsys.readouterr().out
+        return
+    with pytest.raises(UserError, match=f"trained with other settings \\({changed}.*--NAME.*--RETRAIN=True"):
+        Ablation.run_variant("stem", 0, str(tmp_path), cfg)
+    assert fake_runs == []
+    Ablation.run_variant("stem", 0, str(tmp_path), ablation_config(*args, "--RETRAIN=True"))
+    assert [(s, o.get("RESUME")) for s, o in fake_runs] == [("Train.py", False), ("EvaluateAccuracy.py", None)]
+
+
+def test_context_classes_the_data_lacks_are_refused(data, tmp_path, capsys, monkeypatch):
+    from helpers import run_in_process
+    args = [f"--LOG_DIR={tmp_path}", "--DEVICE=cpu", f"--TRAIN_IMAGES={data}/train/images",
+            f"--TRAIN_ANNOTATIONS={data}/train/instances.json", f"--VAL_IMAGES={data}/val/images",
+            f"--VAL_ANNOTATIONS={data}/val/instances.json"]
+    for option in ("CONTEXT_CLASSES", "FAR_CONTEXT_CLASSES"):
+        code, printed = run_in_process("Ablation.py", args + [f"--{option}=boat,Car"], capsys, monkeypatch)
+        assert code == 2 and f"--{option}: Car not among the data's classes; valid: " in printed.err
+        assert "boat" in printed.err.split("valid:")[1] and not os.path.exists(tmp_path / "demo" / "runs")
 
 
 def test_help_prints_the_variant_table():

@@ -303,7 +303,7 @@ def test_a_run_folder_without_checkpoint_is_removed_only_when_made_here(tmp_path
     lock = RunLock(str(run))
     for name in files:
         (run / name).write_text("x")
-    lock.discard_if_unused(runlog.RUN_FILES)
+    lock.discard_if_unused(runlog.STARTUP_FILES)
     assert run.exists() != removed
     if not removed:
         assert sorted(os.listdir(run)) == sorted(files + [".lock"])

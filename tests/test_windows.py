@@ -1,7 +1,6 @@
 """Scale-true prediction at sizes users meet: many instances, very large photos. The net must
 only ever see bounded batches of fixed-size windows, whatever the count or the photo size."""
 import numpy as np
-import torch
 
 import RunPrediction
 from RegionClassifier import RegionClassifier
