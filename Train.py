@@ -12,7 +12,6 @@ docs/training.md, "Resuming"). --RESUME=False starts afresh and moves the old ru
 """
 import math
 import os
-import sys
 from types import SimpleNamespace
 
 import torch
@@ -24,9 +23,8 @@ from roilib import cli
 from roilib.checkpoint import load_checkpoint
 from roilib.distributed import Distributed
 from roilib.errors import UserError
-from roilib.evaluation import merge_shards, predict_dataset, shard_result
-from roilib.metrics import summarize
-from roilib.optim import (FINAL_FACTOR, lr_factor, make_optimizer, require_training_state,
+from roilib.evaluation import validate
+from roilib.optim import (FINAL_FACTOR, check_finite, lr_factor, make_optimizer, require_training_state,
                           restore_training_state, set_learning_rate, warmup_steps)
 from roilib.paths import REPO
 from roilib.runlock import claim_run_folder
@@ -235,7 +233,7 @@ def train_in(run_dir, progress, cfg, params, jitter, window, dist, device):
     def save(name, **metrics):
         with dist.together():
             if dist.is_main:
-                check_finite(model, step, cfg.LR)
+                check_finite(model, step, f"lower --LR (now {cfg.LR})")
                 model.save(os.path.join(run_dir, name), optimizer=optimizer.state_dict(),
                            scaler=scaler.state_dict(), step=step,
                            best_metric=best, metrics=metrics, params=params, window=list(window),
@@ -284,7 +282,8 @@ def train_in(run_dir, progress, cfg, params, jitter, window, dist, device):
             meter = LossMeter()
         if cfg.VAL_EVERY and (due(step, cfg.VAL_EVERY) or step == cfg.STEPS):
             save("last.pt")   # before validating: a failed validation never costs the training
-            metrics = validate(model, val_set, device, dtype, dist, logger, step, window, cfg)
+            metrics = validate(model, val_set, device, dtype, dist, logger, step, window, cfg.MAX_BATCH,
+                               cfg.WORKERS, cfg.VAL_MAX_IMAGES or None)
             improved = metrics["mean_class_accuracy"] > best
             best = max(best, metrics["mean_class_accuracy"])
             save("last.pt", **metrics)
@@ -345,36 +344,6 @@ def as_read(p):
     paths = (*resolve_paths(p["DATASET"], "train", p["TRAIN_IMAGES"], p["TRAIN_ANNOTATIONS"]),
              *resolve_paths(p["DATASET"], "val", p["VAL_IMAGES"], p["VAL_ANNOTATIONS"]))
     return dict(p, **{name: os.path.abspath(path) for name, path in zip(DATA_PATHS, paths)})
-
-
-def validate(model, val_set, device, dtype, dist, logger, step, window, cfg):
-    """Each process evaluates its share of the images (every world_size-th one); the shares are
-    gathered, so every process gets the same metrics. Returns the summary metrics."""
-    dist.share_buffers(model)
-    with dist.together():
-        out = predict_dataset(model, val_set, device, dtype, window=window, max_batch=cfg.MAX_BATCH,
-                              workers=cfg.WORKERS, limit=cfg.VAL_MAX_IMAGES or None,
-                              progress=dist.is_main and sys.stderr.isatty(), rank=dist.rank,
-                              world_size=dist.world_size)
-    out = merge_shards(dist.gather(shard_result(out)))
-    with dist.together():
-        if len(out["labels"]) == 0:
-            raise UserError(f"validation at step {step}: no image could be read "
-                            f"({out['skipped'].summary()}); the checkpoints saved before are intact")
-        if out["skipped"]:
-            logger.print(f"validation: {out['skipped'].summary()}")
-        full = summarize(out["labels"], out["preds"], out["areas"], val_set.class_names, out["topk"])
-        metrics = {k: full[k] for k in ("accuracy", "mean_class_accuracy", "count")}
-        logger.log_val(step, metrics, out["segments_per_s"])
-    model.train()
-    return metrics
-
-
-def check_finite(model, step, lr):
-    """Never write a broken model over a good checkpoint."""
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise UserError(f"the weights hold NaN/inf at step {step}: not saving; lower --LR (now {lr}). "
-                        "The checkpoints already written are intact")
 
 
 if __name__ == "__main__":

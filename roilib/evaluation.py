@@ -1,6 +1,7 @@
 """Deterministic, scale-true prediction over a dataset: every segment once, cut to its
 evaluation window (see roilib.windows), windows of many images batched together and built by
 DataLoader workers. Train.py's validation, EvaluateAccuracy.py and Benchmark.py share it."""
+import sys
 import time
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from roilib.errors import UserError
+from roilib.metrics import summarize
 from roilib.progress import progress_bar
 from roilib.runtime import autocast
 from roilib.skipped import SkippedFiles
@@ -167,3 +169,27 @@ def merge_shards(parts):
     seconds = max(p["seconds"] for p in parts)   # the slowest shard sets the pace
     merged["segments_per_s"] = len(merged["labels"]) / max(seconds, 1e-9)
     return merged
+
+
+def validate(model, val_set, device, dtype, dist, logger, step, window, max_batch, workers, limit):
+    """Training's validation: each process evaluates its share of the images (every
+    world_size-th one); the shares are gathered, so every process gets the same metrics.
+    Returns the summary metrics and puts the model back in training mode."""
+    dist.share_buffers(model)
+    with dist.together():
+        out = predict_dataset(model, val_set, device, dtype, window=window, max_batch=max_batch,
+                              workers=workers, limit=limit,
+                              progress=dist.is_main and sys.stderr.isatty(), rank=dist.rank,
+                              world_size=dist.world_size)
+    out = merge_shards(dist.gather(shard_result(out)))
+    with dist.together():
+        if len(out["labels"]) == 0:
+            raise UserError(f"validation at step {step}: no image could be read "
+                            f"({out['skipped'].summary()}); the checkpoints saved before are intact")
+        if out["skipped"]:
+            logger.print(f"validation: {out['skipped'].summary()}")
+        full = summarize(out["labels"], out["preds"], out["areas"], val_set.class_names, out["topk"])
+        metrics = {k: full[k] for k in ("accuracy", "mean_class_accuracy", "count")}
+        logger.log_val(step, metrics, out["segments_per_s"])
+    model.train()
+    return metrics

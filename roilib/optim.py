@@ -68,3 +68,10 @@ def restore_training_state(state, optimizer, scaler, weight_decay, last):
                         "another --RUN, or --RESUME=False to start afresh") from None
     optimizer.param_groups[0]["weight_decay"] = weight_decay   # group 1 (norms, biases): none
     return int(state["step"])
+
+
+def check_finite(model, step, advice):
+    """Never write a broken model over a good checkpoint."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise UserError(f"the weights hold NaN/inf at step {step}: not saving; {advice}. "
+                        "The checkpoints already written are intact")
