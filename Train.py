@@ -326,9 +326,12 @@ def build_model(cfg, params, train_set, state, last):
 
 def check_outputs(run_dir, params):
     """Before any work: the run's files are never written over its data or weights."""
-    check_writes([("--RUN", os.path.join(run_dir, name)) for name in RUN_FILES], inputs(params),
-                 folders=[("--RUN", run_dir)], owns=("run",),
-                 moved=[] if params["RESUME"] else [("--RUN", run_dir)])
+    try:
+        check_writes([("--RUN", os.path.join(run_dir, name)) for name in RUN_FILES], inputs(params),
+                     folders=[("--RUN", run_dir)], owns=("run",),
+                     moved=[] if params["RESUME"] else [("--RUN", run_dir)])
+    except UserError as clash:  # a run's way out is another run, whatever the clash
+        raise UserError(f"{clash}; or {RESUME_WAY_OUT if params['RESUME'] else 'choose another --RUN'}") from None
 
 
 def inputs(params):
