@@ -14,21 +14,18 @@ that changes what a run learns (Train.py's FIXED and LEARNING) equals this reque
 other settings stops it with one line (another --NAME, or --RETRAIN=True).
 """
 import concurrent.futures
-import csv
 import json
 import os
 import subprocess
 import sys
 import time
 
-import numpy as np
-
 import Train
 from Datasets import label_convention, open_dataset
 from roilib import cli
 from roilib.paths import REPO
 from roilib.errors import UserError
-from roilib.outputs import atomic_write, save_figure
+from roilib.ablation_report import OUTPUTS, aggregate, format_class_table, format_table, write_results
 from roilib.runtime import resolve_device
 from roilib.sampler import check_sizes
 from roilib.trainparams import differences
@@ -61,8 +58,8 @@ WORKERS = 2                 # [0..256] DataLoader workers per run
 DEVICE = "auto"             # auto | cpu | cuda | cuda:N
 JOBS = 1                    # [1..256] runs at once: on the CPU each gets cores/JOBS torch threads; with DEVICE=auto or cuda and several GPUs, runs go to GPUs in turn
 AMP = True                  # bf16 autocast where the device runs it natively (False: float32)
-CONTEXT_CLASSES = "boat,car"   # near pair: classes that differ only by their surroundings (demo data)
-FAR_CONTEXT_CLASSES = "hive,kennel"   # far pair: classes that differ only by a cue outside the crop's box
+CONTEXT_CLASSES = "boat,car"   # near pair: classes told apart by their surroundings (demo data; "" = no column)
+FAR_CONTEXT_CLASSES = "hive,kennel"   # far pair: classes told apart only by a cue outside the crop's box ("" = none)
 RETRAIN = False             # a run of this NAME left with other settings: train it again (the old one is moved aside) instead of stopping
 # ---- end of parameters ----
 
@@ -86,8 +83,6 @@ VARIANT_TABLE = {
 SHARED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS", "BACKGROUND",
           "IGNORE", "CLASS_VALUES", "LABEL_NAMES", "MIN_AREA", "ARCH",
           "WEIGHTS", "STEPS", "LR", "MIN_SIZE", "MAX_SIZE", "MAX_PIXELS", "MAX_BATCH", "WORKERS", "DEVICE", "AMP")
-SUMMARY_BINS = ("<1k", "1k-2k", "2k-4k", "4k-8k")
-OUTPUTS = ("results.csv", "results.json", "results.png")
 
 
 def main():
@@ -111,12 +106,14 @@ def main():
     start = time.perf_counter()
     print(f"ablation '{cfg.NAME}': {len(variants)} variants x {len(seeds)} seeds, {cfg.STEPS} steps each, "
           f"{cfg.ARCH}, {cfg.JOBS} at a time; results in {folder}", flush=True)
-    jobs = [(v, s) for v in variants for s in seeds]
+    jobs = [(v, s) for s in seeds for v in variants]   # seed by seed: a stopped ablation has whole seeds
     done = run_all(jobs, runs, start, cfg)
     results = {v: [done[(v, s)] for s in seeds] for v in variants}
     table = aggregate(results, pairs)
-    write_results(table, results, folder, vars(cfg), pairs)
-    print(format_table(table))
+    shown = SHARED + ("SEEDS", "CONTEXT_CLASSES", "FAR_CONTEXT_CLASSES")
+    write_results(table, results, folder, {k: getattr(cfg, k) for k in shown}, pairs)
+    print(format_table(table, pairs))
+    print(format_class_table(table))
     print(f"wrote results.csv, results.json, results.png in {folder}")
 
 
@@ -258,92 +255,6 @@ def call(script, overrides, env=None):
     for line in completed.stdout.splitlines():
         if line.startswith(("validation", "done", "overall")):
             print(f"  {name}: {line}", flush=True)
-
-
-def pair_accuracy(per_class, classes):
-    """Mean accuracy over the named classes found in the evaluation; None if none is."""
-    found = [per_class[c.strip()] for c in classes.split(",")
-             if c.strip() and per_class.get(c.strip()) is not None]
-    return float(np.mean(found)) if found else None
-
-
-def metrics_of(result, pairs):
-    """The figures compared across variants, from one eval.json; `pairs`: {figure: classes}."""
-    bins = {row["bin"]: row["mean_class_accuracy"] for row in result["by_size"]}
-    per_class = {row["class"]: row["accuracy"] for row in result["per_class"]}
-    figures = {"mean_class_accuracy": result["mean_class_accuracy"], "accuracy": result["accuracy"]}
-    figures.update({f"size {b}": bins.get(b) for b in SUMMARY_BINS})
-    figures.update({name: pair_accuracy(per_class, classes) for name, classes in pairs.items()})
-    return figures
-
-
-def aggregate(results, pairs):
-    """variant -> {figure: (mean, spread, values)}; spread = (max - min) / 2 over seeds."""
-    table = {}
-    for variant, runs in results.items():
-        per_seed = [metrics_of(r, pairs) for r in runs]
-        row = {}
-        for key in per_seed[0]:
-            values = [m[key] for m in per_seed if m[key] is not None]
-            if values:
-                row[key] = (float(np.mean(values)), float((max(values) - min(values)) / 2), values)
-        table[variant] = row
-    return table
-
-
-def format_table(table):
-    keys = ["mean_class_accuracy", "accuracy"] + [f"size {b}" for b in SUMMARY_BINS] + ["near pair", "far pair"]
-    head = ["variant", "mean class acc", "accuracy"] + list(SUMMARY_BINS) + ["near pair", "far pair"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for variant, row in table.items():
-        cells = [f"{100 * row[k][0]:.1f} ± {100 * row[k][1]:.1f}" if k in row else "-" for k in keys]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_results(table, results, folder, params, pairs):
-    os.makedirs(folder, exist_ok=True)
-    keys = list(next(iter(table.values())).keys())
-    with atomic_write(os.path.join(folder, "results.csv"), newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["variant"] + [f"{k} {part}" for k in keys for part in ("mean", "spread")] + ["seeds"])
-        for variant, row in table.items():
-            cells = [f"{row[k][i]:.4f}" if k in row else "" for k in keys for i in (0, 1)]
-            writer.writerow([variant] + cells + [len(results[variant])])
-    summary = {"params": {k: params[k] for k in SHARED + ("SEEDS", "CONTEXT_CLASSES", "FAR_CONTEXT_CLASSES")},
-               "variants": {v: {k: {"mean": m, "spread": s, "per_seed": vals} for k, (m, s, vals) in row.items()}
-                            for v, row in table.items()},
-               "table": format_table(table)}
-    with atomic_write(os.path.join(folder, "results.json")) as f:
-        json.dump(summary, f, indent=1)
-    plot_results(table, os.path.join(folder, "results.png"), pairs)
-
-
-def plot_results(table, path, pairs):
-    """Grouped bars: mean class accuracy per variant, overall, per size bin and on the two
-    context pairs."""
-    from roilib.plots import pyplot
-    plt = pyplot()
-    keys = ["mean_class_accuracy"] + [f"size {b}" for b in SUMMARY_BINS] + ["near pair", "far pair"]
-    labels = (["overall"] + [f"segments {b} px" for b in SUMMARY_BINS]
-              + [f"{name} ({classes.replace(',', '/')})" for name, classes in pairs.items()])
-    variants = list(table)
-    width = 0.8 / len(keys)
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(variants)), 4.8))
-    x = np.arange(len(variants))
-    for j, (key, label) in enumerate(zip(keys, labels)):
-        means = [table[v].get(key, (0, 0))[0] for v in variants]
-        spreads = [table[v].get(key, (0, 0))[1] for v in variants]
-        ax.bar(x + (j - (len(keys) - 1) / 2) * width, means, width, yerr=spreads, capsize=2, label=label)
-    ax.set_xticks(x, variants, rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("mean class accuracy (mean ± spread over seeds)")
-    ax.set_title("ROI-mask variants: overall, by segment size, and on the context-only pairs")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: never over bars
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def train_in(run_dir, progress, cfg, params, jitter, window, dist, device):
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         step = 0
         if state is not None:
-            step = restore_training_state(state, optimizer, scaler, cfg.WEIGHT_DECAY, last)
+            step = restore_training_state(state, optimizer, scaler, cfg.WEIGHT_DECAY, last, RESUME_WAY_OUT)
             progress["last.pt"] = step
         stop_at = min(cfg.STOP_AT or cfg.STEPS, cfg.STEPS)
         best = (state or {}).get("best_metric", -1.0)
@@ -204,7 +204,7 @@ def train_in(run_dir, progress, cfg, params, jitter, window, dist, device):
                     "final_factor": FINAL_FACTOR}
         logger = RunLogger(run_dir, params, cfg.STEPS, train_set, dist, device, dtype,
                            resumed_step=step if state else None, schedule=schedule,
-                           will_train=step < stop_at)
+                           will_train=step < stop_at, way_out=RESUME_WAY_OUT)
         logger.announce(train_set, val_set, model, step, settings_line(cfg))
         for change in changes:
             logger.print(f"changed on resume: {change}")
@@ -316,11 +316,10 @@ def build_model(cfg, params, train_set, state, last):
     expected = {"arch": cfg.ARCH, "mode": cfg.MODE, "num_classes": train_set.num_classes}
     found = {k: model.config[k] for k in expected}
     if found != expected:
-        raise UserError(f"{last} holds a different model ({found}) than asked ({expected}); use "
-                        "another --RUN, or --RESUME=False to start afresh")
-    require_training_state(state, last)
-    changes = resume_changes(state["params"], params, last, FIXED, CHANGEABLE, as_read)
-    check_class_names(model.class_names, train_set.class_names, last)
+        raise UserError(f"{last} holds a different model ({found}) than asked ({expected}); {RESUME_WAY_OUT}")
+    require_training_state(state, last, RESUME_WAY_OUT)
+    changes = resume_changes(state["params"], params, last, FIXED, CHANGEABLE, as_read, RESUME_WAY_OUT)
+    check_class_names(model.class_names, train_set.class_names, last, RESUME_WAY_OUT)
     return model, changes
 
 

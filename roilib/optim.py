@@ -50,22 +50,22 @@ def set_learning_rate(optimizer, lr):
         group["lr"] = lr
 
 
-def require_training_state(state, last):
+def require_training_state(state, last, way_out):
+    """`way_out`: what the caller can do instead of resuming from `last`."""
     missing = [key for key in ("optimizer", "step", "params") if key not in state]
     if missing:
-        raise UserError(f"{last}: no training state ({', '.join(missing)} missing: not written by "
-                        "Train.py); use another --RUN, or --RESUME=False to start afresh")
+        raise UserError(f"{last}: no training state ({', '.join(missing)} missing: not a training "
+                        f"checkpoint); {way_out}")
 
 
-def restore_training_state(state, optimizer, scaler, weight_decay, last):
+def restore_training_state(state, optimizer, scaler, weight_decay, last, way_out):
     """Optimiser and scaler from last.pt (see require_training_state), with this run's weight
     decay over the stored one; returns its step. (The LR is set before every step.)"""
     try:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state.get("scaler") or {})
     except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{last}: its optimiser state does not fit this model ({error}); use "
-                        "another --RUN, or --RESUME=False to start afresh") from None
+        raise UserError(f"{last}: its optimiser state does not fit this model ({error}); {way_out}") from None
     optimizer.param_groups[0]["weight_decay"] = weight_decay   # group 1 (norms, biases): none
     return int(state["step"])
 

@@ -19,7 +19,7 @@ class RunLock:
     def __init__(self, run_dir):
         self.run_dir = run_dir
         self.created = not os.path.isdir(run_dir)   # by this process: it may remove it again
-        with writing(run_dir, "the run folder", "check --LOG_DIR and --RUN"):
+        with writing(run_dir, "the run folder", "check the run folder's path"):
             os.makedirs(run_dir, exist_ok=True)
             self.file = open(os.path.join(run_dir, LOCK_NAME), "a+")
         try:
@@ -29,7 +29,7 @@ class RunLock:
             holder = self.file.read().strip() or "unknown"
             self.file.close()
             raise UserError(f"{run_dir} is in use by another Train.py (pid {holder}); wait for it to "
-                            "end, stop it, or use another --RUN") from None
+                            "end, stop it, or use another run folder") from None
         with writing(self.file.name, "the run's lock"):
             self.file.seek(0)
             self.file.truncate()
@@ -73,5 +73,5 @@ def claim_run_folder(run_dir, resume):
     shutil.move(run_dir, aside)   # the lock moves with it, and is held until the new one is
     fresh = RunLock(run_dir)
     lock.release()
-    print(f"--RESUME=False: moved the existing run to {aside}", flush=True)
+    print(f"starting afresh: moved the existing run to {aside}", flush=True)
     return fresh

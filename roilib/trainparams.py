@@ -39,19 +39,18 @@ def due(step, every):
     return every > 0 and step % every == 0
 
 
-def resume_changes(stored, params, checkpoint, fixed_names, changeable_names, normalize):
+def resume_changes(stored, params, checkpoint, fixed_names, changeable_names, normalize, way_out):
     """Compare this run's parameters with those stored in `checkpoint`. A difference in one of
-    `fixed_names` -> UserError listing all of them; returns ["NAME: old -> new", ...] of the
-    `changeable_names` that differ. `normalize(params)` -> the parameters as they are read
-    (e.g. a default path filled in), so that "" and the path it stands for count as the same."""
+    `fixed_names` -> UserError listing all of them and the caller's `way_out`; returns
+    ["NAME: old -> new", ...] of the `changeable_names` that differ. `normalize(params)` -> the
+    parameters as they are read (e.g. a default path filled in), so that "" and the path it
+    stands for count as the same."""
     if not isinstance(stored, dict):
-        raise UserError(f"{checkpoint}: no parameters stored (not written by Train.py); use "
-                        "another --RUN, or --RESUME=False to start afresh")
+        raise UserError(f"{checkpoint}: no parameters stored (not a training checkpoint); {way_out}")
     fixed = differences(stored, params, fixed_names, normalize)
     if fixed:
         raise UserError(f"{checkpoint} was trained with other settings ({'; '.join(fixed)}); resume "
-                        "with the stored values, or start afresh with --RESUME=False (the old run "
-                        "is moved aside) or another --RUN")
+                        f"with the stored values, or {way_out}")
     return differences(stored, params, changeable_names, normalize)
 
 
@@ -63,11 +62,11 @@ def differences(stored, params, names, normalize):
             if name in new and old.get(name) != new[name]]
 
 
-def check_class_names(found, expected, checkpoint):
-    """The classes (and their order) are part of the model."""
+def check_class_names(found, expected, checkpoint, way_out):
+    """The classes (and their order) are part of the model; `way_out`: what the caller can do."""
     if list(found or []) != list(expected):
         raise UserError(f"{checkpoint} was trained on other classes ({_names(found or [])}) than this "
-                        f"data has ({_names(expected)}); use another --RUN, or --RESUME=False to start afresh")
+                        f"data has ({_names(expected)}); {way_out}")
 
 
 def _names(names, shown=5):

@@ -29,7 +29,7 @@ def test_two_variants_table_and_resume(tmp_path):
     with open(folder / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["stem", "crop+attention"]
-    for column in ("near pair mean", "far pair mean", "size <1k mean"):
+    for column in ("near pair mean", "far pair mean", "size <1k mean", "class boat mean", "class car spread"):
         assert column in rows[0]
     summary = json.loads((folder / "results.json").read_text())
     for variant in ("stem", "crop+attention"):
@@ -42,11 +42,38 @@ def test_two_variants_table_and_resume(tmp_path):
         assert evals[0]["model"]["mode"] == ("attention" if variant == "stem" else "crop+attention")
         assert evals[0]["model"]["attention"] == ["stem"]
     assert "| stem |" in summary["table"] and (folder / "results.png").stat().st_size > 1000
+    assert summary["class_table"].splitlines()[0].startswith("| variant | ") and "| crop+attention |" in summary["class_table"]
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and second.stdout.count("done before") == 4
     changed = subprocess.run([a if not a.startswith("--STEPS=") else "--STEPS=4" for a in args],
                              capture_output=True, text=True, timeout=600)
     assert changed.returncode == 2 and "trained with other settings (STEPS" in changed.stderr
+
+
+def fake_eval(mean_class, per_class):
+    return {"mean_class_accuracy": mean_class, "accuracy": mean_class,
+            "by_size": [{"bin": "<1k", "mean_class_accuracy": mean_class / 2}],
+            "per_class": [{"class": c, "accuracy": a} for c, a in per_class.items()]}
+
+
+def test_per_class_columns_and_a_dataset_without_a_far_pair():
+    """Per-class figures with their spread, a class a seed lacks averaged over the others, and a
+    pair given no classes left out (CamVid has no designed far pair) rather than shown empty."""
+    from roilib.ablation_report import aggregate, format_class_table, format_table
+    results = {"stem": [fake_eval(0.6, {"Road": 0.5, "Pole": 0.9}), fake_eval(0.8, {"Road": 0.7})],
+               "crop": [fake_eval(0.4, {"Road": 0.2, "Pole": 0.1}), fake_eval(0.5, {"Road": 0.4, "Pole": 0.3})]}
+    pairs = {"near pair": "Road,Pavement", "far pair": ""}
+    table = aggregate(results, pairs)
+    assert table["stem"]["mean_class_accuracy"][:2] == pytest.approx((0.7, 0.1))
+    assert table["stem"]["class Pole"][:2] == pytest.approx((0.9, 0.0))
+    assert table["crop"]["near pair"][:2] == pytest.approx((0.3, 0.1))
+    assert "far pair" not in table["stem"]
+    summary = format_table(table, pairs)
+    assert "far pair" not in summary and summary.splitlines()[2].startswith("| stem | 70.0 ± 10.0 | 70.0 ± 10.0 | 35.0 ± 5.0 | - |")
+    assert format_class_table(table).splitlines() == [
+        "| variant | Road | Pole |", "|---|---|---|", "| stem | 60.0 ± 10.0 | 90.0 ± 0.0 |",
+        "| crop | 30.0 ± 10.0 | 20.0 ± 10.0 |"]
+    assert format_class_table(table, ["Pole"]).splitlines()[3] == "| crop | 20.0 ± 10.0 |"
 
 
 def test_jobs_share_the_cpu_or_take_a_gpu_each(monkeypatch):

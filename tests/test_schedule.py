@@ -47,7 +47,7 @@ def test_resume_takes_the_new_lr_and_weight_decay():
     optimizer.step()
     state = {"optimizer": optimizer.state_dict(), "step": 7}
     resumed = make_optimizer(model, 5e-4, 0.05)
-    step = restore_training_state(state, resumed, torch.amp.GradScaler("cpu", enabled=False), 0.01, "last.pt")
+    step = restore_training_state(state, resumed, torch.amp.GradScaler("cpu", enabled=False), 0.01, "last.pt", "x")
     set_learning_rate(resumed, 5e-4 * lr_factor(step, 2, 10))
     assert step == 7
     assert [g["lr"] for g in resumed.param_groups] == [pytest.approx(5e-4 * lr_factor(7, 2, 10))] * 2

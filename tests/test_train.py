@@ -174,18 +174,19 @@ def test_every_parameter_is_classified_for_resume():
 
 
 def test_class_names_are_part_of_the_model():
-    with pytest.raises(UserError, match="other classes"):
-        check_class_names(["grass", "road"], ["grass", "water"], "last.pt")
+    with pytest.raises(UserError, match="other classes.*; start afresh with --RESUME=False"):
+        check_class_names(["grass", "road"], ["grass", "water"], "last.pt", Train.RESUME_WAY_OUT)
     stored = train_namespace()
     changed = dict(stored, CLASS_NAMES="grass,water")
-    with pytest.raises(UserError, match="CLASS_NAMES: None -> 'grass,water'"):
-        resume_changes(stored, changed, "last.pt", Train.FIXED, Train.CHANGEABLE, Train.as_read)
+    with pytest.raises(UserError, match="CLASS_NAMES: None -> 'grass,water'.*or choose another --RUN$"):
+        resume_changes(stored, changed, "last.pt", Train.FIXED, Train.CHANGEABLE, Train.as_read,
+                       Train.RESUME_WAY_OUT)
 
 
 def test_label_convention_is_fixed_on_resume_and_older_runs_resume():
     stored = train_namespace()
     older = {k: v for k, v in stored.items() if k not in ("BACKGROUND", "IGNORE")}
-    groups = (Train.FIXED, Train.CHANGEABLE, Train.as_read)
+    groups = (Train.FIXED, Train.CHANGEABLE, Train.as_read, Train.RESUME_WAY_OUT)
     assert resume_changes(older, stored, "last.pt", *groups) == []
     with pytest.raises(UserError, match="IGNORE: '' -> '255'"):
         resume_changes(older, dict(stored, IGNORE="255"), "last.pt", *groups)
@@ -270,8 +271,8 @@ def test_a_train_log_that_is_not_a_csv_text_is_one_line(tmp_path, content):
         log.mkdir()
     else:
         log.write_bytes(content)
-    with pytest.raises(UserError, match="cannot be read as this run's log .*--RESUME=False or another --RUN"):
-        runlog.trim_log(str(log), 1)
+    with pytest.raises(UserError, match="cannot be read as this run's log .*--RESUME=False .* or choose another --RUN"):
+        runlog.trim_log(str(log), 1, Train.RESUME_WAY_OUT)
     assert content is None or log.read_bytes() == content     # left as it was
 
 
