@@ -11,9 +11,9 @@ import numpy as np
 
 from roilib.outputs import atomic_write, save_figure
 
-SUMMARY_BINS = ("<1k", "1k-2k", "2k-4k", "4k-8k")
 OUTPUTS = ("results.csv", "results.json", "results.png")
 CLASS_PREFIX = "class "
+SIZE_PREFIX = "size "   # then the evaluation's bin: "<1k", "1k-2k", ... (those the data has)
 
 
 def active_pairs(pairs):
@@ -30,10 +30,9 @@ def pair_accuracy(per_class, classes):
 
 def metrics_of(result, pairs):
     """The figures compared across variants, from one eval.json; `pairs`: {figure: classes}."""
-    bins = {row["bin"]: row["mean_class_accuracy"] for row in result["by_size"]}
     per_class = {row["class"]: row["accuracy"] for row in result["per_class"]}
     figures = {"mean_class_accuracy": result["mean_class_accuracy"], "accuracy": result["accuracy"]}
-    figures.update({f"size {b}": bins.get(b) for b in SUMMARY_BINS})
+    figures.update({f"{SIZE_PREFIX}{row['bin']}": row["mean_class_accuracy"] for row in result["by_size"]})
     figures.update({name: pair_accuracy(per_class, classes) for name, classes in active_pairs(pairs).items()})
     figures.update({f"{CLASS_PREFIX}{name}": value for name, value in per_class.items()})
     return figures
@@ -53,17 +52,19 @@ def aggregate(results, pairs):
     return table
 
 
-def summary_keys(pairs):
+def summary_keys(table, pairs):
     """(figure keys, column heads) of the summary table."""
     names = list(active_pairs(pairs))
-    keys = ["mean_class_accuracy", "accuracy"] + [f"size {b}" for b in SUMMARY_BINS] + names
-    return keys, ["mean class acc", "accuracy"] + list(SUMMARY_BINS) + names
+    bins = named(table, SIZE_PREFIX)
+    keys = ["mean_class_accuracy", "accuracy"] + [f"{SIZE_PREFIX}{b}" for b in bins] + names
+    return keys, ["mean class acc", "accuracy"] + bins + names
 
 
-def class_names(table):
-    """The classes in the per-class columns, in the evaluation's order."""
-    keys = dict.fromkeys(k for row in table.values() for k in row if k.startswith(CLASS_PREFIX))
-    return [k[len(CLASS_PREFIX):] for k in keys]
+def named(table, prefix):
+    """The names after `prefix` among the table's figures (size bins, classes), in the
+    evaluation's order."""
+    keys = dict.fromkeys(k for row in table.values() for k in row if k.startswith(prefix))
+    return [k[len(prefix):] for k in keys]
 
 
 def markdown(table, keys, heads):
@@ -75,12 +76,12 @@ def markdown(table, keys, heads):
 
 
 def format_table(table, pairs):
-    return markdown(table, *summary_keys(pairs))
+    return markdown(table, *summary_keys(table, pairs))
 
 
 def format_class_table(table, classes=None):
     """Accuracy per class (all of them, or `classes`) and variant."""
-    names = class_names(table) if classes is None else classes
+    names = named(table, CLASS_PREFIX) if classes is None else classes
     return markdown(table, [f"{CLASS_PREFIX}{n}" for n in names], names)
 
 
@@ -109,10 +110,11 @@ def plot_results(table, path, pairs):
     context pairs."""
     from roilib.plots import pyplot
     plt = pyplot()
-    named = active_pairs(pairs)
-    keys = ["mean_class_accuracy"] + [f"size {b}" for b in SUMMARY_BINS] + list(named)
-    labels = (["overall"] + [f"segments {b} px" for b in SUMMARY_BINS]
-              + [f"{name} ({classes.replace(',', '/')})" for name, classes in named.items()])
+    pair_classes = active_pairs(pairs)
+    bins = named(table, SIZE_PREFIX)
+    keys = ["mean_class_accuracy"] + [f"{SIZE_PREFIX}{b}" for b in bins] + list(pair_classes)
+    labels = (["overall"] + [f"segments {b} px" for b in bins]
+              + [f"{name} ({classes.replace(',', '/')})" for name, classes in pair_classes.items()])
     variants = list(table)
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(variants)), 4.8))
@@ -124,7 +126,7 @@ def plot_results(table, path, pairs):
     ax.set_xticks(x, variants, rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("mean class accuracy (mean ± spread over seeds)")
-    ax.set_title("ROI-mask variants: overall, by segment size" + (", and on the context pairs" if named else ""))
+    ax.set_title("ROI-mask variants: overall, by segment size" + (", and on the context pairs" if pair_classes else ""))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: never over bars
     fig.tight_layout()

@@ -52,7 +52,8 @@ def test_two_variants_table_and_resume(tmp_path):
 
 def fake_eval(mean_class, per_class):
     return {"mean_class_accuracy": mean_class, "accuracy": mean_class,
-            "by_size": [{"bin": "<1k", "mean_class_accuracy": mean_class / 2}],
+            "by_size": [{"bin": "<1k", "mean_class_accuracy": mean_class / 2},
+                        {"bin": "8k-16k", "mean_class_accuracy": 1.0}],
             "per_class": [{"class": c, "accuracy": a} for c, a in per_class.items()]}
 
 
@@ -69,7 +70,8 @@ def test_per_class_columns_and_a_dataset_without_a_far_pair():
     assert table["crop"]["near pair"][:2] == pytest.approx((0.3, 0.1))
     assert "far pair" not in table["stem"]
     summary = format_table(table, pairs)
-    assert "far pair" not in summary and summary.splitlines()[2].startswith("| stem | 70.0 ± 10.0 | 70.0 ± 10.0 | 35.0 ± 5.0 | - |")
+    assert summary.splitlines()[0] == "| variant | mean class acc | accuracy | <1k | 8k-16k | near pair |"
+    assert summary.splitlines()[2] == "| stem | 70.0 ± 10.0 | 70.0 ± 10.0 | 35.0 ± 5.0 | 100.0 ± 0.0 | 60.0 ± 10.0 |"
     assert format_class_table(table).splitlines() == [
         "| variant | Road | Pole |", "|---|---|---|", "| stem | 60.0 ± 10.0 | 90.0 ± 0.0 |",
         "| crop | 30.0 ± 10.0 | 20.0 ± 10.0 |"]
