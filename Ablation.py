@@ -5,6 +5,7 @@ crop+attention (the crop's box, with the mask merged by attention).
     python Ablation.py                       # demo data, ResNet-18, 14 variants x 2 seeds, 2 CPU cores: ~35 min
     python Ablation.py --VARIANTS=stem,blackout --SEEDS=0,1,2 --STEPS=1000
     python Ablation.py --JOBS=2              # two runs at once (CPU: cores split between them; GPUs: one each)
+    python Ablation.py --REPORT_ONLY=True    # while it runs, or after a stop: the tables of the runs done so far
 
 Every variant is trained by Train.py and evaluated by EvaluateAccuracy.py (run as they are, with
 --NAME=value overrides) on the same data, budget and seeds. Writes logs/ablation/<NAME>/:
@@ -61,6 +62,7 @@ AMP = True                  # bf16 autocast where the device runs it natively (F
 CONTEXT_CLASSES = "boat,car"   # near pair: classes told apart by their surroundings (demo data; "" = no column)
 FAR_CONTEXT_CLASSES = "hive,kennel"   # far pair: classes told apart only by a cue outside the crop's box ("" = none)
 RETRAIN = False             # a run of this NAME left with other settings: train it again (the old one is moved aside) instead of stopping
+REPORT_ONLY = False         # True: write the tables from the runs evaluated so far and train nothing (interim results of a long ablation)
 # ---- end of parameters ----
 
 # name -> Train.py overrides; the paper's comparison (merge add unless named).
@@ -108,7 +110,12 @@ def main():
           f"{cfg.ARCH}, {cfg.JOBS} at a time; results in {folder}", flush=True)
     jobs = [(v, s) for s in seeds for v in variants]   # seed by seed: a stopped ablation has whole seeds
     done = run_all(jobs, runs, start, cfg)
-    results = {v: [done[(v, s)] for s in seeds] for v in variants}
+    results = {v: [done[(v, s)] for s in seeds if done[(v, s)] is not None] for v in variants}
+    results = {v: evals for v, evals in results.items() if evals}
+    if not results:
+        raise UserError(f"--REPORT_ONLY: no run of ablation '{cfg.NAME}' has been evaluated yet")
+    if cfg.REPORT_ONLY:
+        print(f"interim results: {sum(map(len, results.values()))} of {len(jobs)} runs evaluated", flush=True)
     table = aggregate(results, pairs)
     shown = SHARED + ("SEEDS", "CONTEXT_CLASSES", "FAR_CONTEXT_CLASSES")
     write_results(table, results, folder, {k: getattr(cfg, k) for k in shown}, pairs)
@@ -187,8 +194,9 @@ def job_slots(jobs, device):
 
 
 def run_variant(variant, seed, runs, cfg, device=None, env=None):
-    """Train (or resume) and evaluate one variant; reuse an evaluation of the finished run.
-    `device` overrides cfg.DEVICE for this run, `env` adds environment variables to its processes."""
+    """Train (or resume) and evaluate one variant; reuse an evaluation of the finished run
+    (with REPORT_ONLY: that evaluation, or None if there is none). `device` overrides
+    cfg.DEVICE for this run, `env` adds environment variables to its processes."""
     run = f"{variant}-s{seed}"
     run_dir = os.path.join(runs, run)
     eval_path = os.path.join(run_dir, "eval.json")
@@ -205,6 +213,9 @@ def run_variant(variant, seed, runs, cfg, device=None, env=None):
     if not changed and os.path.exists(eval_path) and read_json(eval_path).get("step") == cfg.STEPS:
         print(f"  done before: {run}", flush=True)
         return read_json(eval_path)
+    if cfg.REPORT_ONLY:
+        print(f"  not done yet: {run}", flush=True)
+        return None
     call("Train.py", overrides, env)
     # The final model, not best.pt: picking the best on the evaluation set would flatter it.
     call("EvaluateAccuracy.py", {"CHECKPOINT": os.path.join(run_dir, "last.pt"), "DATASET": cfg.DATASET,

@@ -70,9 +70,15 @@ def named(table, prefix):
 def markdown(table, keys, heads):
     lines = ["| variant | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 1)]
     for variant, row in table.items():
-        cells = [f"{100 * row[k][0]:.1f} ± {100 * row[k][1]:.1f}" if k in row else "-" for k in keys]
+        cells = [cell(row[k]) if k in row else "-" for k in keys]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def cell(figure):
+    """"mean ± spread" in %; a figure of one seed has no spread to show."""
+    mean, spread, values = figure
+    return f"{100 * mean:.1f}" if len(values) == 1 else f"{100 * mean:.1f} ± {100 * spread:.1f}"
 
 
 def format_table(table, pairs):

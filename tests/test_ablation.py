@@ -43,6 +43,15 @@ def test_two_variants_table_and_resume(tmp_path):
         assert evals[0]["model"]["attention"] == ["stem"]
     assert "| stem |" in summary["table"] and (folder / "results.png").stat().st_size > 1000
     assert summary["class_table"].splitlines()[0].startswith("| variant | ") and "| crop+attention |" in summary["class_table"]
+    interim = subprocess.run([a if not a.startswith("--SEEDS=") else "--SEEDS=0,1,2" for a in args]
+                             + ["--REPORT_ONLY=True"], capture_output=True, text=True, timeout=600)
+    assert interim.returncode == 0 and "interim results: 4 of 6 runs evaluated" in interim.stdout
+    assert interim.stdout.count("not done yet") == 2 and not (folder / "runs" / "stem-s2").exists()
+    assert json.loads((folder / "results.json").read_text())["variants"]["stem"]["accuracy"]["per_seed"] == \
+        summary["variants"]["stem"]["accuracy"]["per_seed"]
+    nothing = subprocess.run([a if not a.startswith("--NAME=") else "--NAME=new" for a in args]
+                             + ["--REPORT_ONLY=True"], capture_output=True, text=True, timeout=600)
+    assert nothing.returncode == 2 and "no run of ablation 'new' has been evaluated yet" in nothing.stderr
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and second.stdout.count("done before") == 4
     changed = subprocess.run([a if not a.startswith("--STEPS=") else "--STEPS=4" for a in args],
@@ -73,7 +82,7 @@ def test_per_class_columns_and_a_dataset_without_a_far_pair():
     assert summary.splitlines()[0] == "| variant | mean class acc | accuracy | <1k | 8k-16k | near pair |"
     assert summary.splitlines()[2] == "| stem | 70.0 ± 10.0 | 70.0 ± 10.0 | 35.0 ± 5.0 | 100.0 ± 0.0 | 60.0 ± 10.0 |"
     assert format_class_table(table).splitlines() == [
-        "| variant | Road | Pole |", "|---|---|---|", "| stem | 60.0 ± 10.0 | 90.0 ± 0.0 |",
+        "| variant | Road | Pole |", "|---|---|---|", "| stem | 60.0 ± 10.0 | 90.0 |",
         "| crop | 30.0 ± 10.0 | 20.0 ± 10.0 |"]
     assert format_class_table(table, ["Pole"]).splitlines()[3] == "| crop | 20.0 ± 10.0 |"
 
