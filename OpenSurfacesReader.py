@@ -3,7 +3,7 @@
     reader = OpenSurfacesReader("TrainVal_Set/Images", "TrainVal_Set/Annotations")
 
 Each image has a label map: a single-channel PNG in ``label_dir`` (by default the image's
-stem + ".png"), pixel value = class; each connected component (8-connectivity) of a class is
+stem + ".png"; subfolders, e.g. Cityscapes' cities, mirrored), pixel value = class; each connected component (8-connectivity) of a class is
 one segment. The convention (``background``, ``ignore``, ``class_values``, ``label_names``:
 roilib/labelconvention.py) is the caller's; by default 0 is unlabelled and the other values
 are the classes in order (OpenSurfaces: label = value - 1). Values neither a class nor void
@@ -24,15 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from roilib.compactindex import (StringTable, _View, adopt_segments, check_boxes,
-                                 check_lengths, check_offsets, check_range, check_schema)
+from roilib.compactindex import StringTable, _View, adopt_segments, check_range
 from roilib.crops import BoxMask
 from roilib.dataset import SegmentDataset
 from roilib.errors import UserError
 from roilib.imageio import read_label_map
 from roilib.indexcache import (cached_index, content_digest, folder_identity, notice,
-                               regular_file_stat, stat_row)
+                               regular_file_stat, stat_row, walk_files)
 from roilib.labelconvention import LabelConvention, total_undeclared, undeclared_warning
+from roilib.labelmapindex import (MapEntry, SEGMENT_COLUMNS, check_label_map_index, known_entries,
+                                  pack_entries)
 
 # The 45 OpenSurfaces materials, in the order of the original repository
 # (sagieppel/Classification-of-the-material-given-region-of-an-image-using-a-convolutional-
@@ -52,10 +53,6 @@ ANNOUNCE_MAPS = 2000
 
 # value: label-map value; seed: (x, y) of one pixel of the component, to find it again.
 Component = namedtuple("Component", "value area bbox seed")
-# One label map in the index: its stat row, content digest, (height, width), its segments
-# as rows of SEGMENT_COLUMNS, and (value, pixels) rows of its undeclared values.
-MapEntry = namedtuple("MapEntry", "name stem stat digest shape segments undeclared")
-SEGMENT_COLUMNS = ("number", "x", "y", "w", "h", "area", "value", "seed_x", "seed_y")
 
 
 class OpenSurfacesReader(SegmentDataset):
@@ -94,7 +91,7 @@ class OpenSurfacesReader(SegmentDataset):
         """The index arrays: the entries of ``previous`` (a stale index of these settings)
         for maps whose stat or content is unchanged, a scan of the others."""
         maps, missing = self._maps()
-        known = _known_entries(previous)
+        known = known_entries(previous)
         entries = [known.get(stem) for _, stem, _ in maps]
         todo = [i for i, (m, old) in enumerate(zip(maps, entries))
                 if old is None or old.stat != m[2]]
@@ -105,13 +102,13 @@ class OpenSurfacesReader(SegmentDataset):
             for i, entry in zip(todo, pool.map(lambda i: self._entry(maps[i], entries[i]),
                                                todo)):
                 entries[i] = entry
-        return _pack(entries, missing)
+        return pack_entries(entries, missing)
 
     def _maps(self):
-        """(image name, stem, stat row of its label map) of each image with a label map, by
-        name; and how many images have none."""
+        """(image name, stem, stat row of its label map) of each image with a label map (names
+        relative to the image folder: a/b.png for a subfolder's), by name; how many have none."""
         maps, missing, broken = [], 0, []
-        for name in sorted(os.listdir(self.image_dir)):
+        for name, _ in walk_files(self.image_dir, _is_image_name):
             stem = self.rule.stem_of(name, _is_image_name)
             if stem is None:
                 continue
@@ -249,74 +246,6 @@ class LabelMapImages(_View):
         return {"path": os.path.join(self.image_dir, self.names[row]),
                 "label_path": os.path.join(self.label_dir, stem + self.label_end),
                 "id": int(stem) if stem.isdigit() else stem}
-
-
-def _known_entries(previous):
-    """stem -> MapEntry of a previous index (empty without one)."""
-    if previous is None:
-        return {}
-    names = StringTable.of(previous, "image_names")
-    stems = StringTable.of(previous, "stems")
-    bounds, others = previous["map_segments"], previous["map_undeclared"]
-    return {stems[i]: MapEntry(names[i], stems[i], tuple(previous["map_stat"][i].tolist()),
-                               int(previous["map_digest"][i]),
-                               tuple(previous["map_shape"][i].tolist()),
-                               previous["segments"][bounds[i]:bounds[i + 1]],
-                               previous["undeclared"][others[i]:others[i + 1]])
-            for i in range(len(stems))}
-
-
-def _pack(entries, missing):
-    """Index arrays of MapEntry items, in order."""
-    bounds, others = (np.zeros(len(entries) + 1, np.int64) for _ in range(2))
-    np.cumsum([len(e.segments) for e in entries], out=bounds[1:])
-    np.cumsum([len(e.undeclared) for e in entries], out=others[1:])
-    empty = np.zeros((0, len(SEGMENT_COLUMNS)), np.int64)
-    return {**StringTable.build([e.name for e in entries]).arrays("image_names"),
-            **StringTable.build([e.stem for e in entries]).arrays("stems"),
-            "map_stat": np.array([e.stat for e in entries], np.int64).reshape(-1, 4),
-            "map_digest": np.array([e.digest for e in entries], np.int64),
-            "map_shape": np.array([e.shape for e in entries], np.int64).reshape(-1, 2),
-            "map_segments": bounds,
-            "segments": np.concatenate([e.segments for e in entries] + [empty]),
-            "map_undeclared": others,
-            "undeclared": np.concatenate([e.undeclared for e in entries]
-                                         + [np.zeros((0, 2), np.int64)]),
-            "missing_labels": np.array(missing, np.int64)}
-
-
-def check_label_map_index(arrays):
-    """ValueError unless the arrays form an OpenSurfacesReader index: types, shapes, and
-    every value that is later a position or a size within its range (a seed pixel outside
-    its box or a huge value would hang or misread the reader)."""
-    ints = np.int64
-    check_schema(arrays, {
-        "image_names_data": (np.uint8, (None,)), "image_names_offsets": (ints, (None,)),
-        "stems_data": (np.uint8, (None,)), "stems_offsets": (ints, (None,)),
-        "map_stat": (ints, (None, 4)), "map_digest": (ints, (None,)),
-        "map_shape": (ints, (None, 2)), "map_segments": (ints, (None,)),
-        "segments": (ints, (None, len(SEGMENT_COLUMNS))), "missing_labels": (ints, ()),
-        "map_undeclared": (ints, (None,)), "undeclared": (ints, (None, 2))})
-    check_lengths(arrays, [("image_names_offsets", "stems_offsets", "map_segments",
-                            "map_undeclared"),
-                           ("map_stat", "map_digest", "map_shape")])
-    check_offsets(arrays["image_names_offsets"], arrays["image_names_data"])
-    check_offsets(arrays["stems_offsets"], arrays["stems_data"])
-    check_offsets(arrays["map_segments"], arrays["segments"])
-    check_offsets(arrays["map_undeclared"], arrays["undeclared"])
-    if len(arrays["map_stat"]) + 1 != len(arrays["map_segments"]):
-        raise ValueError("index arrays do not fit together")
-    shape, table = arrays["map_shape"], arrays["segments"]
-    check_range("map shape", shape, 1, np.iinfo(np.int32).max)
-    of_map = np.repeat(np.arange(len(shape)), np.diff(arrays["map_segments"]))
-    check_boxes(table[:, 1:5], shape[of_map, 0], shape[of_map, 1], table[:, 5])
-    x, y, w, h = table[:, 1:5].T
-    check_range("seed x", table[:, 7], x, x + w - 1)
-    check_range("seed y", table[:, 8], y, y + h - 1)
-    check_range("segment value", table[:, 6], 0, np.iinfo(np.uint16).max)
-    check_range("missing_labels", arrays["missing_labels"], 0, np.inf)
-    check_range("undeclared value", arrays["undeclared"][:, 0], 0, np.iinfo(np.uint16).max)
-    check_range("undeclared pixels", arrays["undeclared"][:, 1], 1, np.inf)
 
 
 def _is_image_name(name):

@@ -72,19 +72,47 @@ def content_digest(path):
 
 
 def folder_identity(folder, with_stat=True, names=None):
-    """Digest of a folder's file names (and each one's ``stat_row`` when ``with_stat``);
-    ``names`` (a callable on a name) keeps only some files."""
+    """Digest of the names of the files under a folder (see walk_files), and each one's
+    ``stat_row`` when ``with_stat``; ``names`` (a callable on a name) keeps only some files."""
     digest = hashlib.sha1()
-    count = 0
-    with os.scandir(folder) as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            if names is not None and not names(entry.name):
-                continue
-            digest.update(entry.name.encode("utf-8", "surrogateescape") + b"\0")
-            if with_stat:
-                digest.update(":".join(map(str, stat_row(_entry_stat(entry)))).encode() + b"\0")
-            count += 1
-    return {"path": os.path.abspath(folder), "files": count, "digest": digest.hexdigest()}
+    found = walk_files(folder, names)
+    for name, entry in found:
+        digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        if with_stat:
+            digest.update(":".join(map(str, stat_row(_entry_stat(entry)))).encode() + b"\0")
+    return {"path": os.path.abspath(folder), "files": len(found), "digest": digest.hexdigest()}
+
+
+def walk_files(folder, names=None):
+    """[(path relative to ``folder`` with "/", os.DirEntry)] of the files in it and in its
+    subfolders (Cityscapes keeps one per city), each folder by name; hidden entries (a
+    ``.cache``) are left out and a folder reached twice through links is read once.
+    ``names`` (a callable on a file name) keeps only some files."""
+    found, seen = [], set()
+
+    def walk(path, prefix):
+        real = os.path.realpath(path)
+        if real in seen:
+            return
+        seen.add(real)
+        with os.scandir(path) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.startswith("."):
+                    continue
+                if _is_folder(entry):
+                    walk(entry.path, f"{prefix}{entry.name}/")
+                elif names is None or names(entry.name):
+                    found.append((prefix + entry.name, entry))
+
+    walk(folder, "")
+    return found
+
+
+def _is_folder(entry):
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _entry_stat(entry):

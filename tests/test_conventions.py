@@ -31,6 +31,8 @@ def write_set(folder, maps, image_name="{}.png", label_name="{}.png", palette=Fa
     labels.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i, values in enumerate(maps):
+        for path in (images / image_name.format(f"f{i}"), labels / label_name.format(f"f{i}")):
+            path.parent.mkdir(parents=True, exist_ok=True)   # a name may hold a subfolder
         cv2.imwrite(str(images / image_name.format(f"f{i}")),
                     rng.integers(0, 255, (*values.shape, 3), dtype=np.uint8))
         picture = Image.fromarray(values.astype(np.uint8), mode="P" if palette else "L")
@@ -95,26 +97,42 @@ def test_ade20k_zero_is_unlabelled(tmp_path):
     assert reader.labels.tolist() == [0, 149] and reader.undeclared == {}
 
 
-def test_cityscapes_ids_and_file_names(tmp_path):
+def test_cityscapes_ids_and_file_names_in_city_folders(tmp_path):
+    """As Cityscapes is on disk: leftImg8bit/<split>/<city>/*_leftImg8bit.png beside
+    gtFine/<split>/<city>/*_gtFine_labelIds.png."""
     values = np.zeros((32, 48), np.uint8)   # 0 unlabelled
     values[:8] = 7            # road
     values[10:20, :10] = 26   # car
     values[10:20, 20:30] = 4  # static: declared void
     values[25:, 40:] = 33     # bicycle, but not among the classes given: undeclared
-    images, labels = write_set(tmp_path, [values], image_name="{}_leftImg8bit.png",
-                               label_name="{}_gtFine_labelIds.png")
-    # an image without its label file is counted, not paired with another's
-    cv2.imwrite(os.path.join(images, "lone_leftImg8bit.png"), np.zeros((32, 48, 3), np.uint8))
+    other = np.full((32, 48), 8, np.uint8)   # sidewalk, in another city
+    images, labels = write_set(tmp_path, [values, other], image_name="aachen/{}_leftImg8bit.png",
+                               label_name="aachen/{}_gtFine_labelIds.png")
+    os.makedirs(os.path.join(images, "bonn"))
+    os.rename(os.path.join(images, "aachen", "f1_leftImg8bit.png"), os.path.join(images, "bonn", "f1_leftImg8bit.png"))
+    os.makedirs(os.path.join(labels, "bonn"))
+    os.rename(os.path.join(labels, "aachen", "f1_gtFine_labelIds.png"),
+              os.path.join(labels, "bonn", "f1_gtFine_labelIds.png"))
+    # an image without its label file is counted, not paired with another's (not even one
+    # of the same name in another city)
+    cv2.imwrite(os.path.join(images, "bonn", "f0_leftImg8bit.png"), np.zeros((32, 48, 3), np.uint8))
     params = {"IGNORE": "1,2,3,4", "CLASS_VALUES": "7,8,26",
               "LABEL_NAMES": "_leftImg8bit.png,_gtFine_labelIds.png"}
-    reader = open_dataset("opensurfaces", "val", images, labels, train=False,
-                          class_names=["road", "sidewalk", "car"],
-                          convention=label_convention(params, "opensurfaces"))
-    assert segments_by_value(reader) == {7: [8 * 48], 26: [100]}
-    assert reader.labels.tolist() == [0, 2] and reader.missing_labels == 1
-    assert reader.images[0]["id"] == "f0" and reader.images[0]["label_path"].endswith(
-        "f0_gtFine_labelIds.png")
+
+    def read():
+        return open_dataset("opensurfaces", "val", images, labels, train=False,
+                            class_names=["road", "sidewalk", "car"],
+                            convention=label_convention(params, "opensurfaces"))
+    reader = read()
+    assert segments_by_value(reader) == {7: [8 * 48], 26: [100], 8: [32 * 48]}
+    assert reader.labels.tolist() == [0, 2, 1] and reader.missing_labels == 1
+    assert reader.images[0]["id"] == "aachen/f0" and reader.images[0]["label_path"] == os.path.join(
+        labels, "aachen/f0_gtFine_labelIds.png")
+    assert reader.images[1]["path"] == os.path.join(images, "bonn/f1_leftImg8bit.png")
     assert reader.undeclared == {33: 7 * 8} and "33 (56 px)" in reader.summary()
+    # a label map changed inside a city folder is seen by the cached index
+    cv2.imwrite(os.path.join(labels, "bonn", "f1_gtFine_labelIds.png"), np.full((32, 48), 26, np.uint8))
+    assert segments_by_value(read()) == {7: [8 * 48], 26: [100, 32 * 48]}
 
 
 @pytest.mark.parametrize("params, words", [

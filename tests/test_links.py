@@ -56,3 +56,20 @@ def test_only_broken_images_left_is_one_line(split):
     dataset = OpenSurfacesReader(split / "images", split / "labels", train=False, class_names=None)
     with pytest.raises(UserError, match="could not be read"):
         dataset.readable_sample(0)
+
+
+def test_subfolders_are_walked_once_and_hidden_ones_not(tmp_path):
+    """A link back up the tree is read once (no endless walk), a linked subfolder is followed,
+    and a hidden folder (the index's .cache) is never taken for data."""
+    from roilib.indexcache import walk_files
+    (tmp_path / "city" / "deeper").mkdir(parents=True)
+    (tmp_path / ".cache").mkdir()
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    for path in (tmp_path / "a.png", tmp_path / "city" / "b.png", tmp_path / "city" / "deeper" / "c.png",
+                 tmp_path / ".cache" / "d.png", tmp_path / "city" / "notes.txt", elsewhere / "e.png"):
+        path.write_bytes(b"x")
+    os.symlink(tmp_path, tmp_path / "city" / "up")           # a loop back to the top
+    os.symlink(elsewhere, tmp_path / "linked")               # a linked city
+    names = [name for name, _ in walk_files(str(tmp_path), lambda n: n.endswith(".png"))]
+    assert names == ["a.png", "city/b.png", "city/deeper/c.png", "linked/e.png"]
