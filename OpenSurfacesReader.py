@@ -173,13 +173,7 @@ class OpenSurfacesReader(SegmentDataset):
         return self.rule.labels_of(values)  # label_of over an array
 
     def _components_of(self, label_map):
-        """One scan of a label map -> (its components, by value then raster order; (value,
-        pixels) rows of the values that are neither a class nor declared void)."""
-        classes, undeclared = self.rule.split(np.bincount(label_map.ravel()))
-        components = []
-        for value in classes:
-            components += _value_components(label_map, value, self.min_area)
-        return components, undeclared
+        return components_of(label_map, self.rule, self.min_area)
 
     # ------------------------------------------------------------------ access
 
@@ -194,14 +188,8 @@ class OpenSurfacesReader(SegmentDataset):
         return label_map
 
     def _box_mask_from(self, label_map, segment_index):
-        """Rebuild a component over its bbox: connected components of its value inside the
-        bbox, keep the one holding its seed pixel (a component stays connected inside it)."""
-        value = int(self._values[segment_index])
-        seed_x, seed_y = (int(v) for v in self._seeds[segment_index])
-        x, y, w, h = self.segments[segment_index].bbox
-        inside = (label_map[y:y + h, x:x + w] == value).astype(np.uint8)
-        _, ids = cv2.connectedComponents(inside, connectivity=8)
-        return BoxMask((ids == ids[seed_y - y, seed_x - x]).astype(np.uint8), x, y)
+        return component_box_mask(label_map, int(self._values[segment_index]),
+                                  self.segments[segment_index].bbox, self._seeds[segment_index])
 
     def _mask_from(self, label_map, segment_index):
         box = self._box_mask_from(label_map, segment_index)
@@ -260,6 +248,27 @@ def _class_names(class_names, num_classes):
     if num_classes is not None:
         return [f"class {i}" for i in range(num_classes)]
     return list(OPENSURFACES_CLASSES)
+
+
+def components_of(label_map, rule, min_area=1):
+    """One scan of a label map read with `rule` (a LabelConvention) -> (its components of at
+    least `min_area` pixels, by value then raster order; (value, pixels) rows of the values
+    that are neither a class nor declared void)."""
+    classes, undeclared = rule.split(np.bincount(label_map.ravel()))
+    components = []
+    for value in classes:
+        components += _value_components(label_map, value, min_area)
+    return components, undeclared
+
+
+def component_box_mask(label_map, value, bbox, seed):
+    """A component over its bbox, rebuilt: connected components of its value inside the bbox,
+    keep the one holding its seed pixel (a component stays connected inside its bbox)."""
+    x, y, w, h = (int(v) for v in bbox)
+    seed_x, seed_y = (int(v) for v in seed)
+    inside = (label_map[y:y + h, x:x + w] == value).astype(np.uint8)
+    _, ids = cv2.connectedComponents(inside, connectivity=8)
+    return BoxMask((ids == ids[seed_y - y, seed_x - x]).astype(np.uint8), x, y)
 
 
 def _value_components(label_map, value, min_area):

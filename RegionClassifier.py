@@ -28,8 +28,12 @@ from roilib.windows import cut_windows, model_window, window_box
 class RegionClassifier:
     """A trained AttentionNet with its evaluation window, ready to classify regions of photos."""
 
-    def __init__(self, model, window, device=torch.device("cpu"), max_batch=32, amp=False):
+    def __init__(self, model, window, device=torch.device("cpu"), max_batch=32, amp=False,
+                 label_convention=None):
+        """`label_convention`: how the label maps the model was trained on were read (a
+        checkpoint's "label_convention", unchecked; None: trained on COCO-style masks)."""
         self.model = model.to(device).eval()
+        self.label_convention = label_convention
         self.window = tuple(int(side) for side in window)
         self.device = device
         self.max_batch = int(max_batch)
@@ -43,7 +47,8 @@ class RegionClassifier:
         path = os.fspath(path)
         state = load_model_state(path)
         model = AttentionNet.from_state(state, path)
-        return cls(model, model_window(state, window), resolve_device(device), max_batch, amp)
+        return cls(model, model_window(state, window), resolve_device(device), max_batch, amp,
+                   state.get("label_convention"))
 
     def classify(self, image, masks, topk=5):
         """Class, probability and top-k of each region. `image`: a path or an RGB uint8 array

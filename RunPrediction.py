@@ -3,10 +3,15 @@
     python RunPrediction.py                                        # Test/example.png + its masks
     python RunPrediction.py --IMAGE=photo.jpg --MASKS=roi1.png,roi2.png --OVERLAY=out.png
     python RunPrediction.py --IMAGE=photo.jpg --INSTANCE_MAP=instances.png --JSON=True
+    python RunPrediction.py --CHECKPOINT=logs/camvid_r18/best.pt --IMAGE=data/camvid/val/0016E5_07959.png \
+        --LABEL_MAP=data/camvid/valannot/0016E5_07959.png --MIN_AREA=64   # every labelled region, with its truth
     python RunPrediction.py --OVERLAY=out.png --EXPLAIN=True       # + where the model looked
 
 Masks: PNGs with 0 outside and 1 or 255 inside, the image's size (several comma-separated, or
-a glob), or one instance map where each nonzero value is one segment. Each segment is shown
+a glob), or one instance map where each nonzero value is one segment, or one label map where
+each connected region of a class value is one segment (read the way the model's training read
+label maps: CamVid's 0 is Sky, its 11 void; the labelled class is printed beside the answer).
+Each segment is shown
 to the net the way training showed it: in a window of the model's training geometry, centred
 on it, at the photo's native scale (roilib/windows.py), so a 4000x3000 photo is not shrunk as
 a whole. Windows go through the net MAX_BATCH at a time: memory does not grow with the number
@@ -20,12 +25,15 @@ import sys
 
 import numpy as np
 
+from Datasets import label_convention
+from OpenSurfacesReader import component_box_mask, components_of
 from RegionClassifier import RegionClassifier
 from roilib import cli
 from roilib.crops import BoxMask, box_mask
 from roilib.errors import UserError, one_line
 from roilib.explain import check_explainable, explain_regions, explanation_strip
 from roilib.imageinfo import exif_notice
+from roilib.labelconvention import LabelConvention, total_undeclared, undeclared_warning
 from roilib.imageio import check_image_extension, read_image, read_label_map, read_mask, write_image
 from roilib.outputs import check_writable_folder
 from roilib.overlay import draw_regions
@@ -39,6 +47,8 @@ CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model (relative paths: t
 IMAGE = "Test/example.png"         # [nonempty] the image
 MASKS = "Test/example_mask*.png"   # ROI mask PNG(s): one path, comma-separated paths, or a glob (a name with a comma: taken whole if it exists, or write \,)
 INSTANCE_MAP = ""           # instead of MASKS: an instance map whose nonzero values are segments ("" = use MASKS)
+LABEL_MAP = ""              # instead of MASKS: a label map whose connected regions of one class value are segments, read with the model's label convention ("" = use MASKS)
+MIN_AREA = 1                # [1..1e12] LABEL_MAP: regions smaller than this (pixels) are left out
 TOPK = 3                    # [1..1e6] classes listed per mask
 JSON = False                # print JSON instead of text
 OVERLAY = ""                # write the image with outlined, labelled masks and their windows to this file, .png or .jpg ("" = no)
@@ -57,7 +67,10 @@ def main():
     device = resolve_device(cfg.DEVICE)   # a wrong device stops here, before any reading
     checkpoint = find_checkpoint(cfg.CHECKPOINT)
     image_path = find_path(cfg.IMAGE)
-    sources = [find_path(cfg.INSTANCE_MAP)] if cfg.INSTANCE_MAP else mask_paths(cfg.MASKS)
+    if cfg.INSTANCE_MAP and cfg.LABEL_MAP:
+        raise UserError("--INSTANCE_MAP and --LABEL_MAP: give one of them")
+    map_path = cfg.INSTANCE_MAP or cfg.LABEL_MAP
+    sources = [find_path(map_path)] if map_path else mask_paths(cfg.MASKS)
     if cfg.OVERLAY:   # before any work: never over an input, in a known format, somewhere writable
         check_writes([("--OVERLAY", cfg.OVERLAY)], [image_path, checkpoint, *sources])
         check_image_extension(cfg.OVERLAY)
@@ -66,16 +79,22 @@ def main():
     notice = exif_notice(image_path)
     if notice:
         print(notice, file=sys.stderr)
-    names, masks = read_segments(image.shape[:2], sources, instance_map=bool(cfg.INSTANCE_MAP))
     classifier = RegionClassifier.from_pretrained(checkpoint, device, cfg.WINDOW, cfg.MAX_BATCH, cfg.AMP)
+    truths = None
+    if cfg.LABEL_MAP:
+        names, masks, truths = label_map_regions(image.shape[:2], sources[0], classifier, cfg.MIN_AREA)
+    else:
+        names, masks = read_segments(image.shape[:2], sources, instance_map=bool(cfg.INSTANCE_MAP))
     height, width = classifier.window
     check_memory(f"--MAX_BATCH={cfg.MAX_BATCH} (windows of {height}x{width})",
                  cfg.MAX_BATCH * height * width, device)
     if cfg.EXPLAIN:
         check_explainable(classifier.model)
     results = classifier.classify_box_masks(image, masks, cfg.TOPK)
-    for result, name in zip(results, names):
+    for i, (result, name) in enumerate(zip(results, names)):
         result["mask"] = name
+        if truths:
+            result["labelled"] = truths[i]
     overlay = cfg.OVERLAY and draw_overlay(image, classifier, masks, results, cfg.EXPLAIN)
     if cfg.JSON:
         print(json.dumps({"image": image_path, "checkpoint": checkpoint, "window": list(classifier.window),
@@ -86,6 +105,9 @@ def main():
             others = ", ".join(f"{one_line(t['class'])} {t['probability']:.2f}" for t in r["topk"][1:])
             print(f"  {r['mask']}: {one_line(r['class'])} ({r['probability']:.2f})"
                   + (f"   then {others}" if others else ""))
+        if truths:
+            right = sum(r["class"] == r["labelled"] for r in results)
+            print(f"{right} of {len(results)} regions named as the label map has them")
     if cfg.OVERLAY:
         write_image(cfg.OVERLAY, overlay)
         if not cfg.JSON:
@@ -115,15 +137,44 @@ def read_segments(shape, sources, instance_map=False):
     the mask files. Each mask is kept over its bounding box only."""
     if instance_map:
         path = sources[0]
-        label_map = read_label_map(path)
-        if label_map.shape[:2] != tuple(shape):
-            raise UserError(f"{path}: instance map is {label_map.shape[1]}x{label_map.shape[0]} "
-                            f"but the image is {shape[1]}x{shape[0]}")
-        values, masks = instance_box_masks(label_map)
+        values, masks = instance_box_masks(read_map(path, shape, "instance map"))
         if not values:
             raise UserError(f"{path}: instance map has no nonzero value (no segment)")
         return [f"segment {v}" for v in values], masks
     return sources, [box_mask(read_mask(p, shape)) for p in sources]
+
+
+def read_map(path, shape, kind):
+    """An instance or label map of the image's `shape`."""
+    label_map = read_label_map(path)
+    if label_map.shape[:2] != tuple(shape):
+        raise UserError(f"{path}: {kind} is {label_map.shape[1]}x{label_map.shape[0]} "
+                        f"but the image is {shape[1]}x{shape[0]}")
+    return label_map
+
+
+def label_map_regions(shape, path, classifier, min_area):
+    """(names, BoxMasks, labelled classes) of each connected region of a class value of the
+    label map at `path`, of at least `min_area` pixels, read as the model's training read its
+    label maps (none stored, e.g. a COCO model: 0 unlabelled, its category ids the values)."""
+    stored = classifier.label_convention
+    keywords = label_convention({}, "opensurfaces", stored, "the model")
+    if stored is None and classifier.model.config.get("category_ids") is not None:
+        keywords["class_values"] = list(classifier.model.config["category_ids"])
+    rule = LabelConvention(len(classifier.class_names), **keywords)
+    label_map = read_map(path, shape, "label map")
+    components, undeclared = components_of(label_map, rule, min_area)
+    warning = undeclared_warning(total_undeclared(undeclared), "they are not the model's classes")
+    if warning:
+        print(warning, file=sys.stderr)
+    if not components:
+        raise UserError(f"{path}: no region of the model's classes of at least {min_area} px "
+                        f"(read with {keywords})")
+    truths = [classifier.class_names[label] for label in rule.labels_of([c.value for c in components])]
+    names = [f"{truth} #{truths[:i + 1].count(truth)} ({c.area} px at {c.bbox[0]},{c.bbox[1]})"
+             for i, (truth, c) in enumerate(zip(truths, components))]
+    masks = [component_box_mask(label_map, c.value, c.bbox, c.seed) for c in components]
+    return names, masks, truths
 
 
 def instance_box_masks(instance_map):

@@ -16,6 +16,8 @@ import numpy as np
 
 from roilib.errors import UserError
 
+MAX_VALUE = 2 ** 16 - 1   # label maps are 8- or 16-bit PNGs
+
 
 class LabelConvention:
     def __init__(self, count, background=0, ignore=(), class_values=None, label_names=None):
@@ -103,4 +105,6 @@ def _class_values(values, count, void):
                         f"or ignore ({', '.join(str(v) for v in sorted(void, key=str))})")
     if len(values) != count:
         raise UserError(f"{len(values)} class values for {count} class names")
+    if max(values, default=0) > MAX_VALUE:   # also bounds the value -> label table
+        raise UserError(f"class values up to {max(values)}: label maps hold values <= {MAX_VALUE} (16 bit)")
     return values

@@ -207,6 +207,19 @@ def test_checkpoint_keeps_the_convention_and_refuses_another(tmp_path, capsys, m
         f"--CHECKPOINT={checkpoint}", "--BACKGROUND=0", "--DEVICE=cpu"], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in out.err
     assert "--BACKGROUND=0" in out.err and "background None" in out.err
+    # prediction on a label map reads it the same way: Sky (0) is a region, void (11) none
+    values = camvid_map(10)
+    values[50:54, 50:54] = 12                       # a value CamVid does not have
+    cv2.imwrite(str(tmp_path / "map.png"), values)
+    code, out = run_in_process("RunPrediction.py", [
+        f"--CHECKPOINT={checkpoint}", f"--IMAGE={val[0]}/f0.png", f"--LABEL_MAP={tmp_path}/map.png",
+        "--JSON=True", "--DEVICE=cpu"], capsys, monkeypatch)
+    assert code == 0, out.err
+    import json
+    regions = json.loads(out.out)["segments"]
+    assert [(r["labelled"], r["area"]) for r in regions] == [("Sky", 20 * 64), ("Road", 24 * 64 - 16),
+                                                             ("Pedestrian", 60)]
+    assert regions[0]["mask"] == "Sky #1 (1280 px at 0,0)" and "12 (16 px)" in out.err
 
 
 @pytest.mark.skipif(not os.path.isdir(CAMVID), reason="../shared/datasets/camvid is absent")

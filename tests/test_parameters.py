@@ -8,6 +8,7 @@ import pytest
 
 from helpers import ROOT, invalid_example, run_in_process
 from roilib import cli
+from roilib.demo import CLASS_NAMES
 
 SCRIPTS = ["Train.py", "EvaluateAccuracy.py", "RunPrediction.py", "Ablation.py", "Benchmark.py", "Export.py", "LabelMasks.py", "App.py"]
 
@@ -146,7 +147,6 @@ def prediction_inputs(data, tmp_path_factory):
     import torch
 
     from AttentionNet import AttentionNet
-    from roilib.demo import CLASS_NAMES
     from roilib.imageio import read_label_map, write_png
     folder = tmp_path_factory.mktemp("predict")
     torch.manual_seed(0)
@@ -158,8 +158,13 @@ def prediction_inputs(data, tmp_path_factory):
     for value in [v for v in np.unique(label_map) if v][:2]:
         masks.append(str(folder / f"mask{value}.png"))
         write_png(masks[-1], (label_map == value).astype(np.uint8) * 255)
+    from OpenSurfacesReader import components_of
+    from roilib.labelconvention import LabelConvention
+    areas = sorted(c.area for c in components_of(label_map, LabelConvention(len(CLASS_NAMES)))[0])
+    assert len(areas) >= 3 and areas[-1] > areas[-2]   # MIN_AREA=<the largest> keeps one of several
     return {"dir": folder, "checkpoint": str(folder / "model.pt"), "labels": str(labels),
-            "image": str(data / "val" / "images" / "00001.png"), "masks": masks}
+            "image": str(data / "val" / "images" / "00001.png"), "masks": masks, "largest": areas[-1],
+            "regions": len(areas)}
 
 
 # Each parameter a test touches, set away from its default, changes what RunPrediction does:
@@ -167,6 +172,10 @@ def prediction_inputs(data, tmp_path_factory):
 PREDICTION_CASES = {
     "MASKS": (["--MASKS={mask0}"], lambda a, f: [s["mask"] for s in a["segments"]] == [f["masks"][0]]),
     "INSTANCE_MAP": (["--INSTANCE_MAP={labels}"], lambda a, f: a["segments"][0]["mask"].startswith("segment ")),
+    "LABEL_MAP": (["--LABEL_MAP={labels}"], lambda a, f: len(a["segments"]) == f["regions"]
+                  and all(s["labelled"] in CLASS_NAMES and " #" in s["mask"] for s in a["segments"])),
+    "MIN_AREA": (["--LABEL_MAP={labels}", "--MIN_AREA={largest}"],
+                 lambda a, f: [s["area"] for s in a["segments"]] == [f["largest"]]),
     "TOPK": (["--TOPK=5"], lambda a, f: all(len(s["topk"]) == 5 for s in a["segments"])),
     "WINDOW": (["--WINDOW=64x128"], lambda a, f: a["window"] == [64, 128]),
     "CHECKPOINT": ([], lambda a, f: a["checkpoint"] == f["checkpoint"]),
@@ -179,7 +188,7 @@ def test_each_prediction_parameter_takes_effect(name, prediction_inputs, capsys,
     import json
     f = prediction_inputs
     args, check = PREDICTION_CASES[name]
-    fields = {"mask0": f["masks"][0], "labels": f["labels"]}
+    fields = {"mask0": f["masks"][0], "labels": f["labels"], "largest": f["largest"]}
     base = [f"--CHECKPOINT={f['checkpoint']}", f"--IMAGE={f['image']}", f"--MASKS={','.join(f['masks'])}",
             "--JSON=True", "--DEVICE=cpu", "--TOPK=2"]
     code, out = run_in_process("RunPrediction.py", base + [a.format(**fields) for a in args], capsys, monkeypatch)
