@@ -130,16 +130,23 @@ class OpenSurfacesReader(SegmentDataset):
         digest = content_digest(path)
         if old is not None and old.digest == digest:
             return old._replace(name=name, stat=status)
-        label_map = read_label_map(path)
+        try:
+            label_map = read_label_map(path)
+        except UserError as error:   # skipped and counted, as an unreadable image is in training
+            notice(f"skipped a label map that cannot be read: {error}")
+            return MapEntry(name, stem, status, digest, (1, 1), np.zeros((0, len(SEGMENT_COLUMNS)), np.int64),
+                            np.zeros((0, 2), np.int64), True)
         components, undeclared = self._components_of(label_map)
         rows = [(number, *c.bbox, c.area, c.value, *c.seed)
                 for number, c in enumerate(components)]
         return MapEntry(name, stem, status, digest, label_map.shape,
-                        np.array(rows, np.int64).reshape(-1, len(SEGMENT_COLUMNS)), undeclared)
+                        np.array(rows, np.int64).reshape(-1, len(SEGMENT_COLUMNS)), undeclared, False)
 
     def _adopt(self, arrays):
         """Index arrays -> the reader's tables; maps without a segment are left out."""
         self.missing_labels = int(arrays["missing_labels"])
+        stems = StringTable.of(arrays, "stems")
+        self.unreadable_labels = [self._label_path(stems[i]) for i in np.flatnonzero(arrays["map_unreadable"])]
         # value -> pixels of the values that are neither a class nor declared void
         self.undeclared = total_undeclared(arrays["undeclared"])
         counts = np.diff(arrays["map_segments"])
@@ -214,7 +221,11 @@ class OpenSurfacesReader(SegmentDataset):
                                                       "name more classes")
         return (f"{self.label_dir}: {len(self.images)} images, {len(self)} segments, "
                 f"{self.num_classes} classes; images without a label map: "
-                f"{self.missing_labels}" + (f"\n{warning}" if warning else ""))
+                f"{self.missing_labels}" + self._unreadable_line() + (f"\n{warning}" if warning else ""))
+
+    def _unreadable_line(self):
+        found = self.unreadable_labels
+        return f"; unreadable label maps skipped: {len(found)} (first: {found[0]})" if found else ""
 
 
 class LabelMapImages(_View):

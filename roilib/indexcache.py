@@ -40,7 +40,7 @@ try:
 except ImportError:  # Windows: no lock; concurrent builders still never see half a file
     fcntl = None
 
-INDEX_VERSION = 2  # 2: label maps indexed per file (stat, digest, shape)
+INDEX_VERSION = 3  # 2: label maps indexed per file (stat, digest, shape); 3: unreadable maps kept
 CACHE_ENV = "ROI_ATTENTION_CACHE"
 _KEY = "__key__"
 _FORMAT = "roi-attention index"

@@ -10,8 +10,9 @@ from roilib.compactindex import (StringTable, check_boxes, check_lengths, check_
                                  check_range, check_schema)
 
 # One label map in the index: its stat row, content digest, (height, width), its segments
-# as rows of SEGMENT_COLUMNS, and (value, pixels) rows of its undeclared values.
-MapEntry = namedtuple("MapEntry", "name stem stat digest shape segments undeclared")
+# as rows of SEGMENT_COLUMNS, (value, pixels) rows of its undeclared values, and whether it
+# could not be read (then no segment; kept so that a later start still counts it unrescanned).
+MapEntry = namedtuple("MapEntry", "name stem stat digest shape segments undeclared unreadable")
 SEGMENT_COLUMNS = ("number", "x", "y", "w", "h", "area", "value", "seed_x", "seed_y")
 
 
@@ -26,7 +27,8 @@ def known_entries(previous):
                                int(previous["map_digest"][i]),
                                tuple(previous["map_shape"][i].tolist()),
                                previous["segments"][bounds[i]:bounds[i + 1]],
-                               previous["undeclared"][others[i]:others[i + 1]])
+                               previous["undeclared"][others[i]:others[i + 1]],
+                               bool(previous["map_unreadable"][i]))
             for i in range(len(stems))}
 
 
@@ -41,6 +43,7 @@ def pack_entries(entries, missing):
             "map_stat": np.array([e.stat for e in entries], np.int64).reshape(-1, 4),
             "map_digest": np.array([e.digest for e in entries], np.int64),
             "map_shape": np.array([e.shape for e in entries], np.int64).reshape(-1, 2),
+            "map_unreadable": np.array([e.unreadable for e in entries], np.int64),
             "map_segments": bounds,
             "segments": np.concatenate([e.segments for e in entries] + [empty]),
             "map_undeclared": others,
@@ -59,11 +62,12 @@ def check_label_map_index(arrays):
         "stems_data": (np.uint8, (None,)), "stems_offsets": (ints, (None,)),
         "map_stat": (ints, (None, 4)), "map_digest": (ints, (None,)),
         "map_shape": (ints, (None, 2)), "map_segments": (ints, (None,)),
+        "map_unreadable": (ints, (None,)),
         "segments": (ints, (None, len(SEGMENT_COLUMNS))), "missing_labels": (ints, ()),
         "map_undeclared": (ints, (None,)), "undeclared": (ints, (None, 2))})
     check_lengths(arrays, [("image_names_offsets", "stems_offsets", "map_segments",
                             "map_undeclared"),
-                           ("map_stat", "map_digest", "map_shape")])
+                           ("map_stat", "map_digest", "map_shape", "map_unreadable")])
     check_offsets(arrays["image_names_offsets"], arrays["image_names_data"])
     check_offsets(arrays["stems_offsets"], arrays["stems_data"])
     check_offsets(arrays["map_segments"], arrays["segments"])
@@ -72,6 +76,7 @@ def check_label_map_index(arrays):
         raise ValueError("index arrays do not fit together")
     shape, table = arrays["map_shape"], arrays["segments"]
     check_range("map shape", shape, 1, np.iinfo(np.int32).max)
+    check_range("map unreadable", arrays["map_unreadable"], 0, 1)
     of_map = np.repeat(np.arange(len(shape)), np.diff(arrays["map_segments"]))
     check_boxes(table[:, 1:5], shape[of_map, 0], shape[of_map, 1], table[:, 5])
     x, y, w, h = table[:, 1:5].T

@@ -240,3 +240,21 @@ def test_component_size_table():
     spec.loader.exec_module(tool)
     rows = tool.size_table(np.array([0, 0, 1]), np.array([10, 100, 70]), ["a", "b"], [1, 64], 64)
     assert rows == [["a", 2, 1, "9.09%"], ["b", 1, 1, "0.00%"], ["all", 3, 2, "5.56%"]]
+
+
+def test_an_unreadable_label_map_is_skipped_and_counted_at_every_start(tmp_path, capfd):
+    """One corrupt map of many does not stop a start: it is left out, said and counted, and a
+    later start (from the cached index, no rescan) still counts it until the file changes."""
+    images, labels = write_set(tmp_path, [camvid_map(), camvid_map(5), camvid_map(10)])
+    with open(os.path.join(labels, "f1.png"), "r+b") as f:
+        f.seek(40)
+        f.write(b"\0" * 64)                            # corrupt past its header
+    reader = open_dataset("camvid", "train", images, labels)
+    assert [image["id"] for image in reader.images] == ["f0", "f2"] and len(reader) == 6
+    assert "skipped a label map that cannot be read" in capfd.readouterr().err
+    line = f"unreadable label maps skipped: 1 (first: {os.path.join(labels, 'f1.png')})"
+    assert line in reader.summary()
+    again = open_dataset("camvid", "train", images, labels)
+    assert "skipped a label map" not in capfd.readouterr().err and line in again.summary()
+    cv2.imwrite(os.path.join(labels, "f1.png"), camvid_map(5))   # mended: read again
+    assert len(open_dataset("camvid", "train", images, labels)) == 9
