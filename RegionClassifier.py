@@ -22,7 +22,7 @@ from roilib.errors import UserError
 from roilib.evaluation import forward_windows
 from roilib.imageio import read_image, read_mask
 from roilib.runtime import amp_dtype, resolve_device
-from roilib.windows import cut_windows, model_window, window_box
+from roilib.windows import check_memory, cut_windows, model_window, window_box
 
 
 class RegionClassifier:
@@ -32,9 +32,11 @@ class RegionClassifier:
                  label_convention=None):
         """`label_convention`: how the label maps the model was trained on were read (a
         checkpoint's "label_convention", unchecked; None: trained on COCO-style masks)."""
+        self.window = tuple(int(side) for side in window)
+        height, width = self.window   # refused before the model moves: a batch must fit the device
+        check_memory(f"max_batch={max_batch} with windows of {height}x{width}", max_batch * height * width, device)
         self.model = model.to(device).eval()
         self.label_convention = label_convention
-        self.window = tuple(int(side) for side in window)
         self.device = device
         self.max_batch = int(max_batch)
         self.dtype = amp_dtype(device, amp)

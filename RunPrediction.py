@@ -39,7 +39,6 @@ from roilib.outputs import check_writable_folder
 from roilib.overlay import draw_regions
 from roilib.paths import find_checkpoint, find_path, split_paths
 from roilib.runtime import resolve_device
-from roilib.windows import check_memory
 from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
@@ -85,9 +84,6 @@ def main():
         names, masks, truths = label_map_regions(image.shape[:2], sources[0], classifier, cfg.MIN_AREA)
     else:
         names, masks = read_segments(image.shape[:2], sources, instance_map=bool(cfg.INSTANCE_MAP))
-    height, width = classifier.window
-    check_memory(f"--MAX_BATCH={cfg.MAX_BATCH} (windows of {height}x{width})",
-                 cfg.MAX_BATCH * height * width, device)
     if cfg.EXPLAIN:
         check_explainable(classifier.model)
     results = classifier.classify_box_masks(image, masks, cfg.TOPK)

@@ -58,6 +58,17 @@ def test_many_masks_batched_as_one(checkpoint):
     assert np.allclose([r["probability"] for r in a], [r["probability"] for r in b], atol=2e-4)
 
 
+def test_a_batch_beyond_the_machine_is_refused_before_any_work(checkpoint, capsys, monkeypatch):
+    """The API (App's too) and RunPrediction: refused with what one forward pass would need."""
+    from helpers import run_in_process
+    with pytest.raises(UserError, match=r"max_batch=65536 with windows of 2048x2048: one forward pass "
+                                        r"would need at least \d+\.\d GiB"):
+        RegionClassifier.from_pretrained(checkpoint, device="cpu", window="2048x2048", max_batch=65536)
+    code, out = run_in_process("RunPrediction.py", [f"--CHECKPOINT={checkpoint}", "--MAX_BATCH=65536",
+                                                    "--WINDOW=2048x2048", "--DEVICE=cpu"], capsys, monkeypatch)
+    assert code == 2 and "one forward pass would need" in out.err and "Traceback" not in out.err
+
+
 def test_bad_masks_refused_with_reason(classifier):
     image = read_image(EXAMPLE_IMAGE)
     with pytest.raises(UserError, match=r"mask is 10x20 \(WxH\) but the photo is 223x207"):
