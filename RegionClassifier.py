@@ -29,12 +29,13 @@ class RegionClassifier:
     """A trained AttentionNet with its evaluation window, ready to classify regions of photos."""
 
     def __init__(self, model, window, device=torch.device("cpu"), max_batch=32, amp=False,
-                 label_convention=None):
+                 label_convention=None, batch_name="max_batch"):
         """`label_convention`: how the label maps the model was trained on were read (a
-        checkpoint's "label_convention", unchecked; None: trained on COCO-style masks)."""
+        checkpoint's "label_convention", unchecked; None: trained on COCO-style masks);
+        `batch_name`: what the caller calls max_batch, for the message refusing it."""
         self.window = tuple(int(side) for side in window)
         height, width = self.window   # refused before the model moves: a batch must fit the device
-        check_memory(f"max_batch={max_batch} with windows of {height}x{width}", max_batch * height * width, device)
+        check_memory(f"{batch_name}={max_batch} with windows of {height}x{width}", max_batch * height * width, device)
         self.model = model.to(device).eval()
         self.label_convention = label_convention
         self.device = device
@@ -43,14 +44,14 @@ class RegionClassifier:
         self.class_names = model.class_names or [str(i) for i in range(model.num_classes)]
 
     @classmethod
-    def from_pretrained(cls, path, device="auto", window="", max_batch=32, amp=False):
+    def from_pretrained(cls, path, device="auto", window="", max_batch=32, amp=False, batch_name="max_batch"):
         """Load a checkpoint (.pt) or a released folder (Export.py --FORMAT=safetensors).
         `window`: 'HxW' to override the checkpoint's window; `device`: auto | cpu | cuda[:N]."""
         path = os.fspath(path)
         state = load_model_state(path)
         model = AttentionNet.from_state(state, path)
         return cls(model, model_window(state, window), resolve_device(device), max_batch, amp,
-                   state.get("label_convention"))
+                   state.get("label_convention"), batch_name)
 
     def classify(self, image, masks, topk=5):
         """Class, probability and top-k of each region. `image`: a path or an RGB uint8 array

@@ -78,7 +78,8 @@ def main():
     notice = exif_notice(image_path)
     if notice:
         print(notice, file=sys.stderr)
-    classifier = RegionClassifier.from_pretrained(checkpoint, device, cfg.WINDOW, cfg.MAX_BATCH, cfg.AMP)
+    classifier = RegionClassifier.from_pretrained(checkpoint, device, cfg.WINDOW, cfg.MAX_BATCH, cfg.AMP,
+                                                  batch_name="--MAX_BATCH")
     truths = None
     if cfg.LABEL_MAP:
         names, masks, truths = label_map_regions(image.shape[:2], sources[0], classifier, cfg.MIN_AREA)

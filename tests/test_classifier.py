@@ -66,7 +66,7 @@ def test_a_batch_beyond_the_machine_is_refused_before_any_work(checkpoint, capsy
         RegionClassifier.from_pretrained(checkpoint, device="cpu", window="2048x2048", max_batch=65536)
     code, out = run_in_process("RunPrediction.py", [f"--CHECKPOINT={checkpoint}", "--MAX_BATCH=65536",
                                                     "--WINDOW=2048x2048", "--DEVICE=cpu"], capsys, monkeypatch)
-    assert code == 2 and "one forward pass would need" in out.err and "Traceback" not in out.err
+    assert code == 2 and "--MAX_BATCH=65536 with windows" in out.err and "Traceback" not in out.err
 
 
 def test_bad_masks_refused_with_reason(classifier):
