@@ -146,7 +146,9 @@ def test_ctrl_c_names_the_checkpoint_and_a_resume_counts_its_own_steps(data, tmp
               "--VAL_EVERY=0", "--SAVE_EVERY=1", "--LOG_EVERY=1"]
     train = subprocess.Popen([sys.executable, os.path.join(ROOT, "Train.py"), *common, "--STEPS=500"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+                             env=dict(os.environ, OMP_NUM_THREADS="1"),
+                             # a suite started in the background (`cmd &`) ignores SIGINT, and so would Train
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in train.stdout:
         if line.startswith("step      2/"):
             break
