@@ -3,8 +3,8 @@
     reader = OpenSurfacesReader("TrainVal_Set/Images", "TrainVal_Set/Annotations")
 
 Each image has a label map: a single-channel PNG in ``label_dir`` (by default the image's
-stem + ".png"; subfolders, e.g. Cityscapes' cities, mirrored), pixel value = class; each connected component (8-connectivity) of a class is
-one segment. The convention (``background``, ``ignore``, ``class_values``, ``label_names``:
+stem + ".png"; subfolders, e.g. Cityscapes' cities, mirrored), pixel value = class; each
+connected component (8-connectivity) of a class is one segment. The convention (``background``, ``ignore``, ``class_values``, ``label_names``:
 roilib/labelconvention.py) is the caller's; by default 0 is unlabelled and the other values
 are the classes in order (OpenSurfaces: label = value - 1). Values neither a class nor void
 are counted and reported by summary(). Palette PNGs (VOC) are read as their indices.
@@ -136,7 +136,7 @@ class OpenSurfacesReader(SegmentDataset):
             notice(f"skipped a label map that cannot be read: {error}")
             return MapEntry(name, stem, status, digest, (1, 1), np.zeros((0, len(SEGMENT_COLUMNS)), np.int64),
                             np.zeros((0, 2), np.int64), True)
-        components, undeclared = self._components_of(label_map)
+        components, undeclared = components_of(label_map, self.rule, self.min_area)
         rows = [(number, *c.bbox, c.area, c.value, *c.seed)
                 for number, c in enumerate(components)]
         return MapEntry(name, stem, status, digest, label_map.shape,
@@ -178,9 +178,6 @@ class OpenSurfacesReader(SegmentDataset):
 
     def labels_of(self, values):
         return self.rule.labels_of(values)  # label_of over an array
-
-    def _components_of(self, label_map):
-        return components_of(label_map, self.rule, self.min_area)
 
     # ------------------------------------------------------------------ access
 

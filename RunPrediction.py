@@ -11,14 +11,15 @@ Masks: PNGs with 0 outside and 1 or 255 inside, the image's size (several comma-
 a glob), or one instance map where each nonzero value is one segment, or one label map where
 each connected region of a class value is one segment (read the way the model's training read
 label maps: CamVid's 0 is Sky, its 11 void; the labelled class is printed beside the answer).
-Each segment is shown
-to the net the way training showed it: in a window of the model's training geometry, centred
-on it, at the photo's native scale (roilib/windows.py), so a 4000x3000 photo is not shrunk as
-a whole. Windows go through the net MAX_BATCH at a time: memory does not grow with the number
-of masks or the size of the photo beyond the photo and the masks themselves. The numbers are
-RegionClassifier's (the Python API): this script is that class on files.
+Each segment is shown to the net the way training showed it: in a window of the model's
+training geometry, centred on it, at the photo's native scale (roilib/windows.py), so a
+4000x3000 photo is not shrunk as a whole. Windows go through the net MAX_BATCH at a time:
+memory does not grow with the number of masks or the size of the photo beyond the photo and
+the masks themselves. The numbers are RegionClassifier's (the Python API): this script is that
+class on files.
 """
 import glob
+from collections import Counter
 import json
 import os
 import sys
@@ -168,8 +169,11 @@ def label_map_regions(shape, path, classifier, min_area):
         raise UserError(f"{path}: no region of the model's classes of at least {min_area} px "
                         f"(read with {keywords})")
     truths = [classifier.class_names[label] for label in rule.labels_of([c.value for c in components])]
-    names = [f"{truth} #{truths[:i + 1].count(truth)} ({c.area} px at {c.bbox[0]},{c.bbox[1]})"
-             for i, (truth, c) in enumerate(zip(truths, components))]
+    seen = Counter()   # regions of each class so far: Road #1, Road #2, ...
+    names = []
+    for truth, c in zip(truths, components):
+        seen[truth] += 1
+        names.append(f"{truth} #{seen[truth]} ({c.area} px at {c.bbox[0]},{c.bbox[1]})")
     masks = [component_box_mask(label_map, c.value, c.bbox, c.seed) for c in components]
     return names, masks, truths
 

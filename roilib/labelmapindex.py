@@ -8,6 +8,7 @@ import numpy as np
 
 from roilib.compactindex import (StringTable, check_boxes, check_lengths, check_offsets,
                                  check_range, check_schema)
+from roilib.labelconvention import MAX_VALUE
 
 # One label map in the index: its stat row, content digest, (height, width), its segments
 # as rows of SEGMENT_COLUMNS, (value, pixels) rows of its undeclared values, and whether it
@@ -82,7 +83,7 @@ def check_label_map_index(arrays):
     x, y, w, h = table[:, 1:5].T
     check_range("seed x", table[:, 7], x, x + w - 1)
     check_range("seed y", table[:, 8], y, y + h - 1)
-    check_range("segment value", table[:, 6], 0, np.iinfo(np.uint16).max)
+    check_range("segment value", table[:, 6], 0, MAX_VALUE)
     check_range("missing_labels", arrays["missing_labels"], 0, np.inf)
-    check_range("undeclared value", arrays["undeclared"][:, 0], 0, np.iinfo(np.uint16).max)
+    check_range("undeclared value", arrays["undeclared"][:, 0], 0, MAX_VALUE)
     check_range("undeclared pixels", arrays["undeclared"][:, 1], 1, np.inf)
