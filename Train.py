@@ -25,7 +25,7 @@ from roilib.distributed import Distributed
 from roilib.errors import UserError
 from roilib.evaluation import validate
 from roilib.optim import (FINAL_FACTOR, check_finite, lr_factor, make_optimizer, require_training_state,
-                          restore_training_state, set_learning_rate, warmup_steps)
+                          restore_training_state, schedule_notes, set_learning_rate, warmup_steps)
 from roilib.paths import REPO
 from roilib.runlock import claim_run_folder
 from roilib.runlog import STARTUP_FILES, LossMeter, RunLogger
@@ -208,19 +208,10 @@ def train_in(run_dir, progress, cfg, params, jitter, window, dist, device):
         logger.announce(train_set, val_set, model, step, settings_line(cfg))
         for change in changes:
             logger.print(f"changed on resume: {change}")
-        if cfg.STEPS > schedule_steps and step < cfg.STEPS:
-            logger.print(f"steps {max(step, schedule_steps) + 1}-{cfg.STEPS} run at the learning-rate "
-                         f"schedule's end value, {FINAL_FACTOR:g} x LR = {FINAL_FACTOR * cfg.LR:.2e} "
-                         f"(the cosine spans the first {schedule_steps} steps; see docs/training.md, Resuming)")
-        if warmup < cfg.WARMUP_STEPS:
-            logger.print(f"warm-up: {warmup} steps, not WARMUP_STEPS={cfg.WARMUP_STEPS}: at most a tenth "
-                         f"of the {schedule_steps}-step schedule, so that the learning rate decays")
+        for note in schedule_notes(step, cfg.STEPS, cfg.STOP_AT, schedule_steps, warmup, cfg.WARMUP_STEPS,
+                                   cfg.LR, {"steps": "STEPS", "stop_at": "STOP_AT", "warmup": "WARMUP_STEPS"}):
+            logger.print(note)
         logger.print(f"evaluation window: {window[0]}x{window[1]} ({WINDOW_RULE})")
-        if step >= cfg.STEPS:
-            logger.print(f"already trained {step} steps (STEPS={cfg.STEPS}); raise --STEPS to go on "
-                         f"at {FINAL_FACTOR:g} x LR")
-        elif step >= stop_at:
-            logger.print(f"already at step {step}, past STOP_AT={cfg.STOP_AT}: no step to run")
     if step >= stop_at:
         return
     net = model

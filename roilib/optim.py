@@ -45,6 +45,26 @@ def lr_factor(step, warmup, schedule_steps):
     return FINAL_FACTOR + (1 - FINAL_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def schedule_notes(step, steps, stop_at, schedule_steps, warmup, requested_warmup, lr, names):
+    """What a (resumed) run is told about its schedule before it trains: steps beyond the
+    cosine, a shortened warm-up, nothing left to run. `names` maps "steps", "stop_at" and
+    "warmup" to the caller's parameter names, so that the notes say what to change."""
+    notes = []
+    if steps > schedule_steps and step < steps:
+        notes.append(f"steps {max(step, schedule_steps) + 1}-{steps} run at the learning-rate "
+                     f"schedule's end value, {FINAL_FACTOR:g} x LR = {FINAL_FACTOR * lr:.2e} "
+                     f"(the cosine spans the first {schedule_steps} steps; see docs/training.md, Resuming)")
+    if warmup < requested_warmup:
+        notes.append(f"warm-up: {warmup} steps, not {names['warmup']}={requested_warmup}: at most a "
+                     f"tenth of the {schedule_steps}-step schedule, so that the learning rate decays")
+    if step >= steps:
+        notes.append(f"already trained {step} steps ({names['steps']}={steps}); raise --{names['steps']} "
+                     f"to go on at {FINAL_FACTOR:g} x LR")
+    elif stop_at and step >= stop_at:
+        notes.append(f"already at step {step}, past {names['stop_at']}={stop_at}: no step to run")
+    return notes
+
+
 def set_learning_rate(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
