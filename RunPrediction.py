@@ -32,10 +32,10 @@ from RegionClassifier import RegionClassifier
 from roilib import cli
 from roilib.crops import BoxMask, box_mask
 from roilib.errors import UserError, one_line
-from roilib.explain import check_explainable, explain_regions, explanation_strip
+from roilib.explain import check_explainable, explained_layout, explained_overlay
 from roilib.imageinfo import exif_notice
 from roilib.labelconvention import LabelConvention, total_undeclared, undeclared_warning
-from roilib.imageio import check_image_extension, read_image, read_label_map, read_mask, write_image
+from roilib.imageio import check_image_extension, check_image_size, read_image, read_label_map, read_mask, write_image
 from roilib.outputs import check_writable_folder
 from roilib.overlay import draw_regions
 from roilib.paths import find_checkpoint, find_path, split_paths
@@ -86,14 +86,16 @@ def main():
         names, masks, truths = label_map_regions(image.shape[:2], sources[0], classifier, cfg.MIN_AREA)
     else:
         names, masks = read_segments(image.shape[:2], sources, instance_map=bool(cfg.INSTANCE_MAP))
-    if cfg.EXPLAIN:
+    if cfg.EXPLAIN:   # before any work: heat maps this model has, in an overlay that can be written
         check_explainable(classifier.model)
+        height, width, _ = explained_layout(image.shape[:2], len(masks), classifier.window, classifier.model)
+        check_image_size(cfg.OVERLAY, height, width, f"explain fewer than {len(masks)} regions")
     results = classifier.classify_box_masks(image, masks, cfg.TOPK)
     for i, (result, name) in enumerate(zip(results, names)):
         result["mask"] = name
         if truths:
             result["labelled"] = truths[i]
-    overlay = cfg.OVERLAY and draw_overlay(image, classifier, masks, results, cfg.EXPLAIN)
+    overlay = cfg.OVERLAY and draw_overlay(image, classifier, masks, results, cfg.EXPLAIN, cfg.MAX_BATCH)
     if cfg.JSON:
         print(json.dumps({"image": image_path, "checkpoint": checkpoint, "window": list(classifier.window),
                           "segments": results}, indent=1))
@@ -199,20 +201,16 @@ def instance_box_masks(instance_map):
     return found, masks
 
 
-def draw_overlay(image, classifier, masks, results, explain=False):
+def draw_overlay(image, classifier, masks, results, explain=False, batch=32):
     """The photo with each mask outlined, labelled (class and probability) and its evaluation
-    window boxed; with `explain`, a row under it per mask: the window as the net saw it, the
-    attention map and the Grad-CAM heat map (roilib/explain.py)."""
+    window boxed; with `explain`, a strip under it per mask, in mask order, `batch` at a time:
+    the window as the net saw it, the attention map and the Grad-CAM heat map (roilib/explain.py)."""
     labels = [f"{one_line(r['class'])} {r['probability']:.2f}" for r in results]
     boxes = [classifier.window_box(image.shape[:2], mask) for mask in masks]
     canvas = draw_regions(image, masks, labels, boxes)
     if not explain:
         return canvas
-    panels = explain_regions(classifier.model, image, masks, classifier.window)
-    rows = [canvas] + [explanation_strip(panel) for panel in panels]
-    width = max(row.shape[1] for row in rows)
-    return np.vstack([np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255)
-                      for row in rows])[:-4]
+    return explained_overlay(classifier.model, canvas, image, masks, classifier.window, batch)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     panels = explain_regions(model, image, regions, window)   # RGB pictures per region
     write_image(path, explanation_strip(panels[0]))           # window | attention | Grad-CAM
+    sheet = explained_overlay(model, canvas, image, regions, window)   # strips tiled under it
     images, masks = cut_windows(image, regions, window)        # or the maps themselves:
     attention = attention_map(model, images, masks)            # [S,H,W] in [0, 1]
     cam = grad_cam(model, images, masks)                       # [S,H,W] in [0, 1]
@@ -23,6 +24,7 @@ from roilib.windows import cut_windows
 
 # The modes whose feature maps lie over the window; the crop modes resample a box of it.
 WINDOW_MODES = ("attention", "blackout", "channel", "none")
+GAP = 4   # white pixels between pictures
 
 
 def explain_regions(model, image, regions, window):
@@ -45,11 +47,39 @@ def explain_regions(model, image, regions, window):
     return panels
 
 
-def explanation_strip(panel, gap=4):
+def explanation_strip(panel, gap=GAP):
     """One picture of an explain_regions panel: the window, then its heat maps, side by side."""
     pictures = [panel[key] for key in ("window", "attention", "grad_cam") if panel[key] is not None]
     spacer = np.full((pictures[0].shape[0], gap, 3), 255, np.uint8)
     return np.hstack([part for picture in pictures for part in (picture, spacer)][:-1])
+
+
+def explained_layout(image_hw, count, window, model):
+    """(height, width, columns) of an explained overlay: the photo (`image_hw`), then `count`
+    strips tiled under it in rows no wider than the photo (one strip a row at least). Known before any work,
+    so that an overlay too large to write is refused before the heat maps are computed."""
+    pictures = 3 if len(model.branches) else 2
+    strip_h, strip_w = window[0], pictures * window[1] + (pictures - 1) * GAP
+    columns = max(1, min(count, (image_hw[1] + GAP) // (strip_w + GAP)))
+    rows = -(-count // columns)
+    return (image_hw[0] + rows * (GAP + strip_h), max(image_hw[1], columns * (strip_w + GAP) - GAP),
+            columns)
+
+
+def explained_overlay(model, canvas, image, regions, window, batch=32):
+    """`canvas` (the photo with its regions drawn) with an explanation strip per region of
+    `image` tiled under it, in reading order. Heat maps are computed `batch` regions at a time:
+    memory holds the sheet and one batch, whatever the number of regions."""
+    height, width, columns = explained_layout(canvas.shape[:2], len(regions), window, model)
+    sheet = np.full((height, width, 3), 255, np.uint8)
+    sheet[:canvas.shape[0], :canvas.shape[1]] = canvas
+    for start in range(0, len(regions), batch):
+        for i, panel in enumerate(explain_regions(model, image, regions[start:start + batch], window), start):
+            strip = explanation_strip(panel)
+            top = canvas.shape[0] + GAP + (i // columns) * (strip.shape[0] + GAP)
+            left = (i % columns) * (strip.shape[1] + GAP)
+            sheet[top:top + strip.shape[0], left:left + strip.shape[1]] = strip
+    return sheet
 
 
 def attention_map(model, images, masks, point=None):

@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 
 from roilib.errors import UserError
-from roilib.imageinfo import too_large
+from roilib.imageinfo import opencv_max_pixels, too_large
 from roilib.outputs import atomic_write
 
+JPEG_MAX_SIDE = 65500   # OpenCV's JPEG encoder refuses a larger side
 _JPEG_START = b"\xff\xd8"
 _JPEG_END = b"\xff\xd9"
 _JPEG_SCAN = b"\xff\xda"
@@ -235,6 +236,18 @@ def check_image_extension(path):
         raise UserError(f"{path}: unknown image extension {extension or '(none)'}; "
                         f"use one of {', '.join(IMAGE_WRITE_EXTENSIONS)}")
     return extension
+
+
+def check_image_size(path, height, width, way_out):
+    """Refuse, before the work that makes it, an image that write_image could not encode in
+    `path`'s format or that OpenCV (so this project) could not read back."""
+    extension = check_image_extension(path)
+    if extension in (".jpg", ".jpeg") and max(height, width) > JPEG_MAX_SIDE:
+        raise UserError(f"{path}: the image would be {width}x{height} px, beyond what JPEG holds "
+                        f"({JPEG_MAX_SIDE} px a side); write a .png, or {way_out}")
+    if width * height > opencv_max_pixels():
+        raise UserError(f"{path}: the image would be {width}x{height} px ({width * height / 1e6:.0f} "
+                        f"megapixels), more than OpenCV reads back ({opencv_max_pixels() / 1e6:.0f}); {way_out}")
 
 
 def write_image(path, array):

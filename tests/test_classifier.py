@@ -129,6 +129,23 @@ def test_runprediction_overlay_draws_with_overlay_py_and_explains(checkpoint, cl
     assert explained.shape[0] == height
 
 
+def test_explained_overlay_too_tall_for_jpeg_refused_before_any_work(checkpoint, tmp_path):
+    """Thousands of regions explained one strip a row would make a JPEG taller than the format
+    holds: refused in one line before classification, with the way out, and nothing written."""
+    from roilib.imageio import write_png
+    height, width = read_image(EXAMPLE_IMAGE).shape[:2]
+    ys, xs = np.mgrid[:height, :width]
+    tiles = (ys // 4 * (width // 4 + 1) + xs // 4 + 1).astype(np.uint16)   # ~2,900 instances
+    write_png(tmp_path / "tiles.png", tiles)
+    out = tmp_path / "out.jpg"
+    result = run_script("RunPrediction.py", f"--CHECKPOINT={checkpoint}", f"--IMAGE={EXAMPLE_IMAGE}",
+                        f"--INSTANCE_MAP={tmp_path / 'tiles.png'}", f"--OVERLAY={out}", "--EXPLAIN=True",
+                        "--DEVICE=cpu", check=False)
+    assert result.returncode == 2 and result.stdout == "" and not out.exists()
+    assert "beyond what JPEG holds" in result.stderr and "write a .png" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args,message", [
     (["--EXPLAIN=True"], "set --OVERLAY=out.png too"),
     (["--EXPLAIN=True", "--OVERLAY={out}"], "no heat maps for a model of mode 'crop'")])

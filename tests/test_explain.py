@@ -7,7 +7,8 @@ from AttentionNet import AttentionNet
 from helpers import EXAMPLE_IMAGE, EXAMPLE_MASKS
 from roilib.crops import BoxMask, box_mask
 from roilib.errors import UserError
-from roilib.explain import attention_map, explain_regions, explanation_strip, grad_cam
+from roilib.explain import (GAP, attention_map, explain_regions, explained_layout, explained_overlay,
+                            explanation_strip, grad_cam)
 from roilib.imageio import read_image, read_mask
 from roilib.overlay import draw_label, draw_regions, heat_overlay
 from roilib.windows import cut_windows
@@ -75,6 +76,29 @@ def test_explain_regions_pictures(trained):
     strip = explanation_strip(panels[0])
     assert strip.shape == (WINDOW[0], 3 * WINDOW[1] + 2 * 4, 3)
     assert np.array_equal(strip[:, -WINDOW[1]:], panels[0]["grad_cam"])
+
+
+def test_explained_overlay_tiles_strips_batch_by_batch(trained):
+    """Strips in reading order, as many a row as the photo is wide, computed `batch` regions at
+    a time with the same pictures as all at once; the sheet's size is explained_layout's."""
+    image = np.hstack([read_image(EXAMPLE_IMAGE)] * 3)          # 669 px: room for 3 strips of 200
+    width = image.shape[1]
+    masks = [np.hstack([read_mask(p)] + [np.zeros_like(read_mask(p))] * 2) for p in EXAMPLE_MASKS]
+    masks.append(np.roll(masks[0], image.shape[1] // 3, axis=1))  # 5 regions: 2 rows of 3
+    regions = [box_mask(m) for m in masks]
+    canvas = np.zeros_like(image)
+    sheet = explained_overlay(trained, canvas, image, regions, WINDOW, batch=2)
+    strips = [explanation_strip(p) for p in explain_regions(trained, image, regions, WINDOW)]
+    strip_h, strip_w = strips[0].shape[:2]
+    assert explained_layout(image.shape[:2], 5, WINDOW, trained) == sheet.shape[:2] + (3,)
+    assert sheet.shape == (image.shape[0] + 2 * (GAP + strip_h), width, 3)
+    assert not sheet[:image.shape[0]].any()                     # the canvas, untouched
+    for i, strip in enumerate(strips):
+        top = image.shape[0] + GAP + (i // 3) * (strip_h + GAP)
+        left = (i % 3) * (strip_w + GAP)
+        placed = sheet[top:top + strip_h, left:left + strip_w].astype(int)
+        assert np.abs(placed - strip).max() <= 2                 # batch size: float order only
+    assert (sheet[-strip_h:, 2 * (strip_w + GAP):] == 255).all()  # the empty 6th place is white
 
 
 def test_label_contrasts_with_its_box():
