@@ -21,6 +21,7 @@ from roilib.crops import BoxMask, box_mask
 from roilib.errors import UserError
 from roilib.evaluation import forward_windows
 from roilib.imageio import read_image, read_mask
+from roilib.progress import progress_bar
 from roilib.runtime import amp_dtype, resolve_device
 from roilib.windows import check_memory, cut_windows, model_window, window_box
 
@@ -62,11 +63,12 @@ class RegionClassifier:
         regions = as_box_masks(masks, image.shape[:2])
         return self.classify_box_masks(image, regions, topk)
 
-    def classify_box_masks(self, image, regions, topk=5):
-        """classify() for an RGB array and BoxMasks (roilib.crops) already checked against it."""
+    def classify_box_masks(self, image, regions, topk=5, progress=False):
+        """classify() for an RGB array and BoxMasks (roilib.crops) already checked against it;
+        `progress`: a bar with regions/s on stderr."""
         k = min(int(topk), len(self.class_names))
         results = []
-        with torch.inference_mode():
+        with torch.inference_mode(), progress_bar(len(regions), "classify", "region", progress) as bar:
             for first in range(0, len(regions), self.max_batch):
                 part = regions[first:first + self.max_batch]
                 images, window_masks = cut_windows(image, part, self.window)
@@ -77,6 +79,7 @@ class RegionClassifier:
                            for p, i in zip(p_row, i_row)]
                     results.append({"class": top[0]["class"], "probability": top[0]["probability"],
                                     "topk": top, "area": int(region.mask.sum())})
+                bar.update(len(part))
         return results
 
     def window_box(self, image_hw, region):

@@ -90,12 +90,13 @@ def main():
         check_explainable(classifier.model)
         height, width, _ = explained_layout(image.shape[:2], len(masks), classifier.window, classifier.model)
         check_image_size(cfg.OVERLAY, height, width, f"explain fewer than {len(masks)} regions")
-    results = classifier.classify_box_masks(image, masks, cfg.TOPK)
+    many = len(masks) > cfg.MAX_BATCH   # more than one batch: show progress (stderr)
+    results = classifier.classify_box_masks(image, masks, cfg.TOPK, progress=many)
     for i, (result, name) in enumerate(zip(results, names)):
         result["mask"] = name
         if truths:
             result["labelled"] = truths[i]
-    overlay = cfg.OVERLAY and draw_overlay(image, classifier, masks, results, cfg.EXPLAIN, cfg.MAX_BATCH)
+    overlay = cfg.OVERLAY and draw_overlay(image, classifier, masks, results, cfg.EXPLAIN, cfg.MAX_BATCH, many)
     if cfg.JSON:
         print(json.dumps({"image": image_path, "checkpoint": checkpoint, "window": list(classifier.window),
                           "segments": results}, indent=1))
@@ -201,7 +202,7 @@ def instance_box_masks(instance_map):
     return found, masks
 
 
-def draw_overlay(image, classifier, masks, results, explain=False, batch=32):
+def draw_overlay(image, classifier, masks, results, explain=False, batch=32, progress=False):
     """The photo with each mask outlined, labelled (class and probability) and its evaluation
     window boxed; with `explain`, a strip under it per mask, in mask order, `batch` at a time:
     the window as the net saw it, the attention map and the Grad-CAM heat map (roilib/explain.py)."""
@@ -210,7 +211,7 @@ def draw_overlay(image, classifier, masks, results, explain=False, batch=32):
     canvas = draw_regions(image, masks, labels, boxes)
     if not explain:
         return canvas
-    return explained_overlay(classifier.model, canvas, image, masks, classifier.window, batch)
+    return explained_overlay(classifier.model, canvas, image, masks, classifier.window, batch, progress)
 
 
 if __name__ == "__main__":

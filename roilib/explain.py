@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from roilib.errors import UserError
 from roilib.overlay import heat_overlay
+from roilib.progress import progress_bar
 from roilib.windows import cut_windows
 
 # The modes whose feature maps lie over the window; the crop modes resample a box of it.
@@ -66,19 +67,22 @@ def explained_layout(image_hw, count, window, model):
             columns)
 
 
-def explained_overlay(model, canvas, image, regions, window, batch=32):
+def explained_overlay(model, canvas, image, regions, window, batch=32, progress=False):
     """`canvas` (the photo with its regions drawn) with an explanation strip per region of
     `image` tiled under it, in reading order. Heat maps are computed `batch` regions at a time:
-    memory holds the sheet and one batch, whatever the number of regions."""
+    memory holds the sheet and one batch, whatever the number of regions. `progress`: a bar."""
     height, width, columns = explained_layout(canvas.shape[:2], len(regions), window, model)
     sheet = np.full((height, width, 3), 255, np.uint8)
     sheet[:canvas.shape[0], :canvas.shape[1]] = canvas
-    for start in range(0, len(regions), batch):
-        for i, panel in enumerate(explain_regions(model, image, regions[start:start + batch], window), start):
-            strip = explanation_strip(panel)
-            top = canvas.shape[0] + GAP + (i // columns) * (strip.shape[0] + GAP)
-            left = (i % columns) * (strip.shape[1] + GAP)
-            sheet[top:top + strip.shape[0], left:left + strip.shape[1]] = strip
+    with progress_bar(len(regions), "explain", "region", progress) as bar:
+        for start in range(0, len(regions), batch):
+            part = regions[start:start + batch]
+            for i, panel in enumerate(explain_regions(model, image, part, window), start):
+                strip = explanation_strip(panel)
+                top = canvas.shape[0] + GAP + (i // columns) * (strip.shape[0] + GAP)
+                left = (i % columns) * (strip.shape[1] + GAP)
+                sheet[top:top + strip.shape[0], left:left + strip.shape[1]] = strip
+            bar.update(len(part))
     return sheet
 
 

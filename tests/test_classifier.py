@@ -129,6 +129,19 @@ def test_runprediction_overlay_draws_with_overlay_py_and_explains(checkpoint, cl
     assert explained.shape[0] == height
 
 
+def test_runprediction_shows_progress_beyond_one_batch(checkpoint, tmp_path):
+    """More regions than MAX_BATCH: a progress bar per stage on stderr, stdout's JSON intact;
+    one batch: no bar."""
+    common = [f"--CHECKPOINT={checkpoint}", f"--IMAGE={EXAMPLE_IMAGE}", f"--MASKS={','.join(EXAMPLE_MASKS[:3])}",
+              "--DEVICE=cpu", "--JSON=True", f"--OVERLAY={tmp_path / 'out.png'}", "--EXPLAIN=True"]
+    many = run_script("RunPrediction.py", *common, "--MAX_BATCH=2")
+    assert len(json.loads(many.stdout)["segments"]) == 3
+    for stage in ("classify", "explain"):
+        assert any(stage in line and "3/3" in line for line in many.stderr.splitlines()), many.stderr
+    one = run_script("RunPrediction.py", *common, "--MAX_BATCH=3")
+    assert json.loads(one.stdout) == json.loads(many.stdout) and "classify" not in one.stderr
+
+
 def test_explained_overlay_too_tall_for_jpeg_refused_before_any_work(checkpoint, tmp_path):
     """Thousands of regions explained one strip a row would make a JPEG taller than the format
     holds: refused in one line before classification, with the way out, and nothing written."""
