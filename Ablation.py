@@ -97,8 +97,8 @@ def main():
         seeds = [int(s) for s in str(cfg.SEEDS).split(",")]
     except ValueError:
         raise UserError(f"--SEEDS={cfg.SEEDS}: expected comma-separated integers") from None
-    resolve_device(cfg.DEVICE)   # a wrong device stops here, not in the first of many runs
-    check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE)
+    resolve_device(cfg.DEVICE, setting="--DEVICE")   # a wrong device stops here, not in the first of many runs
+    check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE, ("MIN_SIZE", "MAX_SIZE"))
     folder = os.path.join(REPO, cfg.LOG_DIR, cfg.NAME)   # an absolute LOG_DIR stays as it is
     runs = os.path.join(folder, "runs")
     check_writes([("--NAME", os.path.join(folder, name)) for name in OUTPUTS], Train.inputs(vars(cfg)),

@@ -27,6 +27,7 @@ from roilib.explain import explain_regions  # noqa: E402
 from roilib.imageio import read_label_map, read_mask  # noqa: E402
 from roilib.overlay import draw_regions, region_colour  # noqa: E402
 from roilib.paths import find_checkpoint, find_path  # noqa: E402
+from roilib.runtime import resolve_device  # noqa: E402
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model, .pt or release folder (relative: to this repository if not found here)
@@ -44,8 +45,8 @@ CAMVID = "../shared/datasets/camvid"   # CamVid folder for examples (val split),
 def main():
     params = cli.parse_parameters(globals(), __file__)
     require("gradio", "gradio")   # a missing package: one line, before the model is loaded
-    classifier = RegionClassifier.from_pretrained(find_checkpoint(params["CHECKPOINT"]), params["DEVICE"],
-                                                  params["WINDOW"])
+    device = resolve_device(params["DEVICE"], setting="--DEVICE")
+    classifier = RegionClassifier.from_pretrained(find_checkpoint(params["CHECKPOINT"]), device, params["WINDOW"])
     examples = example_rows(params["EXAMPLES"], params["CAMVID"])
     app = build_app(classifier, params["TOPK"], params["MAX_PIXELS"], examples)
     print(f"model {params['CHECKPOINT']} on {classifier.device}, window {classifier.window[0]}x"

@@ -55,7 +55,7 @@ OUTPUTS = ("eval.json", "eval_by_size.csv", "eval_by_class.csv", "eval_accuracy_
 
 def main():
     cfg = cli.parse_config(globals(), __file__)
-    device = resolve_device(cfg.DEVICE)
+    device = resolve_device(cfg.DEVICE, setting="--DEVICE")
     checkpoint = find_checkpoint(cfg.CHECKPOINT)
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint)

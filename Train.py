@@ -107,13 +107,13 @@ def main():
     params = cli.parse_parameters(globals(), __file__)
     cfg = SimpleNamespace(**params)   # params: the dict stored with the run
     dist = Distributed()
-    device = resolve_device(cfg.DEVICE, dist.local_rank)
+    device = resolve_device(cfg.DEVICE, dist.local_rank, "--DEVICE")
     dist.start(device)
     try:
         with dist.together():   # a bad value stops the run now, not after hours of training
-            check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE)
-            check_weights(cfg.WEIGHTS)
-            jitter = parse_jitter(cfg.JITTER)
+            check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE, ("MIN_SIZE", "MAX_SIZE"))
+            check_weights(cfg.WEIGHTS, "--WEIGHTS")
+            jitter = parse_jitter(cfg.JITTER, "--JITTER")
             window = parse_window(cfg.WINDOW) if cfg.WINDOW else training_window(cfg.MAX_SIZE)
             check_memory(f"--MAX_SIZE={cfg.MAX_SIZE} --MAX_PIXELS={cfg.MAX_PIXELS} --MAX_BATCH={cfg.MAX_BATCH} "
                          f"(windows of {window[0]}x{window[1]})",

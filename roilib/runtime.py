@@ -15,8 +15,9 @@ def cpu_supports_bf16():
         return False
 
 
-def resolve_device(name="auto", local_rank=0):
-    """'auto' -> this process's GPU if there is one, else the CPU; 'cuda' without a GPU -> error."""
+def resolve_device(name="auto", local_rank=0, setting="device"):
+    """'auto' -> this process's GPU if there is one, else the CPU; 'cuda' without a GPU -> error
+    naming the caller's `setting` (a script's parameter, or the API's keyword)."""
     if name in ("auto", "", None):
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
@@ -24,14 +25,14 @@ def resolve_device(name="auto", local_rank=0):
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
-        raise UserError(f"--DEVICE={name}: expected auto, cpu, cuda or cuda:N")
+        raise UserError(f"{setting}={name}: expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--DEVICE={name}: no CUDA GPU is visible to PyTorch here; use --DEVICE=cpu")
+            raise UserError(f"{setting}={name}: no CUDA GPU is visible to PyTorch here; use {setting}=cpu")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
         if device.index >= torch.cuda.device_count():
-            raise UserError(f"--DEVICE={name}: there is no GPU {device.index} "
+            raise UserError(f"{setting}={name}: there is no GPU {device.index} "
                             f"(this machine has {torch.cuda.device_count()})")
     return device
 

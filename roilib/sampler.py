@@ -15,10 +15,12 @@ from torch.utils.data import DataLoader
 from roilib.crops import SIZE_STEP
 from roilib.errors import UserError
 
-def check_sizes(min_size, max_size):
-    """One-line error unless [min_size, max_size] holds a multiple of 32 (the crop sides)."""
+def check_sizes(min_size, max_size, names):
+    """One-line error, naming the caller's two settings (`names`), unless [min_size, max_size] holds a
+    multiple of 32 (the crop sides)."""
     if math.ceil(min_size / SIZE_STEP) > max_size // SIZE_STEP:
-        raise UserError(f"--MIN_SIZE={min_size} --MAX_SIZE={max_size}: expected MIN_SIZE <= MAX_SIZE "
+        low, high = names
+        raise UserError(f"--{low}={min_size} --{high}={max_size}: expected {low} <= {high} "
                         f"with a multiple of {SIZE_STEP} between them")
 
 

@@ -15,22 +15,22 @@ from roilib.errors import UserError
 MAX_JITTER = 100.0
 
 
-def check_weights(weights):
-    """None, "imagenet" or the path of an existing file."""
+def check_weights(weights, setting):
+    """None, "imagenet" or the path of an existing file (else an error naming `setting`)."""
     if weights not in (None, "none", "imagenet") and not os.path.isfile(weights):
-        raise UserError(f"--WEIGHTS={weights}: expected None, imagenet or the path of a ResNet "
+        raise UserError(f"{setting}={weights}: expected None, imagenet or the path of a ResNet "
                         "state_dict (no such file)")
 
 
-def parse_jitter(text):
+def parse_jitter(text, setting):
     """'low,high' -> (low, high) scale factors, 1/MAX_JITTER <= low <= high <= MAX_JITTER;
-    '1,1' -> None (native)."""
+    '1,1' -> None (native). Errors name the caller's `setting`."""
     try:
         low, high = (float(v) for v in str(text).split(","))
     except ValueError:
-        raise UserError(f"--JITTER={text}: expected low,high (e.g. 0.8,1.25)") from None
+        raise UserError(f"{setting}={text}: expected low,high (e.g. 0.8,1.25)") from None
     if not 1 / MAX_JITTER <= low <= high <= MAX_JITTER:   # also refuses inf and nan
-        raise UserError(f"--JITTER={text}: expected {1 / MAX_JITTER:g} <= low <= high <= {MAX_JITTER:g}")
+        raise UserError(f"{setting}={text}: expected {1 / MAX_JITTER:g} <= low <= high <= {MAX_JITTER:g}")
     return None if low == high == 1 else (low, high)
 
 

@@ -22,6 +22,12 @@ def classifier(checkpoint):
     return RegionClassifier.from_pretrained(checkpoint, device="cpu")
 
 
+def test_api_device_error_names_the_keyword(checkpoint):
+    """The Python API's errors speak of its keyword, not a script's --DEVICE."""
+    with pytest.raises(UserError, match=r"^device=tpu: expected auto, cpu, cuda or cuda:N"):
+        RegionClassifier.from_pretrained(checkpoint, device="tpu")
+
+
 def test_loaders_return_eval_mode(checkpoint):
     assert AttentionNet.from_checkpoint(checkpoint).training is False
 

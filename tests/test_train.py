@@ -201,9 +201,9 @@ def test_bad_values_are_refused_before_training(name, value):
 
 
 def test_rules_across_parameters_are_refused_before_training():
-    check_sizes(96, 160)
+    check_sizes(96, 160, ("MIN_SIZE", "MAX_SIZE"))
     with pytest.raises(UserError, match="--MIN_SIZE=200 --MAX_SIZE=160: expected MIN_SIZE <= MAX_SIZE"):
-        check_sizes(200, 160)
+        check_sizes(200, 160, ("MIN_SIZE", "MAX_SIZE"))
 
 
 def test_geometry_depends_on_the_step_not_the_rank():
