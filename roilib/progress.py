@@ -1,7 +1,10 @@
 """Progress for long loops (tqdm): a live bar on a terminal, a line every ~10% in a log file."""
+import re
 import sys
 
 from tqdm import tqdm
+
+_COUNT = re.compile(r"\| *\d+/\d+ \[")   # tqdm's "| 3/10 [": the count a line shows
 
 
 def format_seconds(seconds):
@@ -13,15 +16,20 @@ def format_seconds(seconds):
 
 class _Lines:
     """A stream for tqdm where stderr is not a terminal: each refresh becomes one line, not
-    a carriage-return update that piles up in a log file."""
+    a carriage-return update that piles up in a log file. A refresh at the count of the line
+    before (tqdm's close repeats the last one) is not written again."""
 
     def __init__(self, stream):
         self.stream = stream
+        self.last_count = None
 
     def write(self, text):
         text = text.replace("\r", "").strip()
-        if text:
+        count = _COUNT.search(text)
+        count = count and count.group(0)
+        if text and (count is None or count != self.last_count):
             self.stream.write(text + "\n")
+            self.last_count = count
 
     def flush(self):
         self.stream.flush()

@@ -169,3 +169,17 @@ def test_the_model_line_names_the_attention_points_of_every_mode_that_has_them(m
     from AttentionNet import AttentionNet
     model = AttentionNet(2, arch="resnet18", mode=mode, attention="stem,layer2")
     assert f"mode={mode} attention={points} " in describe_model(model.config)
+
+
+def test_progress_in_a_log_is_one_line_per_count():
+    """Where stderr is a file, a bar is whole lines (no carriage returns), and the closing
+    refresh does not repeat the last count."""
+    import io
+    from roilib.progress import progress_bar
+    log = io.StringIO()
+    with progress_bar(3, "classify", "region", stream=log) as bar:
+        for _ in range(3):
+            bar.update(1)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and all(line.startswith("classify:") for line in lines)
+    assert sum("3/3" in line for line in lines) == 1 and any("1/3" in line for line in lines)
