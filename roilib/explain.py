@@ -57,8 +57,8 @@ def explanation_strip(panel, gap=GAP):
 
 def explained_layout(image_hw, count, window, model):
     """(height, width, columns) of an explained overlay: the photo (`image_hw`), then `count`
-    strips tiled under it in rows no wider than the photo (one strip a row at least). Known before any work,
-    so that an overlay too large to write is refused before the heat maps are computed."""
+    strips tiled under it in rows no wider than the photo (one strip a row at least). Known
+    before any work, so that an overlay too large to write is refused before the heat maps."""
     pictures = 3 if len(model.branches) else 2
     strip_h, strip_w = window[0], pictures * window[1] + (pictures - 1) * GAP
     columns = max(1, min(count, (image_hw[1] + GAP) // (strip_w + GAP)))

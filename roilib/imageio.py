@@ -16,10 +16,11 @@ import cv2
 import numpy as np
 
 from roilib.errors import UserError
-from roilib.imageinfo import opencv_max_pixels, too_large
+from roilib.imageinfo import size_problem, too_large
 from roilib.outputs import atomic_write
 
-JPEG_MAX_SIDE = 65500   # OpenCV's JPEG encoder refuses a larger side
+# The largest side OpenCV's encoders write in these formats (it refuses a larger one).
+MAX_SIDE = {".jpg": ("JPEG", 65500), ".jpeg": ("JPEG", 65500), ".webp": ("WebP", 16383)}
 _JPEG_START = b"\xff\xd8"
 _JPEG_END = b"\xff\xd9"
 _JPEG_SCAN = b"\xff\xda"
@@ -110,9 +111,9 @@ _quiet_decoding = _SilencedNativeStderr()
 def _decode(path, flags=cv2.IMREAD_UNCHANGED, data=None):
     data = _read_bytes(path) if data is None else data
     _check_jpeg_complete(path, data)
-    size_problem = too_large(data[:1 << 16].tobytes())
-    if size_problem:
-        raise UserError(f"{path}: {size_problem}")
+    problem = too_large(data[:1 << 16].tobytes())
+    if problem:
+        raise UserError(f"{path}: {problem}")
     try:
         with _quiet_decoding:
             array = cv2.imdecode(data, flags)
@@ -242,12 +243,13 @@ def check_image_size(path, height, width, way_out):
     """Refuse, before the work that makes it, an image that write_image could not encode in
     `path`'s format or that OpenCV (so this project) could not read back."""
     extension = check_image_extension(path)
-    if extension in (".jpg", ".jpeg") and max(height, width) > JPEG_MAX_SIDE:
-        raise UserError(f"{path}: the image would be {width}x{height} px, beyond what JPEG holds "
-                        f"({JPEG_MAX_SIDE} px a side); write a .png, or {way_out}")
-    if width * height > opencv_max_pixels():
-        raise UserError(f"{path}: the image would be {width}x{height} px ({width * height / 1e6:.0f} "
-                        f"megapixels), more than OpenCV reads back ({opencv_max_pixels() / 1e6:.0f}); {way_out}")
+    name, limit = MAX_SIDE.get(extension, (None, None))
+    if limit and max(height, width) > limit:
+        raise UserError(f"{path}: the image would be {width}x{height} px, beyond what {name} holds "
+                        f"({limit} px a side); write a .png, or {way_out}")
+    problem = size_problem(width, height)
+    if problem:
+        raise UserError(f"{path}: it could not be read back, {problem}; {way_out}")
 
 
 def write_image(path, array):

@@ -182,3 +182,21 @@ def test_a_full_disk_is_called_so(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="r.json: cannot write \\(disk full: No space left"):
         write_json(tmp_path / "r.json", {})
     assert os.listdir(tmp_path) == []
+
+
+def test_image_sizes_a_format_cannot_hold_are_refused_before_the_work(monkeypatch):
+    """JPEG and WebP's side limits (OpenCV's encoders), and a size OpenCV would not read back,
+    each refused with the way out; a PNG of the same side, or a bmp, goes through."""
+    from roilib.imageio import check_image_size
+    check_image_size("out.jpg", 65500, 10, "fewer")
+    with pytest.raises(UserError, match=r"out\.jpg: .* beyond what JPEG holds \(65500 px a side\); write a \.png, or fewer"):
+        check_image_size("out.jpg", 65501, 10, "fewer")
+    with pytest.raises(UserError, match=r"beyond what WebP holds \(16383 px a side\)"):
+        check_image_size("out.webp", 10, 16384, "fewer")
+    check_image_size("out.png", 65501, 10, "fewer")
+    check_image_size("out.bmp", 65501, 10, "fewer")
+    monkeypatch.setenv("OPENCV_IO_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(UserError, match=r"out\.png: it could not be read back, image too large .*; fewer$"):
+        check_image_size("out.png", 40, 30, "fewer")
+    with pytest.raises(UserError, match="cannot encode"):   # the limits are OpenCV's own
+        write_image("/nonexistent/never.webp", np.zeros((10, 16384, 3), np.uint8))
