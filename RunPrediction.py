@@ -104,7 +104,7 @@ def main():
         print(f"{image_path} ({image.shape[1]}x{image.shape[0]}), model {checkpoint}:")
         for r in results:
             others = ", ".join(f"{one_line(t['class'])} {t['probability']:.2f}" for t in r["topk"][1:])
-            print(f"  {r['mask']}: {one_line(r['class'])} ({r['probability']:.2f})"
+            print(f"  {one_line(r['mask'])}: {one_line(r['class'])} ({r['probability']:.2f})"
                   + (f"   then {others}" if others else ""))
         if truths:
             right = sum(r["class"] == r["labelled"] for r in results)
@@ -176,7 +176,7 @@ def label_map_regions(shape, path, classifier, min_area):
     names = []
     for truth, c in zip(truths, components):
         seen[truth] += 1
-        names.append(f"{truth} #{seen[truth]} ({c.area} px at {c.bbox[0]},{c.bbox[1]})")
+        names.append(f"{one_line(truth)} #{seen[truth]} ({c.area} px at {c.bbox[0]},{c.bbox[1]})")
     masks = [component_box_mask(label_map, c.value, c.bbox, c.seed) for c in components]
     return names, masks, truths
 

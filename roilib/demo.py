@@ -14,6 +14,7 @@ roilib/demo_scenes.py; the example input of RunPrediction.py by roilib/demo_exam
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -23,14 +24,17 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from roilib.demo_example import write_example
+from roilib.demo_example import check_example_folder, write_example
 from roilib.demo_scenes import CLASS_NAMES, CONTEXT_PAIR, FAR_CONTEXT_PAIR, SPLIT_CODES, make_scene
+from roilib.errors import UserError
 from roilib.imageio import write_png
 from roilib.outputs import write_json, writing
 
 # Bump whenever the generated data changes (demo_scenes.py and demo_shapes.py included):
 # ensure_demo then rebuilds.
 VERSION = 3
+# Every path (relative, "/"-separated) that a demo dataset holds: what a rebuild may replace.
+_DEMO_PATH = re.compile(r"demo\.json|(train|val)(/instances\.json|/(images|labels)(/\d{5,}\.png)?)?")
 __all__ = ["CLASS_NAMES", "CONTEXT_PAIR", "FAR_CONTEXT_PAIR", "VERSION", "ensure_demo", "make_demo", "main"]
 
 
@@ -80,6 +84,7 @@ def make_demo(root, seed=0, n_train=600, n_val=200):
     """(Re)build the demo dataset at ``root``: written to a temporary sibling folder, then
     renamed into place, so a killed run never leaves half a dataset. Returns demo.json."""
     root = os.path.abspath(root)
+    check_replaceable(root)
     tmp = f"{root}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with writing(root, "the demo dataset"):
@@ -92,6 +97,24 @@ def make_demo(root, seed=0, n_train=600, n_val=200):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
+
+
+def check_replaceable(root):
+    """Refuse a `root` that is a file, or a folder holding anything a demo build did not write
+    (a rebuild replaces the whole folder): the demo goes only into a new or empty folder or
+    over a demo dataset."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UserError(f"{root}: a file, not a folder for the demo dataset")
+    if not os.path.isdir(root) or not os.listdir(root):
+        return
+    paths = (os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
+             for folder, subfolders, files in os.walk(root) for name in sorted(subfolders + files))
+    foreign = next((path for path in paths if not _DEMO_PATH.fullmatch(path)), None)
+    if foreign is None and _read_info(root) is None:
+        foreign = "no demo.json"
+    if foreign:
+        raise UserError(f"{root}: not empty and not a demo dataset ({foreign}): the demo is written "
+                        "only into a new or empty folder or over a demo dataset; nothing was changed")
 
 
 def _swap_in(tmp, root, info):
@@ -113,9 +136,10 @@ def _swap_in(tmp, root, info):
 def _read_info(root):
     try:
         with open(os.path.join(root, "demo.json"), encoding="utf-8") as file:
-            return json.load(file)
+            info = json.load(file)
     except (OSError, ValueError):
         return None
+    return info if isinstance(info, dict) else None
 
 
 def _same(info, params):
@@ -148,14 +172,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     start = time.time()
     build = make_demo if args.force else ensure_demo
-    info = build(args.out, args.seed, args.train, args.val)
-    counts = ", ".join(f"{split}: {c['images']} images, {c['segments']} segments"
-                       for split, c in info["splits"].items())
-    print(f"demo dataset v{info['version']} (seed {info['seed']}) in {args.out}: {counts} "
-          f"[{time.time() - start:.1f} s]")
-    if args.example:
-        write_example(args.example)
-        print(f"example image and masks in {args.example}")
+    try:
+        if args.example:   # refused before the dataset is made, not after
+            check_example_folder(args.example)
+        info = build(args.out, args.seed, args.train, args.val)
+        counts = ", ".join(f"{split}: {c['images']} images, {c['segments']} segments"
+                           for split, c in info["splits"].items())
+        print(f"demo dataset v{info['version']} (seed {info['seed']}) in {args.out}: {counts} "
+              f"[{time.time() - start:.1f} s]")
+        if args.example:
+            write_example(args.example)
+            print(f"example image and masks in {args.example}")
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

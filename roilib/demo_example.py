@@ -2,9 +2,11 @@
 by the demo's scene generator."""
 import os
 
+import cv2
 import numpy as np
 
 from roilib.demo_scenes import CLASS_NAMES, SPLIT_CODES, make_scene
+from roilib.errors import UserError
 from roilib.imageio import write_png
 
 EXAMPLE_CLASSES = ["boat", "car", "apple", "ring"]  # classes of example_mask1..4.png
@@ -24,9 +26,30 @@ def write_example(folder, seed=7):
     else:
         raise RuntimeError("could not place the example objects")
     instances = np.zeros(image.shape[:2], np.uint8)
-    write_png(os.path.join(folder, "example.png"), image)
+    files = {"example.png": image}
     for number, (_, mask) in enumerate(objects, start=1):
-        write_png(os.path.join(folder, f"example_mask{number}.png"), mask.astype(np.uint8) * 255)
+        files[f"example_mask{number}.png"] = mask.astype(np.uint8) * 255
         instances[mask] = number
-    write_png(os.path.join(folder, "example_labels.png"), instances)
+    files["example_labels.png"] = instances
+    check_example_folder(folder, files)
+    for name, array in files.items():
+        write_png(os.path.join(folder, name), array)
     return list(EXAMPLE_CLASSES)
+
+
+def check_example_folder(folder, files=None):
+    """Refuse to write the example over a file of that name that is not the example's own
+    (`files`: {name: pixels} to compare with; None: any existing file is the user's unless it
+    is a PNG, compared later)."""
+    names = files or ["example.png", "example_labels.png"] + [f"example_mask{i}.png" for i in range(1, 5)]
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.lexists(path):
+            continue
+        found = cv2.imread(path, cv2.IMREAD_UNCHANGED) if os.path.isfile(path) else None
+        ours = files[name] if files else found
+        if found is not None and found.ndim == 3:
+            found = cv2.cvtColor(found, cv2.COLOR_BGR2RGB)
+        if found is None or not np.array_equal(found, ours):
+            raise UserError(f"{path}: exists and is not the demo's {name}: not replaced (write the "
+                            "example into an empty folder)")

@@ -7,8 +7,10 @@ class UserError(Exception):
 
 
 def one_line(text):
-    """A name from a data file (class, category) shown on one line of a table or report."""
-    return " ".join(str(text).split())
+    """A name from a data file (class, category) shown on one line of a table or report, its
+    control and format characters escaped (a terminal never obeys an escape sequence, a bell
+    or a right-to-left override that a checkpoint or dataset carries)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in " ".join(str(text).split()))
 
 
 class StopRun(Exception):
