@@ -110,6 +110,11 @@ def check_parameters(cfg):
         raise UserError(f"--EVAL_SIZE={cfg.EVAL_SIZE}: {size_problem(full_hw[1], full_hw[0])}")
     check_memory(f"--BATCH={cfg.BATCH} --SIZE={cfg.SIZE}", cfg.BATCH * cfg.SIZE ** 2)
     window = parse_window(cfg.EVAL_WINDOW, "EVAL_WINDOW")
+    if "f" in {p.strip() for p in cfg.PARTS.split(",")}:
+        try:
+            dataset_scale.check_data_folder(cfg.SCALE_DATA)
+        except UserError as error:
+            raise UserError(f"--SCALE_DATA={error}") from None
     out = cfg.OUT if os.path.isabs(cfg.OUT) else os.path.join(REPO, cfg.OUT)
     try:
         os.makedirs(out, exist_ok=True)

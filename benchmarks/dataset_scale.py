@@ -10,9 +10,20 @@ import tempfile
 import time
 
 from roilib.benchutil import row
+from roilib.errors import UserError
 from roilib.paths import REPO
 
 MIB = 2 ** 20
+
+
+def check_data_folder(data):
+    """`data` is reused (it holds made data), or made: absent or empty, since the maker writes
+    only into a folder of its own. Anything else is refused before any measuring."""
+    if not data or os.path.exists(os.path.join(data, "coco", "instances.json")):
+        return
+    if os.path.exists(data) and (not os.path.isdir(data) or os.listdir(data)):
+        raise UserError(f"{data}: holds no data of tools/make_scale_data.py and is not empty; "
+                        "the data is made only in a new or empty folder")
 
 
 def make_data(data, images, maps):
@@ -55,7 +66,8 @@ def _memory(probe):
 
 
 def coco_rows(cold, warm):
-    first, last = sorted(warm["uss"], key=int)
+    readings = sorted(warm["uss"], key=int)
+    first, last = readings[0], readings[-1]   # one reading when the run is EARLY_BATCH long
     coco = f"COCO {cold['images']} images, {cold['segments']} segments"
     workers = f"USS main + {warm['workers']} workers"
     return [row("f", f"{coco}: cold start (index built)", cold["start_s"], "s"),

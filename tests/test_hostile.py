@@ -52,3 +52,30 @@ def test_example_never_overwrites_a_users_file(tmp_path, capsys):
     (folder / "example.png").unlink()
     demo_module.write_example(folder)
     demo_module.write_example(folder)            # its own files again: the same pixels, fine
+
+
+def test_benchmark_scale_data_never_replaces_a_users_folder(tmp_path, monkeypatch, capsys):
+    import Benchmark
+    from helpers import run_in_process
+    data = tmp_path / "scale"
+    (data / "coco" / "train").mkdir(parents=True)
+    (data / "coco" / "train" / "mine.jpg").write_bytes(b"mine")
+    code, out = run_in_process("Benchmark.py", ["--PARTS=f", f"--SCALE_DATA={data}", f"--OUT={tmp_path}",
+                                                "--DEVICE=cpu"], capsys, monkeypatch)
+    assert code == 2 and f"--SCALE_DATA={data}: holds no data of tools/make_scale_data.py" in out.err
+    assert (data / "coco" / "train" / "mine.jpg").read_bytes() == b"mine"
+    sys_path = os.path.join(os.path.dirname(Benchmark.__file__), "tools")
+    monkeypatch.syspath_prepend(sys_path)
+    import make_scale_data
+    with pytest.raises(SystemExit):
+        make_scale_data.main(["--out", str(data), "--images", "2", "--maps", "1"])
+    assert sorted(p.name for p in data.rglob("*")) == ["coco", "mine.jpg", "train"]
+
+
+def test_benchmark_scale_rows_from_one_reading():
+    """--SCALE_BATCHES=10, the declared minimum: the probe's one reading is first and last."""
+    from benchmarks.dataset_scale import coco_rows
+    probe = {"images": 2, "segments": 3, "start_s": 1.0, "start_cpu_s": 1.0, "rss_before": 0,
+             "rss_after": 2 ** 20, "workers": 1, "uss": {"10": 5 * 2 ** 20}}
+    rows = {r["what"]: r["value"] for r in coco_rows(probe, probe)}
+    assert rows["  USS growth from batch 10 to 10"] == 0

@@ -15,7 +15,6 @@ and OpenSurfaces' ~25k label maps. Put it on a disk with room, outside the repos
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -115,8 +114,7 @@ def _write_jpeg(path, rng, shape=(HEIGHT, WIDTH)):
 
 
 def _fresh(folder):
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
+    os.makedirs(folder)   # inside --out, new or empty: nothing of anyone's is replaced
 
 
 def main(argv=None):
@@ -128,6 +126,9 @@ def main(argv=None):
     parser.add_argument("--maps", type=int, default=OPENSURFACES_MAPS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+        parser.error(f"--out {args.out}: exists and is not empty; the data is written only into "
+                     "a new or empty folder")
     annotations = args.annotations
     if annotations is None:
         annotations = round(args.images * TRAIN_ANNOTATIONS / TRAIN_IMAGES)
