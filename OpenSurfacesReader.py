@@ -262,7 +262,11 @@ def components_of(label_map, rule, min_area=1):
     """One scan of a label map read with `rule` (a LabelConvention) -> (its components of at
     least `min_area` pixels, by value then raster order; (value, pixels) rows of the values
     that are neither a class nor declared void)."""
-    classes, undeclared = rule.split(np.bincount(label_map.ravel()))
+    flat = label_map.ravel()
+    if flat.dtype.itemsize <= 2:   # a count per value up to 65535: small
+        classes, undeclared = rule.split(np.bincount(flat))
+    else:   # a count per value up to the largest (2**31 - 1: 16 GiB) would not be
+        classes, undeclared = rule.split_values(*np.unique(flat, return_counts=True))
     components = []
     for value in classes:
         components += _value_components(label_map, value, min_area)

@@ -47,6 +47,21 @@ def _jpeg_size(raw):
     return None
 
 
+def image_size(raw):
+    """(width, height) of an image from its bytes, its header only read (PNG and JPEG here,
+    other formats by Pillow's lazy open), or None when they do not tell it."""
+    size = header_size(raw[:1 << 16])
+    if size:
+        return size
+    try:
+        import io
+        from PIL import Image
+        with Image.open(io.BytesIO(raw)) as image:
+            return image.size
+    except Exception:   # not an image, no Pillow, or one Pillow calls a bomb: size unknown
+        return None
+
+
 def opencv_max_pixels():
     """The most pixels OpenCV decodes here."""
     try:

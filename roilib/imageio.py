@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from roilib.errors import UserError
-from roilib.imageinfo import size_problem, too_large
+from roilib.imageinfo import header_size, size_problem, too_large
 from roilib.outputs import atomic_write
 
 # The largest side OpenCV's encoders write in these formats (it refuses a larger one).
@@ -124,6 +124,12 @@ def _decode(path, flags=cv2.IMREAD_UNCHANGED, data=None):
     return array
 
 
+def read_raw(path, data=None):
+    """An image's pixels as stored (BGR or BGRA channel order, 8 or 16 bit), checked and
+    refused in one line like every read here. `data`: as read_image's."""
+    return _decode(path, data=data)
+
+
 def _to_uint8(path, array):
     if array.dtype == np.uint8:
         return array
@@ -133,9 +139,10 @@ def _to_uint8(path, array):
     raise UserError(f"{path}: unsupported pixel type {array.dtype} (expected 8 or 16 bit)")
 
 
-def read_image(path):
-    """Image file -> uint8 H×W×3 RGB (grayscale expanded, alpha dropped, 16 bit scaled)."""
-    array = _to_uint8(path, _decode(path))
+def read_image(path, data=None):
+    """Image file -> uint8 H×W×3 RGB (grayscale expanded, alpha dropped, 16 bit scaled).
+    `data`: the file's bytes (a uint8 array) already read; `path` then only names it."""
+    array = _to_uint8(path, _decode(path, data=data))
     if array.ndim == 2:
         return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
     channels = array.shape[2]
@@ -158,12 +165,12 @@ def _single_channel(array):
     return array[:, :, :3].max(axis=2)
 
 
-def read_mask(path, shape=None):
+def read_mask(path, shape=None, data=None):
     """Mask file -> uint8 H×W in {0, 1}. Two values (0/1, 0/255, 0/65535): nonzero is inside.
     An 8-bit mask with more than two values is a lossy save (JPEG blurs the edge and sprinkles
     low values around it): pixels above half its maximum are inside, with a one-line notice.
-    ``shape`` (H, W): the image's size, which the mask must match."""
-    values = _single_channel(_decode(path))
+    ``shape`` (H, W): the image's size, which the mask must match. `data`: as read_image's."""
+    values = _single_channel(_decode(path, data=data))
     mask = values > 0
     if values.dtype == np.uint8 and np.unique(values).size > 2:
         threshold = int(values.max()) / 2
@@ -187,14 +194,21 @@ def orientation_hint(found_hw, expected_hw):
     return ""
 
 
-def read_label_map(path):
+def read_label_map(path, data=None):
     """Label-map file -> 2D integer array of class/instance values, 8 or 16 bit kept as is.
     A palette PNG gives its indices (PASCAL VOC's format; cv2 would expand them to colours).
-    A 3-channel file whose channels are all equal is a gray map saved as colour and accepted."""
-    data = _read_bytes(path)
+    A 3-channel file whose channels are all equal is a gray map saved as colour and accepted.
+    Values are whole numbers >= 0: a float or a negative value is refused (a TIFF may hold
+    them). `data`: as read_image's."""
+    data = _read_bytes(path) if data is None else data
     if _is_palette_png(data):
         return _palette_indices(path, data)
     array = _decode(path, data=data)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise UserError(f"{path}: label map of {array.dtype} pixels; labels are whole numbers "
+                        "(an 8 or 16 bit PNG)")
+    if np.issubdtype(array.dtype, np.signedinteger) and array.min() < 0:
+        raise UserError(f"{path}: label map with negative values (down to {array.min()}); labels are >= 0")
     if array.ndim == 3:
         colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
         if not (colour == colour[:, :, :1]).all():
@@ -219,9 +233,17 @@ def _palette_indices(path, data):
     except ImportError:
         raise UserError(f"{path}: palette PNG; reading its indices needs Pillow "
                         f"(python3 -m pip install Pillow)") from None
+    problem = too_large(data[:1 << 16].tobytes())
+    if problem:
+        raise UserError(f"{path}: {problem}")
     try:
         with Image.open(io.BytesIO(data.tobytes())) as image:
             return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    except Image.DecompressionBombError:   # Pillow's own limit, below OpenCV's
+        width, height = header_size(data[:32].tobytes())
+        raise UserError(f"{path}: image too large to decode: palette PNG of {width}x{height} (WxH); "
+                        f"Pillow, which reads palette PNGs, takes at most "
+                        f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels") from None
     except (OSError, ValueError, SyntaxError):
         raise UserError(f"{path}: not an image or corrupt/truncated file") from None
 

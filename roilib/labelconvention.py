@@ -54,10 +54,15 @@ class LabelConvention:
         """A map's pixel count per value (np.bincount) -> (the class values present, rows of
         (value, pixels) of the values that are neither a class nor void)."""
         present = np.flatnonzero(counts)
-        present = present[~self.is_void(present)]
-        is_class = self.labels_of(present) >= 0
-        others = present[~is_class]
-        return present[is_class], np.stack([others, counts[others]], 1).astype(np.int64)
+        return self.split_values(present, counts[present])
+
+    def split_values(self, values, pixels):
+        """split() of the values present (ascending) and their pixel counts."""
+        values, pixels = np.asarray(values, np.int64), np.asarray(pixels, np.int64)
+        keep = ~self.is_void(values)
+        values, pixels = values[keep], pixels[keep]
+        is_class = self.labels_of(values) >= 0
+        return values[is_class], np.stack([values[~is_class], pixels[~is_class]], 1)
 
     def stem_of(self, image_name, is_image):
         """The part of an image's name its label file is named from (None: not an image, or

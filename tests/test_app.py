@@ -44,20 +44,26 @@ def inside_point(mask):
 
 
 # ---- the app's functions ---------------------------------------------------------------------
+def png_bytes(array):
+    """An upload as the editor's browser sends it: (name, the PNG's bytes)."""
+    ok, data = cv2.imencode(".png", array)
+    return "layer.png", data.tobytes()
+
+
 def test_brush_mask_is_the_painted_pixels():
     mask = read_mask(EXAMPLE_MASKS[2])
-    value = {"background": read_image(EXAMPLE_IMAGE), "layers": [painted_layer(mask)]}
-    assert np.array_equal(App.brush_mask(value, mask.shape), mask > 0)
+    value = {"background": EXAMPLE_IMAGE, "layers": [png_bytes(cv2.cvtColor(painted_layer(mask), cv2.COLOR_RGBA2BGRA))]}
+    assert np.array_equal(App.brush_mask(value, mask.shape, 10 ** 6), mask > 0)
     with pytest.raises(UserError, match="no region painted"):
-        App.brush_mask({"layers": [np.zeros(mask.shape + (4,), np.uint8)]}, mask.shape)
+        App.brush_mask({"layers": [png_bytes(np.zeros(mask.shape + (4,), np.uint8))]}, mask.shape, 10 ** 6)
 
 
 def test_photo_checks():
     with pytest.raises(UserError, match="no photo"):
         App.photo_from_editor({"background": None, "layers": []}, 10 ** 6)
-    rgba = np.zeros((40, 50, 4), np.uint8)
+    rgba = png_bytes(np.zeros((40, 50, 4), np.uint8))
     assert App.photo_from_editor({"background": rgba}, 2000).shape == (40, 50, 3)
-    with pytest.raises(UserError, match=r"50x40: more than the 1999 pixels"):
+    with pytest.raises(UserError, match=r"layer.png is 50x40: more than the 1999 pixels"):
         App.photo_from_editor({"background": rgba}, 1999)
 
 
@@ -67,18 +73,18 @@ def test_clicked_segment_instance_and_label_map(tmp_path):
     label_map[20:25, 30:38] = 5
     path = str(tmp_path / "map.png")
     cv2.imwrite(path, label_map)
-    whole = App.clicked_segment(path, (30, 40), 3, 3, whole_value=True)
+    whole = App.clicked_segment(path, (30, 40), 3, 3, True, 10 ** 4)
     assert whole.sum() == 36 + 40
-    piece = App.clicked_segment(path, (30, 40), 3, 3, whole_value=False)
+    piece = App.clicked_segment(path, (30, 40), 3, 3, False, 10 ** 4)
     assert piece.sum() == 36 and piece[3, 3] and not piece[21, 31]
-    background = App.clicked_segment(path, (30, 40), 15, 15, whole_value=False)
+    background = App.clicked_segment(path, (30, 40), 15, 15, False, 10 ** 4)
     assert background.sum() == 30 * 40 - 76     # a label map's value 0 may be a class
     with pytest.raises(UserError, match="value 0, no segment"):
-        App.clicked_segment(path, (30, 40), 15, 15, whole_value=True)
+        App.clicked_segment(path, (30, 40), 15, 15, True, 10 ** 4)
     with pytest.raises(UserError, match="outside the 40x30 photo"):
-        App.clicked_segment(path, (30, 40), 40, 3, whole_value=True)
+        App.clicked_segment(path, (30, 40), 40, 3, True, 10 ** 4)
     with pytest.raises(UserError, match="the map is 40x30 but the photo is 41x30"):
-        App.clicked_segment(path, (30, 41), 3, 3, whole_value=True)
+        App.clicked_segment(path, (30, 41), 3, 3, True, 10 ** 4)
 
 
 def test_analyse_gives_the_api_classes_window_and_heat_maps(classifier, expected):
@@ -130,9 +136,10 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def client(classifier):
-    app = App.build_app(classifier, 3, 10 ** 7, App.example_rows(1, ""))
+    examples = App.example_rows(1, "")
+    app = App.build_app(classifier, 3, 10 ** 7, examples)
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    App.serve(app, examples, 10 ** 7, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
     try:
         yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:
@@ -180,7 +187,8 @@ def test_served_mismatched_mask_refused(client, tmp_path):
     path = str(tmp_path / "small.png")
     cv2.imwrite(path, np.full((20, 30), 255, np.uint8))
     out = client.predict(editor_value(), gradio_client.handle_file(path), api_name="/classify_mask")
-    assert out[1] is None and "mask is 30x20 (WxH) but the image is 223x207" in out[4]
+    assert out[1] is None and "small.png: mask is 30x20 (WxH) but the image is 223x207" in out[4]
+    assert str(tmp_path) not in out[4] and "gradio" not in out[4]   # the base name only
 
 
 def test_box_of_the_window_is_drawn(classifier):
