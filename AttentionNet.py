@@ -1,11 +1,13 @@
 """AttentionNet: classify the region of an image marked by a binary ROI mask.
 
 Eppel, "Classifying a specific image region using convolutional nets with an ROI mask as
-input" (2018). A torchvision ResNet is the main branch; a side branch turns the ROI mask into
+input" (2018). A ResNet (the paper's) or an EfficientNet is the main branch
+(roilib/backbones.py); a side branch turns the ROI mask into
 attention maps that are added to and/or multiplied with feature maps (best: right after the
 first convolution), so the net looks at the region but still sees its surroundings.
 
     model = AttentionNet(num_classes=80, arch="resnet50", weights="imagenet")
+    model = AttentionNet(num_classes=11, arch="tf_efficientnet_lite0", weights="imagenet")  # offline
     logits = model(images, masks)       # images [B,3,H,W] RGB 0..255, masks [B,1,H,W] in {0,1}
     model.save("model.pt"); model = AttentionNet.from_checkpoint("model.pt")
     model = AttentionNet.from_pretrained("release/")   # Export.py --FORMAT=safetensors
@@ -21,11 +23,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from roilib.backbones import (ARCHS, build_backbone, last_channels, parts_of, run_stage,
+                              with_mask_channel)
 from roilib.checkpoint import (load_model_state, load_released_folder, model_checkpoint,
                                model_from_state, save_checkpoint)
-from roilib.weights import build_backbone
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 MODES = ("attention", "blackout", "crop", "crop+attention", "channel", "none")
 ATTENTION_MODES = ("attention", "crop+attention")   # the modes with a mask side branch
 # Context around the mask's box in the crop modes, as a fraction of its size on each side.
@@ -40,8 +42,6 @@ DEFAULT_CROP_MARGINS = {"crop": 0.5, "crop+attention": 1.5}
 MAX_CROP_MARGIN = 20
 MERGE_POINTS = ("stem", "layer1", "layer2", "layer3", "layer4")
 MERGES = ("add", "mul", "muladd")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def parse_attention(spec):
@@ -133,18 +133,15 @@ def masks_to_boxes_with_context(masks, margin, out_hw):
     return torch.stack([index, cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
 
 
-def _last_channels(layer):
-    return [m for m in layer.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
-
-
 class AttentionNet(nn.Module):
-    """ResNet main branch + ROI-mask side branch (or one of the baselines), see module doc."""
+    """Backbone main branch + ROI-mask side branch (or one of the baselines), see module doc.
+    `mean` and `std` (0..1 RGB) normalise the images; None: the backbone's (ImageNet's for the
+    ResNets, timm's for the EfficientNets)."""
 
     def __init__(self, num_classes, arch="resnet50", mode="attention", attention="stem", merge="add",
-                 weights=None, class_names=None, crop_margin=None, category_ids=None):
+                 weights=None, class_names=None, crop_margin=None, category_ids=None, mean=None, std=None):
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+        parts = parts_of(arch)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if merge not in MERGES:
@@ -158,20 +155,34 @@ class AttentionNet(nn.Module):
             crop_margin = DEFAULT_CROP_MARGINS.get(mode, 0.5)
         if not isinstance(crop_margin, (int, float)) or not 0 <= crop_margin <= MAX_CROP_MARGIN:
             raise ValueError(f"crop_margin must be in [0, {MAX_CROP_MARGIN}], got {crop_margin!r}")
+        mean, std = _normalisation(parts, arch, mean, std)
         self.config = {"arch": arch, "num_classes": int(num_classes), "mode": mode,
                        "attention": list(points), "merge": merge, "crop_margin": float(crop_margin),
                        "class_names": list(class_names) if class_names is not None else None,
                        # the dataset's own ids of the classes (COCO: 1..90; label maps: values)
-                       "category_ids": [int(i) for i in category_ids] if category_ids is not None else None}
-        self.backbone = build_backbone(arch, weights)
-        self.backbone.fc = nn.Linear(self.backbone.fc.in_features, num_classes)
+                       "category_ids": [int(i) for i in category_ids] if category_ids is not None else None,
+                       "mean": list(mean), "std": list(std)}
+        self.parts = parts   # how to run the backbone piece by piece (holds no weights)
+        self.backbone = net = build_backbone(arch, weights)
+        head = getattr(net, parts.classifier)
+        setattr(net, parts.classifier, nn.Linear(head.in_features, num_classes))
         if mode == "channel":
-            self.backbone.conv1 = _with_mask_channel(self.backbone.conv1)
-        channels = {"stem": self.backbone.conv1.out_channels}
-        channels.update({f"layer{i}": _last_channels(getattr(self.backbone, f"layer{i}")) for i in range(1, 5)})
+            setattr(net, parts.first_conv_name, with_mask_channel(self.first_conv))
+        channels = {"stem": self.first_conv.out_channels}
+        channels.update({p: last_channels(g) for p, g in zip(MERGE_POINTS[1:], parts.stages(net))})
         self.branches = nn.ModuleDict({p: MaskAttention(channels[p], merge) for p in points})
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @property
+    def first_conv(self):
+        """The backbone's first convolution: the stem merge point follows it."""
+        return getattr(self.backbone, self.parts.first_conv_name)
+
+    @property
+    def last_stage(self):
+        """The module whose output is pooled for the classifier (Grad-CAM's layer)."""
+        return self.parts.stages(self.backbone)[-1][-1]
 
     @property
     def class_names(self):
@@ -206,20 +217,14 @@ class AttentionNet(nn.Module):
         return self._main_branch(x, masks, batch)
 
     def _main_branch(self, x, masks, batch):
-        net = self.backbone
-        x = self._merge("stem", net.conv1(x), masks, batch)
-        x = net.maxpool(net.relu(net.bn1(x)))
-        for i in range(1, 5):
-            name = f"layer{i}"
-            x = self._merge(name, getattr(net, name)(x), masks, batch)
-        return net.fc(self._global_pool(x)).expand(batch, -1)
-
-    def _global_pool(self, x):
-        # An exported graph takes the mean: adaptive pooling would make torch.export demand
-        # that the last feature map is larger than 1x1, i.e. images larger than 32 pixels.
-        if torch.compiler.is_exporting():
-            return x.mean(dim=(2, 3))
-        return torch.flatten(self.backbone.avgpool(x), 1)
+        net, parts = self.backbone, self.parts
+        x = self._merge("stem", self.first_conv(x), masks, batch)
+        x = parts.after_stem(net, x)
+        for name, stage in zip(MERGE_POINTS[1:], parts.stages(net)):
+            x = self._merge(name, run_stage(stage, x), masks, batch)
+        # Global average pooling as a mean: the same numbers as adaptive pooling to 1x1, and
+        # torch.export keeps it dynamic down to a 1x1 feature map.
+        return getattr(net, parts.classifier)(x.mean(dim=(2, 3))).expand(batch, -1)
 
     def _merge(self, point, x, masks, batch):
         if point not in self.branches:
@@ -230,7 +235,7 @@ class AttentionNet(nn.Module):
 
     def normalize(self, images):
         x = (images.float() - self.mean) / self.std
-        if self.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+        if self.first_conv.weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -304,10 +309,11 @@ class AttentionNet(nn.Module):
         return model_from_state(state, path, lambda config: cls(weights=None, **config)).eval()   # loaded to predict
 
 
-def _with_mask_channel(conv):
-    """conv1 with a 4th input channel (the mask) whose weights start at 0 (Alpha-CLIP style)."""
-    new = nn.Conv2d(4, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
-    with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, :3] = conv.weight
-    return new
+def _normalisation(parts, arch, mean, std):
+    """(mean, std) as 3-tuples of floats in (0, 1]: the given ones, else the backbone's."""
+    default_mean, default_std = parts.normalisation(arch)
+    mean = tuple(float(v) for v in (default_mean if mean is None else mean))
+    std = tuple(float(v) for v in (default_std if std is None else std))
+    if len(mean) != 3 or len(std) != 3 or not all(0 <= v <= 1 for v in mean) or not all(0 < v <= 1 for v in std):
+        raise ValueError(f"mean and std must be 3 values in [0, 1] and (0, 1], got {mean} and {std}")
+    return mean, std

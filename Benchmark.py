@@ -35,8 +35,8 @@ from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 PARTS = "a,b,c,d,e"         # [list of a|b|c|d|e|f] which measurements to run
-ARCH = "resnet50"           # [resnet18|resnet34|resnet50|resnet101|resnet152] the architecture measured (the paper's)
-CONFIG_ARCH = "resnet18"    # [""|resnet18|resnet34|resnet50|resnet101|resnet152] also measured in (a): the configured default of Train.py ("" = skip)
+ARCH = "resnet50"           # [resnet18|resnet34|resnet50|resnet101|resnet152|tf_efficientnet_lite0|tf_efficientnet_lite1|tf_efficientnet_lite2|tf_efficientnet_lite3|tf_efficientnet_lite4|efficientnet_b0|efficientnet_b1|efficientnet_b2|efficientnet_b3] the architecture measured (the paper's)
+CONFIG_ARCH = "resnet18"    # [""|resnet18|resnet34|resnet50|resnet101|resnet152|tf_efficientnet_lite0|tf_efficientnet_lite1|tf_efficientnet_lite2|tf_efficientnet_lite3|tf_efficientnet_lite4|efficientnet_b0|efficientnet_b1|efficientnet_b2|efficientnet_b3] also measured in (a): the configured default of Train.py ("" = skip)
 BATCH = 8                   # [1..65536] training batch for (a) and (b)
 SIZE = 224                  # [32..8192] training crop side for (a) and (b)
 STEPS = 8                   # [1..1e6] timed steps in (a) (after WARMUP); (b) runs 4 * STEPS + warm-up

@@ -48,8 +48,8 @@ IGNORE = ""                 # label maps: comma-separated values neither a class
 CLASS_VALUES = ""           # label maps: comma-separated values of the classes in class order, e.g. Cityscapes ids ("" = all values in order but BACKGROUND and IGNORE)
 LABEL_NAMES = ""            # label maps: IMAGE_ENDING,LABEL_ENDING, e.g. _leftImg8bit.png,_gtFine_labelIds.png ("" = image stem + .png)
 MIN_AREA = 1                # [1..1e12] segments smaller than this (pixels) are not used
-ARCH = "resnet18"           # [resnet18|resnet34|resnet50|resnet101|resnet152] backbone (resnet50: the paper's)
-WEIGHTS = None              # None (random init) | imagenet | path to a torchvision ResNet state_dict
+ARCH = "resnet18"           # [resnet18|resnet34|resnet50|resnet101|resnet152|tf_efficientnet_lite0|tf_efficientnet_lite1|tf_efficientnet_lite2|tf_efficientnet_lite3|tf_efficientnet_lite4|efficientnet_b0|efficientnet_b1|efficientnet_b2|efficientnet_b3] backbone (resnet50: the paper's; EfficientNets through timm)
+WEIGHTS = None              # None (random init) | imagenet (offline for tf_efficientnet_lite0/1/2: see README) | path to a state_dict of the backbone
 MODE = "attention"          # [attention|crop+attention|blackout|crop|channel|none] attention, crop+attention, or one of the paper's baselines
 ATTENTION = "stem"          # [list of stem|layer1|layer2|layer3|layer4|all] merge points of the attention branch
 MERGE = "add"               # [add|mul|muladd] how attention maps merge with the feature map

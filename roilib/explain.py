@@ -111,7 +111,7 @@ def attention_map(model, images, masks, point=None):
 
 
 def grad_cam(model, images, masks, classes=None):
-    """[S,H,W] float numpy: Grad-CAM at layer4 of `classes` (one index per window; default the
+    """[S,H,W] float numpy: Grad-CAM at the last stage of `classes` (one index per window; default the
     predicted class), scaled to [0, 1]."""
     check_explainable(model)
     captured = {}
@@ -119,7 +119,7 @@ def grad_cam(model, images, masks, classes=None):
     def keep_output(module, inputs, output):
         captured["features"] = output
 
-    handle = model.backbone.layer4.register_forward_hook(keep_output)
+    handle = model.last_stage.register_forward_hook(keep_output)
     was_training = model.training
     model.eval()
     try:

@@ -18,8 +18,8 @@ MAX_JITTER = 100.0
 def check_weights(weights, setting):
     """None, "imagenet" or the path of an existing file (else an error naming `setting`)."""
     if weights not in (None, "none", "imagenet") and not os.path.isfile(weights):
-        raise UserError(f"{setting}={weights}: expected None, imagenet or the path of a ResNet "
-                        "state_dict (no such file)")
+        raise UserError(f"{setting}={weights}: expected None, imagenet or the path of a "
+                        "state_dict of the backbone (no such file)")
 
 
 def parse_jitter(text, setting):
