@@ -202,11 +202,11 @@ def build_backbone(arch, weights):
     if weights == "imagenet":
         parts.load_imagenet(net, arch)
     elif weights not in (None, "none"):
-        load_backbone_file(net, weights, parts.classifier)
+        load_backbone_file(net, weights, arch, parts.classifier)
     return net
 
 
-def load_backbone_file(net, path, classifier):
+def load_backbone_file(net, path, arch, classifier):
     """Load a state_dict of the backbone (possibly wrapped in {"state_dict"} or {"model"}, keys
     possibly prefixed "module." or "backbone."); its `classifier` is ignored because it is
     replaced for the task's classes."""
@@ -216,7 +216,7 @@ def load_backbone_file(net, path, classifier):
             state = state[key]
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
-    what = f"not a state_dict of this arch ({type(net).__name__})"
+    what = f"not a state_dict of {arch}"
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as e:   # shapes differ: another arch

@@ -313,7 +313,7 @@ def test_local_weights_file(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "r18.pth")
     model = AttentionNet(6, arch="resnet18", weights=str(tmp_path / "r18.pth"))
     torch.testing.assert_close(model.backbone.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
-    with pytest.raises(UserError, match="not a ResNet state_dict"):
+    with pytest.raises(UserError, match="not a state_dict of resnet50"):
         AttentionNet(6, arch="resnet50", weights=str(tmp_path / "r18.pth"))
 
 
