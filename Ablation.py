@@ -17,8 +17,10 @@ other settings stops it with one line (another --NAME, or --RETRAIN=True).
 import concurrent.futures
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import Train
@@ -98,6 +100,7 @@ def main():
     except ValueError:
         raise UserError(f"--SEEDS={cfg.SEEDS}: expected comma-separated integers") from None
     resolve_device(cfg.DEVICE, setting="--DEVICE")   # a wrong device stops here, not in the first of many runs
+    stop_children_on_signals()
     check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE, ("MIN_SIZE", "MAX_SIZE"))
     folder = os.path.join(REPO, cfg.LOG_DIR, cfg.NAME)   # an absolute LOG_DIR stays as it is
     runs = os.path.join(folder, "runs")
@@ -210,9 +213,9 @@ def run_variant(variant, seed, runs, cfg, device=None, env=None):
         raise UserError(f"{run_dir} was trained with other settings ({'; '.join(changed)}); use "
                         "another --NAME, or --RETRAIN=True to train it again (the old run is moved aside)")
     overrides["RESUME"] = not changed   # --RETRAIN: Train.py moves the old run aside
-    if not changed and os.path.exists(eval_path) and read_json(eval_path).get("step") == cfg.STEPS:
+    if not changed and os.path.exists(eval_path) and read_eval(eval_path).get("step") == cfg.STEPS:
         print(f"  done before: {run}", flush=True)
-        return read_json(eval_path)
+        return read_eval(eval_path)
     if cfg.REPORT_ONLY:
         print(f"  not done yet: {run}", flush=True)
         return None
@@ -221,7 +224,7 @@ def run_variant(variant, seed, runs, cfg, device=None, env=None):
     call("EvaluateAccuracy.py", {"CHECKPOINT": os.path.join(run_dir, "last.pt"), "DATASET": cfg.DATASET,
                                  "IMAGES": cfg.VAL_IMAGES, "ANNOTATIONS": cfg.VAL_ANNOTATIONS,
                                  "OUT": run_dir, "DEVICE": device, "WORKERS": cfg.WORKERS, "AMP": cfg.AMP}, env)
-    return read_json(eval_path)
+    return read_eval(eval_path)
 
 
 def settings_changed(run_dir, overrides):
@@ -239,10 +242,11 @@ def settings_changed(run_dir, overrides):
 
 
 def read_json(path):
-    """A JSON object written by a run (config.json, eval.json): one line if it is damaged."""
+    """A JSON object written by a run (config.json, eval.json): one line if it is damaged
+    (a bare NaN, which no run writes, included: it would reach results.json)."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = json.load(f, parse_constant=not_json)
     except (OSError, ValueError) as error:
         raise UserError(f"{path}: cannot be read ({error}); delete it, or use another --NAME") from None
     if not isinstance(data, dict):
@@ -250,14 +254,68 @@ def read_json(path):
     return data
 
 
+def not_json(word):
+    raise ValueError(f"{word} is not JSON")
+
+
+# What the report reads of an eval.json: rows of (name, figure) and the overall figures.
+EVAL_ROWS = {"per_class": ("class", "accuracy"), "by_size": ("bin", "mean_class_accuracy")}
+
+
+def read_eval(path):
+    """An eval.json with the figures the report reads (one of an older version lacks some)."""
+    result = read_json(path)
+
+    def figure(value):
+        return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+    rows_ok = all(isinstance(result.get(key), list) and all(
+        isinstance(row, dict) and isinstance(row.get(name), str) and figure(row.get(value, ""))
+        for row in result[key]) for key, (name, value) in EVAL_ROWS.items())
+    if not rows_ok or not all(figure(result.get(key, "")) for key in ("accuracy", "mean_class_accuracy")):
+        raise UserError(f"{path}: not an evaluation of this version (per_class, by_size or the accuracies "
+                        "missing); delete it to evaluate the run again, or use another --NAME")
+    return result
+
+
 def arguments(overrides):
     """--NAME=value arguments of a script, as Ablation passes them on."""
     return [f"--{k}={'None' if v is None else v}" for k, v in overrides.items()]
 
 
+# The scripts this process runs now (Train.py, EvaluateAccuracy.py): stopped when it is.
+CHILDREN = set()
+_children_lock = threading.Lock()
+STOPPING = threading.Event()   # set by a signal: no script starts after it
+
+
+def stop_children_on_signals():
+    """SIGTERM (or SIGHUP) stops the running scripts too, then this process: an orphaned
+    Train.py would go on training and hold its run against the next Ablation."""
+    def stop(signum, frame):
+        with _children_lock:
+            STOPPING.set()
+            for child in CHILDREN:
+                child.terminate()
+        raise SystemExit(128 + signum)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
+
+
 def call(script, overrides, env=None):
-    completed = subprocess.run([sys.executable, os.path.join(REPO, script), *arguments(overrides)], cwd=REPO,
-                               capture_output=True, text=True, env={**os.environ, **(env or {})})
+    with subprocess.Popen([sys.executable, os.path.join(REPO, script), *arguments(overrides)], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, **(env or {})}) as child:
+        with _children_lock:
+            if STOPPING.is_set():
+                child.terminate()
+            CHILDREN.add(child)
+        try:
+            stdout, stderr = child.communicate()
+        finally:
+            with _children_lock:
+                CHILDREN.discard(child)
+    completed = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     if completed.returncode != 0:
         tail = (completed.stderr.strip() or completed.stdout.strip()).splitlines()[-1:]
         raise UserError(f"{script} failed for {overrides.get('RUN') or overrides.get('CHECKPOINT')}: "

@@ -10,7 +10,6 @@ Deterministic and scale-true: every segment once, in the window the model was tr
 (native scale, centred on the segment; see roilib/windows.py), windows of many images batched.
 """
 import csv
-import json
 import os
 
 import torch
@@ -22,7 +21,7 @@ from roilib import cli
 from roilib.errors import UserError, one_line
 from roilib.evaluation import predict_dataset
 from roilib.metrics import summarize
-from roilib.outputs import atomic_write, check_writable_folder
+from roilib.outputs import atomic_write, check_writable_folder, write_json
 from roilib.paths import find_checkpoint
 from roilib.runtime import amp_dtype, precision_name, resolve_device
 from roilib.windows import WINDOW_RULE, check_memory, model_window
@@ -178,8 +177,7 @@ def pct(value):
 
 
 def write_outputs(result, folder):
-    with atomic_write(os.path.join(folder, "eval.json")) as f:
-        json.dump(result, f, indent=1)
+    write_json(os.path.join(folder, "eval.json"), result, indent=1)
     with atomic_write(os.path.join(folder, "eval_by_size.csv"), newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["bin", "min_area", "max_area", "count", "accuracy", "mean_class_accuracy"])
@@ -193,6 +191,8 @@ def write_outputs(result, folder):
             writer.writerow([row["class"], row["count"], row["accuracy"]])
     from roilib.plots import plot_accuracy_by_size, plot_confusion
     plot_accuracy_by_size({"model": result["by_size"]}, os.path.join(folder, "eval_accuracy_by_size.png"))
+    if result["confusion"] is None:   # too many classes for a matrix (its cells are in eval.json)
+        return list(OUTPUTS[:-1])
     plot_confusion(result["confusion"], [r["class"] for r in result["per_class"]],
                    os.path.join(folder, "eval_confusion.png"))
     return list(OUTPUTS)

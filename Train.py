@@ -190,7 +190,7 @@ def train_in(run_dir, progress, cfg, params, jitter, window, dist, device):
         optimizer = make_optimizer(model, cfg.LR, cfg.WEIGHT_DECAY)
         # The cosine spans the STEPS the run began with; steps added later run at its end value.
         # A resumed run keeps its schedule's shape (runs saved before the cap: uncapped).
-        schedule_steps = state.get("schedule_steps", state["params"]["STEPS"]) if state else cfg.STEPS
+        schedule_steps = state.get("schedule_steps", state["params"].get("STEPS", cfg.STEPS)) if state else cfg.STEPS
         warmup = (state.get("warmup_steps", cfg.WARMUP_STEPS) if state
                   else warmup_steps(cfg.WARMUP_STEPS, schedule_steps))
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -334,6 +334,8 @@ def as_read(p):
     """A parameter dict as it is read: the ADDED ones a run stored before them had in effect,
     and its four data paths with defaults filled in, absolute."""
     p = {**ADDED, **p}
+    if not all(isinstance(p.get(name), str) for name in ("DATASET", *DATA_PATHS)):
+        return p   # stored by an older version (or edited): compared as stored, the difference named
     paths = (*resolve_paths(p["DATASET"], "train", p["TRAIN_IMAGES"], p["TRAIN_ANNOTATIONS"]),
              *resolve_paths(p["DATASET"], "val", p["VAL_IMAGES"], p["VAL_ANNOTATIONS"]))
     return dict(p, **{name: os.path.abspath(path) for name, path in zip(DATA_PATHS, paths)})

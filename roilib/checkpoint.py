@@ -76,7 +76,20 @@ def _load_checkpoint(path, map_location):
     if not isinstance(state, dict):
         raise UserError(f"{path}: not a checkpoint (expected a dict, found {type(state).__name__})")
     check_stored_window(state, path)
+    check_stored_values(state, path)
     return state
+
+
+def check_stored_values(state, path):
+    """Refuse a stored step that is not a count (NaN would reach eval.json) and stored
+    parameters that are not a dict: one line here, not a traceback in a script."""
+    step = state.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise UserError(f"{path}: the stored step {step!r} is not a whole number >= 0; the file is "
+                        "damaged or was edited")
+    if state.get("params") is not None and not isinstance(state["params"], dict):
+        raise UserError(f"{path}: the stored parameters are a {type(state['params']).__name__}, not a "
+                        "dict; the file is damaged or was edited")
 
 
 def out_of_memory(error):
@@ -146,6 +159,7 @@ def load_released_folder(folder, map_location="cpu"):
                             "`python Export.py --FORMAT=safetensors` writes one")
     state = read_release_config(config_path)
     check_stored_window(state, config_path)
+    check_stored_values(state, config_path)
     state["model"] = read_safetensors(weights_path, map_location)
     return state
 

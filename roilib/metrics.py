@@ -8,6 +8,9 @@ SIZE_BINS = [(0, 1000, "<1k"), (1000, 2000, "1k-2k"), (2000, 4000, "2k-4k"), (40
              (8000, 16000, "8k-16k"), (16000, 32000, "16k-32k"), (32000, 64000, "32k-64k"),
              (64000, 128000, "64k-128k"), (128000, 256000, "128k-256k"), (256000, 500000, "256k-500k"),
              (500000, 1000000, "500k-1M"), (1000000, math.inf, ">=1M")]
+# Classes up to which eval.json holds the whole confusion matrix (8 MB as int64); beyond, only
+# its nonzero cells (a 20000-class matrix would be 3.2 GB, its JSON larger).
+DENSE_CONFUSION = 1000
 COCO_BINS = [(0, 32 ** 2, "small"), (32 ** 2, 96 ** 2, "medium"), (96 ** 2, math.inf, "large")]
 
 
@@ -38,8 +41,7 @@ def summarize(labels, preds, areas, class_names, topk=None):
     num_classes = len(class_names)
     overall = group_summary(labels, preds, num_classes)
     per_class, counts = class_accuracies(labels, preds, num_classes)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, preds), 1)
+    cells, cell_counts = np.unique(labels * num_classes + preds, return_counts=True)
     result = dict(overall)
     if topk is not None and len(labels):
         topk = np.asarray(topk)
@@ -48,7 +50,13 @@ def summarize(labels, preds, areas, class_names, topk=None):
                            for name, c, a in zip(class_names, counts, per_class)]
     result["by_size"] = by_bins(labels, preds, areas, num_classes, SIZE_BINS)
     result["coco_size"] = by_bins(labels, preds, areas, num_classes, COCO_BINS)
-    result["confusion"] = confusion.tolist()
+    if num_classes <= DENSE_CONFUSION:
+        confusion = np.zeros(num_classes * num_classes, dtype=np.int64)
+        confusion[cells] = cell_counts
+        result["confusion"] = confusion.reshape(num_classes, num_classes).tolist()
+    else:   # [[true, predicted, count], ...] of the nonzero cells
+        result["confusion"] = None
+        result["confusion_cells"] = np.stack([cells // num_classes, cells % num_classes, cell_counts], 1).tolist()
     return result
 
 

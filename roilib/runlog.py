@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import sys
+import threading
 import time
 
 import torch
@@ -119,6 +120,7 @@ class RunLogger:
             return
         # Events after the resumed step were written by the interrupted run: hidden.
         purge = self.first_step + 1 if resumed_step is not None else None
+        quiet_event_writer_failures()
         with writing(run_dir, "the TensorBoard events", KEPT):
             self.tensorboard = SummaryWriter(run_dir, purge_step=purge)
 
@@ -200,3 +202,18 @@ class RunLogger:
                  if self.first_step or step < self.steps else "")
         self.print(f"done: {ran} steps in {minutes:.1f} min{total}; {saved}\n"
                    f"next: python EvaluateAccuracy.py --CHECKPOINT={evaluate}")
+
+
+def quiet_event_writer_failures():
+    """TensorBoard's writer thread dies on a failed write (a full disk) with a traceback of its
+    own; the main thread re-raises that error at its next flush or close, where it becomes one
+    line. So that thread's OSError is not printed (every other thread's error still is)."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_event_writer", False):
+        return
+
+    def hook(args):
+        if not (issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+    hook.quiet_event_writer = True
+    threading.excepthook = hook

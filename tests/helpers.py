@@ -25,6 +25,19 @@ def run_script(script, *args, check=True, env=None):
     return result
 
 
+def png(width, height, colour_type=0, body=b"\0"):
+    """A PNG whose header claims width x height over a tiny, truncated body (a header bomb;
+    colour_type=3: a palette PNG, read by Pillow)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    palette = chunk(b"PLTE", bytes(range(6))) if colour_type == 3 else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))
+            + palette + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b""))
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from roilib import demo as demo_module
-from roilib.errors import one_line
+from roilib.errors import UserError, one_line
 
 
 def test_class_names_are_printed_with_control_characters_escaped():
@@ -79,3 +79,109 @@ def test_benchmark_scale_rows_from_one_reading():
              "rss_after": 2 ** 20, "workers": 1, "uss": {"10": 5 * 2 ** 20}}
     rows = {r["what"]: r["value"] for r in coco_rows(probe, probe)}
     assert rows["  USS growth from batch 10 to 10"] == 0
+
+
+# ---- numbers and run files that lie ---------------------------------------------------------
+@pytest.mark.parametrize("field,value,words", [("step", float("nan"), "stored step nan"),
+                                               ("step", -1, "stored step -1"),
+                                               ("params", ["DATASET"], "stored parameters are a list")])
+def test_checkpoint_fields_of_the_wrong_kind_are_one_line(example_checkpoint, tmp_path, field, value, words):
+    import torch
+    from roilib.checkpoint import load_model_state
+    state = torch.load(example_checkpoint, weights_only=True)
+    state[field] = value
+    torch.save(state, tmp_path / "edited.pt")
+    with pytest.raises(UserError, match=words):
+        load_model_state(tmp_path / "edited.pt")
+
+
+def test_twenty_thousand_classes_keep_the_confusion_sparse():
+    from roilib.metrics import summarize
+    labels, preds = np.array([0, 5, 19999, 5]), np.array([0, 7, 19999, 5])
+    result = summarize(labels, preds, np.full(4, 100), [f"c{i}" for i in range(20000)])
+    assert result["confusion"] is None
+    assert sorted(result["confusion_cells"]) == [[0, 0, 1], [5, 5, 1], [5, 7, 1], [19999, 19999, 1]]
+    small = summarize(labels % 10, preds % 10, np.full(4, 100), [f"c{i}" for i in range(10)])
+    assert np.trace(np.asarray(small["confusion"])) == 3 and "confusion_cells" not in small
+
+
+@pytest.mark.parametrize("text,words", [('{"per_class": [], "by_size": [], "accuracy": NaN, "mean_class_accuracy": 1}',
+                                         "NaN is not JSON"),
+                                        ('{"accuracy": 1, "mean_class_accuracy": 1, "by_size": []}',
+                                         "not an evaluation of this version")])
+def test_ablation_refuses_an_eval_json_it_cannot_report(tmp_path, text, words):
+    import Ablation
+    (tmp_path / "eval.json").write_text(text)
+    with pytest.raises(UserError, match=words):
+        Ablation.read_eval(tmp_path / "eval.json")
+
+
+def test_older_run_files_are_compared_not_a_key_error(tmp_path):
+    import json
+    import Ablation
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"params": {"STEPS": 10, "ARCH": "resnet18"}}))
+    overrides = {name: getattr(Ablation, name) for name in Ablation.SHARED}
+    changed = Ablation.settings_changed(str(run), overrides)
+    assert any(line.startswith("DATASET: None -> ") for line in changed)
+
+
+def test_sigterm_stops_the_ablations_running_script(tmp_path, monkeypatch):
+    import signal
+    import threading
+    import time
+    import Ablation
+    monkeypatch.setattr(Ablation, "STOPPING", threading.Event())
+    previous = signal.getsignal(signal.SIGTERM)
+    pid_file = tmp_path / "pid"
+    script = tmp_path / "sleeper.py"
+    script.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    failures = []
+    thread = threading.Thread(target=lambda: failures.append(pytest.raises(UserError, Ablation.call, str(script), {"RUN": "r"})))
+    try:
+        Ablation.stop_children_on_signals()
+        thread.start()
+        for _ in range(3000):   # the script has started (a minute at most)
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.02)
+        with pytest.raises(SystemExit):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)   # the handler raises in this (the main) thread long before
+        thread.join(30)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not thread.is_alive() and failures   # the script was ended, and call() said so
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
+def test_a_full_disk_in_tensorboards_writer_thread_prints_no_traceback(monkeypatch):
+    import errno
+    import threading
+    from roilib.runlog import quiet_event_writer_failures
+    shown = []   # what the hook before it (the one that prints tracebacks) is handed
+    monkeypatch.setattr(threading, "excepthook", lambda args: shown.append(args.exc_type))
+
+    class _AsyncWriterThread(threading.Thread):   # TensorBoard's, by name
+        def run(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    quiet_event_writer_failures()
+    for thread in (_AsyncWriterThread(), threading.Thread(target=lambda: 1 / 0)):
+        thread.start()
+        thread.join()
+    assert shown == [ZeroDivisionError]   # any other thread's error still shows
+
+
+def test_palette_bomb_in_a_dataset_scan_is_a_counted_skip(data, tmp_path, capfd):
+    import shutil
+    from helpers import png
+    from OpenSurfacesReader import OpenSurfacesReader
+    from roilib.demo import CLASS_NAMES
+    folder = tmp_path / "split"
+    shutil.copytree(data / "val", folder)
+    (folder / "labels" / "00003.png").write_bytes(png(20000, 20000, colour_type=3))
+    reader = OpenSurfacesReader(folder / "images", folder / "labels", class_names=CLASS_NAMES)
+    assert "00003.png: image too large to decode" in capfd.readouterr().err
+    assert "unreadable label maps skipped: 1 (first: " in reader.summary()

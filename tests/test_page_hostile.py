@@ -3,17 +3,15 @@ through every entry point that takes it (RunPrediction.py, RegionClassifier, the
 each answers one line naming the file by its base name, or counts a skip; none decodes an
 upload beyond the page's limit, serves a file beside its examples, or mixes two requests."""
 import os
-import struct
 import urllib.error
 import urllib.request
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pytest
 
-from helpers import EXAMPLE_IMAGE, EXAMPLE_MASKS, ROOT, run_in_process
+from helpers import EXAMPLE_IMAGE, EXAMPLE_MASKS, ROOT, png, run_in_process
 from RegionClassifier import RegionClassifier
 from roilib.crops import BoxMask
 from roilib.errors import UserError
@@ -25,15 +23,6 @@ gradio_client = pytest.importorskip("gradio_client")
 import App  # noqa: E402
 
 EXAMPLE_MAP = os.path.join(ROOT, "Test", "example_labels.png")
-
-
-def png(width, height, colour_type=0, body=b"\0"):
-    """A PNG whose header claims width x height over a tiny, truncated body (a header bomb)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    palette = chunk(b"PLTE", bytes(range(6))) if colour_type == 3 else b""
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))
-            + palette + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b""))
 
 
 def tiff(array):
