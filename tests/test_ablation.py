@@ -136,7 +136,8 @@ def fake_runs(tmp_path, monkeypatch):
             run_dir.mkdir(exist_ok=True)
             params = cli.parse_parameters(vars(Train), Train.__file__, Ablation.arguments(overrides))
             (run_dir / "config.json").write_text(json.dumps({"params": params}))
-            (run_dir / "eval.json").write_text(json.dumps({"step": params["STEPS"]}))
+            result = dict(fake_eval(0.5, {"a": 0.5}), step=params["STEPS"])
+            (run_dir / "eval.json").write_text(json.dumps(result))
     monkeypatch.setattr(Ablation, "call", call)
     Ablation.run_variant("stem", 0, str(tmp_path), ablation_config())
     assert [script for script, _ in calls] == ["Train.py", "EvaluateAccuracy.py"]
@@ -152,7 +153,7 @@ def fake_runs(tmp_path, monkeypatch):
 def test_a_run_is_reused_only_with_the_settings_it_learned_with(fake_runs, tmp_path, capsys, args, changed):
     cfg = ablation_config(*args)
     if changed is None:
-        assert Ablation.run_variant("stem", 0, str(tmp_path), cfg) == {"step": 3}
+        assert Ablation.run_variant("stem", 0, str(tmp_path), cfg)["step"] == 3
         assert fake_runs == [] and "done before: stem-s0" in capsys.readouterr().out
         return
     with pytest.raises(UserError, match=f"trained with other settings \\({changed}.*--NAME.*--RETRAIN=True"):
