@@ -66,9 +66,9 @@ def serve(app, examples, max_pixels, **launch):
 
 # ---- what the page receives: uploads read within the page's limits ------------------------
 def upload_bytes(upload, max_pixels):
-    """(base name, bytes as a uint8 array) of an upload: (name, path or bytes) as the page's
-    editor hands it, or a path (a file box). Refused before any decoding when its header does
-    not tell its size or tells more than `max_pixels`; messages name it by its base name only."""
+    """(base name, bytes as a uint8 array, (width, height)) of an upload: (name, path or bytes)
+    from the editor, or a path (a file box); refused before decoding when its header does not
+    tell its size or tells more than `max_pixels`."""
     name, source = upload if isinstance(upload, tuple) else (os.path.basename(str(upload)), upload)
     if isinstance(source, (bytes, bytearray)):
         data = np.frombuffer(bytes(source), np.uint8)
@@ -94,13 +94,14 @@ def photo_from_editor(value, max_pixels):
     background = value.get("background") if isinstance(value, dict) else None
     if background is None:
         raise UserError("no photo: upload one or pick an example first")
-    name, data, _ = upload_bytes(background, max_pixels)
-    return read_image(name, data=data)
+    return read_image(*upload_bytes(background, max_pixels)[:2])
 
 
 def brush_mask(value, shape, max_pixels):
     """The painted region: every pixel that a brush layer covers (alpha > 0)."""
     painted = np.zeros(shape[:2], bool)
+    if len(value.get("layers") or []) > MAX_LAYERS:   # the page's editor sends one
+        raise UserError(f"{len(value['layers'])} painted layers: the page takes at most {MAX_LAYERS}")
     for upload in value.get("layers") or []:
         name, data, (width, height) = upload_bytes(upload, max_pixels)
         if (height, width) != tuple(shape[:2]):   # before decoding it
@@ -113,11 +114,6 @@ def brush_mask(value, shape, max_pixels):
     return painted
 
 
-def read_map_upload(upload, max_pixels):
-    name, data, _ = upload_bytes(upload, max_pixels)
-    return read_label_map(name, data=data)
-
-
 def clicked_segment(map_upload, shape, x, y, whole_value, max_pixels):
     """The segment of the instance or label map at pixel (x, y): every pixel of its value
     (`whole_value`: an instance map, where 0 is no segment) or the connected piece of that value
@@ -127,7 +123,7 @@ def clicked_segment(map_upload, shape, x, y, whole_value, max_pixels):
                         "(or click the map)")
     if not map_upload:
         raise UserError("no instance or label map: upload one first")
-    label_map = read_map_upload(map_upload, max_pixels)
+    label_map = read_label_map(*upload_bytes(map_upload, max_pixels)[:2])
     if label_map.shape[:2] != tuple(shape[:2]):
         raise UserError(f"the map is {label_map.shape[1]}x{label_map.shape[0]} but the photo is "
                         f"{shape[1]}x{shape[0]}: a map must have the photo's size")
@@ -153,13 +149,11 @@ def map_view(value, map_upload, max_pixels):
     """The photo under the map's segments, each value in its own colour (what one clicks on)."""
     if not map_upload:
         return None
-    label_map = read_map_upload(map_upload, max_pixels)
+    label_map = read_label_map(*upload_bytes(map_upload, max_pixels)[:2])
     view = np.where((label_map == 0)[..., None], np.uint8(0), HUES[label_map % 180])
-    background = value.get("background") if isinstance(value, dict) else None
-    if background is not None:
+    if isinstance(value, dict) and value.get("background") is not None:
         photo = photo_from_editor(value, max_pixels)
-        if photo.shape[:2] == label_map.shape:
-            view = cv2.addWeighted(photo, 0.5, view, 0.5, 0)
+        view = cv2.addWeighted(photo, 0.5, view, 0.5, 0) if photo.shape[:2] == label_map.shape else view
     return view
 
 
@@ -173,7 +167,7 @@ def analyse(classifier, photo, mask, topk):
     box = classifier.window_box(photo.shape[:2], region)
     outlined = draw_regions(photo, [region], [f"{one_line(result['class'])} {result['probability']:.2f}"], [box])
     scores = {one_line(t["class"]): t["probability"] for t in result["topk"]}
-    message = (f"**{one_line(result['class'])}** ({result['probability']:.2f}); region of {result['area']} px, "
+    message = (f"**{markdown_text(result['class'])}** ({result['probability']:.2f}); region of {result['area']} px, "
                f"seen in a {classifier.window[1]}x{classifier.window[0]} window (the box)")
     try:
         panel = classifier.explain(photo, [region])[0]
@@ -198,7 +192,14 @@ def answer_or_message(work):
 def public(error):
     """An error's text for the page: one line, control characters escaped, and any path
     shortened to its base name (the server's folders are none of a visitor's business)."""
-    return re.sub(r"(?:[A-Za-z]:)?[\\/](?:[^\\/\s'\"]+[\\/])+([^\\/\s'\"]+)", r"\1", one_line(error))
+    return markdown_text(re.sub(r"(?:[A-Za-z]:)?[\\/](?:[^\\/\s'\"]+[\\/])+([^\\/\s'\"]+)", r"\1", str(error)))
+
+
+def markdown_text(text):
+    """Text from a file or an upload (a class name, a file name) shown as itself in the page's
+    Markdown: one line, control characters escaped, and the characters of links, images,
+    code and HTML escaped (never an image fetched from elsewhere, or HTML)."""
+    return re.sub(r"([\\`\[\]<>])", r"\\\1", one_line(text))
 
 
 def example_rows(count, camvid):
@@ -225,16 +226,15 @@ def inside(path, root):
 
 
 # ---- the page --------------------------------------------------------------------------------
+MAX_LAYERS = 4   # brush layers read per request (the editor sends one)
 CONCURRENT = 2   # requests answered at once: one at the model (its lock), one decoding
 MAX_PENDING = 64   # editor uploads held in memory until their request comes (the oldest dropped)
 
 
 def build_app(classifier, topk, max_pixels, examples=(), queue=16):
-    """The Gradio page around a loaded classifier (loaded once, shared by every request; its
-    lock runs one forward at a time). CONCURRENT requests are answered at once, `queue` more
-    wait, and any beyond are answered "busy" (Gradio's "queue is full"). Uploads reach the
-    page's functions undecoded, and are decoded only after their header passes `max_pixels`.
-    API names (gradio_client): classify_brush, classify_mask, classify_click."""
+    """The Gradio page around a classifier shared by every request (its lock: one forward at a
+    time). CONCURRENT requests are answered at once, `queue` more wait, any beyond are answered
+    "queue is full". API names: classify_brush, classify_mask, classify_click."""
     import gradio as gr
     from gradio.components.base import server
 
@@ -259,8 +259,7 @@ def build_app(classifier, topk, max_pixels, examples=(), queue=16):
 
         @server
         def accept_blobs(self, data):
-            """The browser's upload of the editor's pictures, bounded: one layer, and at most
-            MAX_PENDING uploads held (Gradio's would grow a list to any index it is sent)."""
+            """The editor's pictures from the browser: one layer, MAX_PENDING held at most."""
             if str(data.data.get("index")) not in ("None", "null", "0"):
                 raise gr.Error("the editor has one layer")
             super().accept_blobs(data)
@@ -285,7 +284,7 @@ def build_app(classifier, topk, max_pixels, examples=(), queue=16):
             if not mask_path:
                 raise UserError("no mask file: upload a PNG with 0 outside the region")
             name, data, _ = upload_bytes(mask_path, max_pixels)
-            return analyse(classifier, photo, read_mask(name, photo.shape, data=data), topk)
+            return analyse(classifier, photo, read_mask(name, photo.shape, data), topk)
         return answer_or_message(work)
 
     def by_click(value, map_path, whole_value, x, y):

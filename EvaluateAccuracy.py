@@ -105,7 +105,7 @@ def output_folder(out, checkpoint):
 def evaluation_paths(cfg, state):
     """(dataset name, images, annotations): the parameters' data, or by default the validation
     set the checkpoint was trained with (Train.py's parameters stored in it)."""
-    trained = state.get("params") if isinstance(state.get("params"), dict) else {}
+    trained = trained_params(state)
     dataset_name = cfg.DATASET or trained.get("DATASET") or "demo"
     images, annotations = cfg.IMAGES, cfg.ANNOTATIONS
     if not cfg.DATASET and not cfg.IMAGES and not cfg.ANNOTATIONS:
@@ -113,10 +113,30 @@ def evaluation_paths(cfg, state):
     return (dataset_name, *resolve_paths(dataset_name, "val", images, annotations))
 
 
+# Train.py's parameters this script takes from a checkpoint: the type each must have, and the
+# parameter here that overrides it.
+TRAINED = {"DATASET": (str, "DATASET"), "VAL_IMAGES": (str, "IMAGES"), "VAL_ANNOTATIONS": (str, "ANNOTATIONS"),
+           "MIN_AREA": (int, "MIN_AREA"), "CLASS_NAMES": (list, "CLASS_NAMES")}
+
+
+def trained_params(state):
+    """The checkpoint's stored parameters that this script reads, each checked (one line for an
+    edited or damaged file, not a traceback deep in a reader)."""
+    trained = state.get("params") or {}
+    for name, (kind, override) in TRAINED.items():
+        value = trained.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                  or kind is list and not all(isinstance(v, str) for v in value)):
+            raise UserError(f"the checkpoint's stored {name}={value!r} is not a {kind.__name__}"
+                            f"{' of names' if kind is list else ''}: the file is damaged or was edited; "
+                            f"give --{override} to override it")
+    return trained
+
+
 def open_evaluation_set(cfg, state, checkpoint, dataset_name, images, annotations):
     """The reader of evaluation_paths' data, with the checkpoint's class names, label-map
     convention and MIN_AREA unless the parameters say."""
-    trained = state.get("params") if isinstance(state.get("params"), dict) else {}
+    trained = trained_params(state)
     names = cfg.CLASS_NAMES if cfg.CLASS_NAMES is not None else trained.get("CLASS_NAMES")
     given = {"BACKGROUND": cfg.BACKGROUND, "IGNORE": cfg.IGNORE, "CLASS_VALUES": cfg.CLASS_VALUES,
              "LABEL_NAMES": cfg.LABEL_NAMES}

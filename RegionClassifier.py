@@ -144,6 +144,8 @@ def as_box_masks(masks, shape):
     size `shape` (H, W) and refused when empty."""
     if isinstance(masks, (str, os.PathLike, BoxMask)) or (isinstance(masks, np.ndarray) and masks.ndim == 2):
         masks = [masks]
+    if isinstance(masks, np.ndarray) and masks.ndim == 3:   # a stack of masks
+        masks = list(masks)
     if not isinstance(masks, (list, tuple)):
         raise UserError(f"masks: expected a path, an array or a list of them, got {type(masks).__name__}")
     if len(masks) == 0:

@@ -95,6 +95,18 @@ def test_checkpoint_fields_of_the_wrong_kind_are_one_line(example_checkpoint, tm
         load_model_state(tmp_path / "edited.pt")
 
 
+def test_evaluation_refuses_stored_parameters_of_the_wrong_type(example_checkpoint, tmp_path, capsys, monkeypatch):
+    import torch
+    from helpers import run_in_process
+    state = torch.load(example_checkpoint, weights_only=True)
+    state["params"] = {"MIN_AREA": "x", "DATASET": "demo"}
+    torch.save(state, tmp_path / "edited.pt")
+    code, out = run_in_process("EvaluateAccuracy.py", [f"--CHECKPOINT={tmp_path / 'edited.pt'}", f"--OUT={tmp_path}"],
+                               capsys, monkeypatch)
+    assert code == 2 and "stored MIN_AREA='x' is not a int" in out.err and "--MIN_AREA" in out.err
+    assert "Traceback" not in out.err
+
+
 def test_twenty_thousand_classes_keep_the_confusion_sparse():
     from roilib.metrics import summarize
     labels, preds = np.array([0, 5, 19999, 5]), np.array([0, 7, 19999, 5])

@@ -226,3 +226,40 @@ def test_api_refuses_what_it_cannot_answer(classifier, call, words):
 def test_float_instance_map_is_refused(tmp_path):
     with pytest.raises(UserError, match="float32 pixels"):
         read_label_map(write(tmp_path, "f.tiff", tiff(np.full((5, 5), 0.5, np.float32))))
+
+
+def test_requests_beyond_the_queue_are_answered_busy(classifier):
+    """The model held (its lock taken here): CONCURRENT requests wait at it, `queue` more in
+    Gradio's queue, and the rest are answered "queue is full" at once; once the model is free
+    every accepted request gets the API's answer."""
+    import threading
+    import time
+    app = App.build_app(classifier, 3, 10 ** 6, queue=1)
+    port = free_port()
+    App.serve(app, [], 10 ** 6, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    expected = classifier.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS[0], topk=3)[0]["class"]
+    outcomes = []
+
+    def one():
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        try:
+            out = client.predict(page_editor(), gradio_client.handle_file(EXAMPLE_MASKS[0]), api_name="/classify_mask")
+            outcomes.append(out[0]["label"] if out[0] else out[4])
+        except Exception as error:
+            outcomes.append(f"busy: {error}")
+    try:
+        with classifier.lock:
+            threads = [threading.Thread(target=one) for _ in range(6)]
+            for thread in threads:
+                thread.start()
+            for _ in range(1500):   # until the ones beyond the limit have been answered
+                if sum(o.startswith("busy") for o in outcomes) >= 6 - App.CONCURRENT - 1:
+                    break
+                time.sleep(0.02)
+        for thread in threads:
+            thread.join(60)
+    finally:
+        app.close()
+    busy = [o for o in outcomes if o.startswith("busy")]
+    assert len(outcomes) == 6 and busy and all("Queue is full" in o for o in busy)
+    assert set(outcomes) - set(busy) == {expected}
