@@ -10,11 +10,15 @@ roilib/windows.py) as a box, and two heat maps over that window: what the attent
 adds at its merge point, and Grad-CAM of the predicted class at layer4 (roilib/explain.py).
 Same numbers as RunPrediction.py: both classify through RegionClassifier. Built with Gradio.
 """
+import collections
+import contextlib
 import math
 import os
 import re
+import tempfile
 import time
 import traceback
+import uuid
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # no calls home; works offline
 
@@ -25,8 +29,7 @@ from RegionClassifier import RegionClassifier, as_box_mask  # noqa: E402
 from roilib import cli  # noqa: E402
 from roilib.checkpoint import require  # noqa: E402
 from roilib.errors import UserError, one_line  # noqa: E402
-from roilib.imageinfo import image_size  # noqa: E402
-from roilib.imageio import read_image, read_label_map, read_mask, read_raw  # noqa: E402
+from roilib.imageio import bounded_bytes, read_image, read_label_map, read_mask, read_raw, write_png  # noqa: E402
 from roilib.overlay import draw_regions, region_colour  # noqa: E402
 from roilib.paths import find_checkpoint, find_path  # noqa: E402
 from roilib.runtime import resolve_device  # noqa: E402
@@ -66,26 +69,10 @@ def serve(app, examples, max_pixels, **launch):
 
 # ---- what the page receives: uploads read within the page's limits ------------------------
 def upload_bytes(upload, max_pixels):
-    """(base name, bytes as a uint8 array, (width, height)) of an upload: (name, path or bytes)
-    from the editor, or a path (a file box); refused before decoding when its header does not
-    tell its size or tells more than `max_pixels`."""
+    """(base name, bytes, (width, height)) of an upload: (name, path or bytes) from the editor,
+    or a path (a file box); refused before decoding beyond `max_pixels` (--MAX_PIXELS)."""
     name, source = upload if isinstance(upload, tuple) else (os.path.basename(str(upload)), upload)
-    if isinstance(source, (bytes, bytearray)):
-        data = np.frombuffer(bytes(source), np.uint8)
-    else:
-        try:
-            data = np.fromfile(str(source), np.uint8)
-        except OSError:
-            raise UserError(f"{name}: upload not found; upload it again") from None
-    if data.size == 0:
-        raise UserError(f"{name}: file is empty")
-    size = image_size(data.tobytes())
-    if size is None:
-        raise UserError(f"{name}: not an image (or one whose size its header does not tell)")
-    if size[0] * size[1] > max_pixels:
-        raise UserError(f"{name} is {size[0]}x{size[1]}: more than the {max_pixels} pixels this page "
-                        "accepts (--MAX_PIXELS)")
-    return name, data, size
+    return (name, *bounded_bytes(source, name, max_pixels))
 
 
 def photo_from_editor(value, max_pixels):
@@ -237,6 +224,23 @@ def build_app(classifier, topk, max_pixels, examples=(), queue=16):
     "queue is full". API names: classify_brush, classify_mask, classify_click."""
     import gradio as gr
     from gradio.components.base import server
+    folder, written = tempfile.mkdtemp(prefix="region-page-"), collections.deque()
+
+    def as_files(outputs):
+        """The pictures of an answer as PNG files of its own: Gradio copies a file into its cache
+        atomically, but rewrites an array's file in place, so a client fetching the same
+        picture of another request meanwhile could get it cut short."""
+        def as_file(picture):
+            if picture is None:
+                return None
+            path = os.path.join(folder, f"{uuid.uuid4().hex}.png")
+            write_png(path, picture)
+            written.append(path)
+            while len(written) > 4 * MAX_PENDING:   # long copied by then
+                with contextlib.suppress(OSError, IndexError):
+                    os.remove(written.popleft())
+            return path
+        return tuple(as_file(o) if isinstance(o, np.ndarray) else o for o in outputs)
 
     class Editor(gr.ImageEditor):
         is_template = True   # drawn by the browser as Gradio's ImageEditor
@@ -276,7 +280,7 @@ def build_app(classifier, topk, max_pixels, examples=(), queue=16):
         def work():
             photo = photo_from_editor(value, max_pixels)
             return analyse(classifier, photo, brush_mask(value, photo.shape, max_pixels), topk)
-        return answer_or_message(work)
+        return as_files(answer_or_message(work))
 
     def by_mask(value, mask_path):
         def work():
@@ -285,18 +289,18 @@ def build_app(classifier, topk, max_pixels, examples=(), queue=16):
                 raise UserError("no mask file: upload a PNG with 0 outside the region")
             name, data, _ = upload_bytes(mask_path, max_pixels)
             return analyse(classifier, photo, read_mask(name, photo.shape, data), topk)
-        return answer_or_message(work)
+        return as_files(answer_or_message(work))
 
     def by_click(value, map_path, whole_value, x, y):
         def work():
             photo = photo_from_editor(value, max_pixels)
             mask = clicked_segment(map_path, photo.shape, x, y, whole_value, max_pixels)
             return analyse(classifier, photo, mask, topk)
-        return answer_or_message(work)
+        return as_files(answer_or_message(work))
 
     def show_map(value, map_path):
         try:
-            return map_view(value, map_path, max_pixels), ""
+            return as_files((map_view(value, map_path, max_pixels), ""))
         except UserError as error:
             return None, f"**Could not read the map:** {public(error)}"
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from roilib.errors import UserError
-from roilib.imageinfo import header_size, size_problem, too_large
+from roilib.imageinfo import header_size, image_size, size_problem, too_large
 from roilib.outputs import atomic_write
 
 # The largest side OpenCV's encoders write in these formats (it refuses a larger one).
@@ -36,6 +36,27 @@ def _read_bytes(path):
     if data.size == 0:
         raise UserError(f"{path}: file is empty")
     return data
+
+
+def bounded_bytes(source, name, max_pixels):
+    """(bytes as a uint8 array, (width, height)) of an image file `source` (a path, or its
+    bytes), refused before any decoding when its header does not tell its size or tells more
+    than `max_pixels`; messages call it `name` (an upload's base name, never a server path)."""
+    if isinstance(source, (bytes, bytearray)):
+        data = np.frombuffer(bytes(source), np.uint8)
+    else:
+        try:
+            data = np.fromfile(str(source), np.uint8)
+        except OSError:
+            raise UserError(f"{name}: file not found") from None
+    if data.size == 0:
+        raise UserError(f"{name}: file is empty")
+    size = image_size(data.tobytes())
+    if size is None:
+        raise UserError(f"{name}: not an image (or one whose size its header does not tell)")
+    if size[0] * size[1] > max_pixels:
+        raise UserError(f"{name} is {size[0]}x{size[1]}: more than the {max_pixels} pixels accepted here")
+    return data, size
 
 
 def _check_jpeg_complete(path, data):

@@ -42,7 +42,8 @@ def start_page(checkpoint, queue, threads):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     page = subprocess.Popen([sys.executable, os.path.join(REPO, "App.py"), f"--CHECKPOINT={checkpoint}",
-                             f"--PORT={port}", "--DEVICE=cpu", "--EXAMPLES=0", "--CAMVID=", f"--QUEUE={queue}"],
+                             f"--PORT={port}", "--DEVICE=cpu", "--EXAMPLES=0", "--CAMVID=",
+                             *([f"--QUEUE={queue}"] if queue else [])],
                             env=dict(os.environ, OMP_NUM_THREADS=str(threads)), stdout=subprocess.DEVNULL)
     for _ in range(600):
         if page.poll() is not None:
@@ -96,7 +97,7 @@ def main():
     parser.add_argument("--checkpoint", default="", help="default: an untrained ResNet-18, 10 classes, 160x160")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=4, help="per client")
-    parser.add_argument("--queue", type=int, default=16, help="App.py's --QUEUE")
+    parser.add_argument("--queue", type=int, default=0, help="App.py's --QUEUE (0: its default)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the page's process")
     args = parser.parse_args()
     from gradio_client import Client, handle_file
@@ -110,6 +111,9 @@ def main():
         try:
             warm = Client(url, verbose=False)
             same_answer(request(warm, 0, handle_file), expected[0])   # the first answer loads lazily
+            start = time.perf_counter()
+            same_answer(request(warm, 1, handle_file), expected[1])
+            alone = time.perf_counter() - start
             idle = memory(page.pid, "VmRSS")
 
             def client_run(client_index):
@@ -136,13 +140,13 @@ def main():
             page.wait()
     answered = [seconds for outcome, seconds in rows if outcome == "same"]
     others = [outcome for outcome, _ in rows if outcome not in ("same", "busy")]
-    print(f"{args.clients} clients x {args.requests} requests, App.py --QUEUE={args.queue}, "
+    print(f"{args.clients} clients x {args.requests} requests, App.py --QUEUE={args.queue or 'default'}, "
           f"{args.threads} torch threads, {wall:.1f} s in all")
     print(f"  answers equal to the API's: {len(answered)} of {len(rows)}; busy: "
           f"{sum(o == 'busy' for o, _ in rows)}; other: {len(others)}{' ' + others[0] if others else ''}")
     if answered:
         print(f"  seconds per answer (client side, queue included): median {np.median(answered):.2f}, "
-              f"min {min(answered):.2f}, max {max(answered):.2f}")
+              f"min {min(answered):.2f}, max {max(answered):.2f}; one client alone: {alone:.2f}")
     print(f"  server memory: {idle / MIB:.0f} MiB after one request, peak {peak / MIB:.0f} MiB "
           f"(+{(peak - idle) / MIB:.0f} MiB under the load)")
     return 0 if not others else 1
