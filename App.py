@@ -223,7 +223,6 @@ def build_app(classifier, topk, max_pixels, examples=(), queue=16):
     time). CONCURRENT requests are answered at once, `queue` more wait, any beyond are answered
     "queue is full". API names: classify_brush, classify_mask, classify_click."""
     import gradio as gr
-    from gradio.components.base import server
     folder, written = tempfile.mkdtemp(prefix="region-page-"), collections.deque()
 
     def as_files(outputs):
@@ -242,39 +241,32 @@ def build_app(classifier, topk, max_pixels, examples=(), queue=16):
             return path
         return tuple(as_file(o) if isinstance(o, np.ndarray) else o for o in outputs)
 
-    class Editor(gr.ImageEditor):
-        is_template = True   # drawn by the browser as Gradio's ImageEditor
+    # Gradio's components with methods of their own set on the instances (a subclass would have
+    # Gradio write a .pyi stub beside this file at every start).
+    def undecoded(payload):
+        """{"background", "layers"}: (base name, path or bytes) of each upload, undecoded
+        (Gradio's own would decode each one, and the composite, whatever its size)."""
+        if payload is None:
+            return None
+        source = editor.blob_storage.pop(payload.id, None) if payload.id is not None else None
+        source = source or payload
 
-        def preprocess(self, payload):
-            """{"background", "layers"}: (base name, path or bytes) of each upload, undecoded
-            (Gradio's own would decode each one, and the composite, whatever its size)."""
-            if payload is None:
-                return None
-            source = self.blob_storage.pop(payload.id, None) if payload.id is not None else None
-            source = source or payload
+        def named(item, name):
+            if item is None or isinstance(item, (bytes, bytearray)):
+                return item and (name, item)
+            return os.path.basename(item.path), item.path
+        return {"background": named(source.background, "background.png"),
+                "layers": [named(layer, f"layer_{i}.png") for i, layer in enumerate(source.layers)
+                           if layer is not None]}
 
-            def named(item, name):
-                if item is None or isinstance(item, (bytes, bytearray)):
-                    return item and (name, item)
-                return os.path.basename(item.path), item.path
-            return {"background": named(source.background, "background.png"),
-                    "layers": [named(layer, f"layer_{i}.png") for i, layer in enumerate(source.layers)
-                               if layer is not None]}
-
-        @server
-        def accept_blobs(self, data):
-            """The editor's pictures from the browser: one layer, MAX_PENDING held at most."""
-            if str(data.data.get("index")) not in ("None", "null", "0"):
-                raise gr.Error("the editor has one layer")
-            super().accept_blobs(data)
-            while len(self.blob_storage) > MAX_PENDING:
-                self.blob_storage.pop(next(iter(self.blob_storage)), None)
-
-    class Number(gr.Number):
-        is_template = True
-
-        def preprocess(self, payload):
-            return payload   # checked by clicked_segment: one line, not Gradio's bare "Error"
+    def accept_blobs(data):
+        """The editor's pictures from the browser: one layer, MAX_PENDING held at most."""
+        if str(data.data.get("index")) not in ("None", "null", "0"):
+            raise gr.Error("the editor has one layer")
+        gr.ImageEditor.accept_blobs(editor, data)
+        while len(editor.blob_storage) > MAX_PENDING:
+            editor.blob_storage.pop(next(iter(editor.blob_storage)), None)
+    accept_blobs._is_server_fn = True
 
     def by_brush(value):
         def work():
@@ -309,9 +301,10 @@ def build_app(classifier, topk, max_pixels, examples=(), queue=16):
                     "ways, and see the classes, the window the model saw, and where it looked.")
         with gr.Row():
             with gr.Column():
-                editor = Editor(label="Photo: upload, then paint the region", type="filepath",
-                                image_mode="RGBA", layers=False, transforms=(), format="png",
-                                brush=gr.Brush(colors=["#ff2060"], color_mode="fixed", default_size=12))
+                editor = gr.ImageEditor(label="Photo: upload, then paint the region", type="filepath",
+                                        image_mode="RGBA", layers=False, transforms=(), format="png",
+                                        brush=gr.Brush(colors=["#ff2060"], color_mode="fixed", default_size=12))
+                editor.preprocess, editor.accept_blobs = undecoded, accept_blobs
                 brush_button = gr.Button("Classify the painted region", variant="primary")
                 with gr.Accordion("... or upload a mask", open=False):
                     mask_file = gr.File(label="Mask PNG (0 outside, the photo's size)", type="filepath")
@@ -322,8 +315,10 @@ def build_app(classifier, topk, max_pixels, examples=(), queue=16):
                                               "untick for a label map: the clicked piece)")
                     view = gr.Image(label="Click a segment", interactive=False, elem_id="map-view")
                     with gr.Row():
-                        x = Number(0, label="x", precision=0)
-                        y = Number(0, label="y", precision=0)
+                        x = gr.Number(0, label="x", precision=0)
+                        y = gr.Number(0, label="y", precision=0)
+                        for number in (x, y):   # checked by clicked_segment: one line, not Gradio's "Error"
+                            number.preprocess = lambda payload: payload
                         click_button = gr.Button("Classify the segment at x, y")
             with gr.Column():
                 message = gr.Markdown(elem_id="message")
