@@ -59,33 +59,9 @@ def mask_pyramid_level(masks, size):
     """Resize [B,1,H,W] masks to a feature map's size as two channels: coverage (the fraction of
     each cell inside the ROI) and presence (any ROI pixel in the cell). Presence keeps a 2x2-pixel
     segment visible even at stride 32, where bilinear sampling would simply miss it."""
-    if torch.compiler.is_exporting():
-        return _mask_pyramid_level_by_matmul(masks, size)
     coverage = F.adaptive_avg_pool2d(masks, size)
     presence = F.adaptive_max_pool2d(masks, size)
     return torch.cat([coverage, presence], dim=1)
-
-
-def _mask_pyramid_level_by_matmul(masks, size):
-    """mask_pyramid_level for binary masks as two matrix products over the same bins as adaptive
-    pooling. torch.export cannot keep adaptive pooling to a size that depends on the input's
-    height and width (it fixes them at the example's), so an exported graph would run at one
-    image size only; this form stays dynamic."""
-    rows = _pooling_bins(masks.shape[-2], size[0], masks.device)
-    cols = _pooling_bins(masks.shape[-1], size[1], masks.device)
-    sums = rows @ masks @ cols.T
-    cells = rows.sum(1, keepdim=True) * cols.sum(1)
-    return torch.cat([sums / cells, (sums > 0).to(masks.dtype)], dim=1)
-
-
-def _pooling_bins(n_in, n_out, device):
-    """[n_out, n_in] 0/1 matrix: input index j lies in output bin i. Bins span
-    [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out)), as in F.adaptive_avg_pool2d."""
-    i = torch.arange(n_out, device=device).unsqueeze(1)
-    j = torch.arange(n_in, device=device).unsqueeze(0)
-    start = i * n_in // n_out
-    end = ((i + 1) * n_in + n_out - 1) // n_out
-    return ((j >= start) & (j < end)).float()
 
 
 class MaskAttention(nn.Module):
@@ -95,6 +71,7 @@ class MaskAttention(nn.Module):
     def __init__(self, channels, merge):
         super().__init__()
         self.merge = merge
+        self.pyramid = mask_pyramid_level   # roilib/export.py swaps in a form that exports dynamic
         self.mul = self._conv(channels, bias=1.0) if merge in ("mul", "muladd") else None
         self.add = self._conv(channels, bias=0.0) if merge in ("add", "muladd") else None
 
@@ -106,7 +83,7 @@ class MaskAttention(nn.Module):
         return conv
 
     def attention_input(self, x, masks):
-        return mask_pyramid_level(masks, x.shape[-2:]).to(x.dtype)
+        return self.pyramid(masks, x.shape[-2:]).to(x.dtype)
 
     def forward(self, x, masks):
         m = self.attention_input(x, masks)
@@ -163,6 +140,7 @@ class AttentionNet(nn.Module):
                        "category_ids": [int(i) for i in category_ids] if category_ids is not None else None,
                        "mean": list(mean), "std": list(std)}
         self.parts = parts   # how to run the backbone piece by piece (holds no weights)
+        self.share_image = True
         self.backbone = net = build_backbone(arch, weights)
         head = getattr(net, parts.classifier)
         setattr(net, parts.classifier, nn.Linear(head.in_features, num_classes))
@@ -200,10 +178,10 @@ class AttentionNet(nn.Module):
         batch = masks.shape[0]
         x = self.normalize(images)
         mode = self.config["mode"]
-        # In eval mode an image shared by many masks runs once up to the first merge point. Not
-        # in an exported graph: the test on the batch size would fix it at the example's.
-        share = (not torch.compiler.is_exporting() and x.shape[0] == 1 and batch > 1
-                 and not self.training and mode in ("attention", "none"))
+        # In eval mode an image shared by many masks runs once up to the first merge point
+        # (roilib/export.py turns this off: the test on the batch size would fix it).
+        share = (self.share_image and x.shape[0] == 1 and batch > 1 and not self.training
+                 and mode in ("attention", "none"))
         if not share:
             x = x.expand(batch, -1, -1, -1)
         if mode == "blackout":

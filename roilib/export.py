@@ -8,6 +8,7 @@ rule (roilib/windows.py), so a consumer needs no other file.
 safetensors: a folder with model.safetensors (weights only) and config.json (the model config
 and the checkpoint's plain data), read by roilib.checkpoint.load_model_state with no pickle.
 """
+import copy
 import json
 import os
 import re
@@ -67,6 +68,38 @@ def write_release(state, folder):
 
 
 # ---- ONNX ----------------------------------------------------------------------------------
+def exportable(model):
+    """A copy of `model` that torch.export keeps dynamic in batch, height and width: the mask
+    pyramid as matrix products, and no running of a shared image once (its test on the batch
+    size would fix the batch at the example's). The same numbers for binary masks."""
+    twin = copy.deepcopy(model).eval()
+    twin.share_image = False
+    for branch in twin.branches.values():
+        branch.pyramid = mask_pyramid_level_by_matmul
+    return twin
+
+
+def mask_pyramid_level_by_matmul(masks, size):
+    """AttentionNet.mask_pyramid_level for binary masks as two matrix products over the same bins
+    as adaptive pooling. torch.export cannot keep adaptive pooling to a size that depends on the
+    input's height and width (it fixes them at the example's); this form stays dynamic."""
+    rows = _pooling_bins(masks.shape[-2], size[0], masks.device)
+    cols = _pooling_bins(masks.shape[-1], size[1], masks.device)
+    sums = rows @ masks @ cols.T
+    cells = rows.sum(1, keepdim=True) * cols.sum(1)
+    return torch.cat([sums / cells, (sums > 0).to(masks.dtype)], dim=1)
+
+
+def _pooling_bins(n_in, n_out, device):
+    """[n_out, n_in] 0/1 matrix: input index j lies in output bin i. Bins span
+    [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out)), as in F.adaptive_avg_pool2d."""
+    i = torch.arange(n_out, device=device).unsqueeze(1)
+    j = torch.arange(n_in, device=device).unsqueeze(0)
+    start = i * n_in // n_out
+    end = ((i + 1) * n_in + n_out - 1) // n_out
+    return ((j >= start) & (j < end)).float()
+
+
 def export_onnx(model, path, window, metadata, opset=18):
     """Export the float32 CPU `model` (eval mode) with dynamic batch, height and width to
     `path` (one file, written atomically) with `metadata` as metadata_props."""
@@ -89,7 +122,7 @@ def export_onnx(model, path, window, metadata, opset=18):
             # images and masks share their dims on purpose; the exporter warns that it names
             # each dim once.
             warnings.filterwarnings("ignore", message=".*shares the same shape constraints")
-            program = torch.onnx.export(model, (images, masks), dynamo=True, input_names=INPUT_NAMES,
+            program = torch.onnx.export(exportable(model), (images, masks), dynamo=True, input_names=INPUT_NAMES,
                                         output_names=OUTPUT_NAMES, opset_version=opset, verbose=False,
                                         dynamic_shapes={"images": sides, "masks": sides})
     except Exception as e:  # the exporter raises many types; the first line names the op

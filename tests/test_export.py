@@ -147,3 +147,17 @@ def test_corrupt_release_folder_is_one_line(checkpoint, tmp_path):
     os.remove(folder / "model.safetensors")
     with pytest.raises(UserError, match="model.safetensors missing"):
         AttentionNet.from_pretrained(str(folder))
+
+
+def test_exportable_pyramid_equals_adaptive_pooling_and_leaves_the_model_alone(model):
+    """The export-only mask pyramid (matrix products) gives adaptive pooling's numbers for binary
+    masks at uneven sizes; the exported copy shares no switch with the model it came from."""
+    from AttentionNet import mask_pyramid_level
+    from roilib.export import exportable, mask_pyramid_level_by_matmul
+    masks = (torch.rand(3, 1, 37, 53, generator=torch.Generator().manual_seed(0)) > 0.8).float()
+    for size in [(19, 27), (5, 7), (1, 1), (37, 53)]:
+        torch.testing.assert_close(mask_pyramid_level_by_matmul(masks, size), mask_pyramid_level(masks, size))
+    twin = exportable(model)
+    assert not twin.share_image and model.share_image
+    assert all(b.pyramid is mask_pyramid_level for b in model.branches.values())
+    assert all(b.pyramid is mask_pyramid_level_by_matmul for b in twin.branches.values())
