@@ -263,8 +263,11 @@ def components_of(label_map, rule, min_area=1):
     least `min_area` pixels, by value then raster order; (value, pixels) rows of the values
     that are neither a class nor declared void)."""
     flat = label_map.ravel()
-    if flat.dtype.itemsize <= 2:   # a count per value up to 65535: small
-        classes, undeclared = rule.split(np.bincount(flat))
+    if flat.dtype.itemsize <= 2:   # a count per value up to 65535, a slice at a time: np.bincount
+        counts = np.zeros(1 << 8 * flat.dtype.itemsize, np.int64)   # makes an int64 copy of its input
+        for start in range(0, flat.size, 1 << 20):
+            counts += np.bincount(flat[start:start + (1 << 20)], minlength=counts.size)
+        classes, undeclared = rule.split(counts)
     else:   # a count per value up to the largest (2**31 - 1: 16 GiB) would not be
         classes, undeclared = rule.split_values(*np.unique(flat, return_counts=True))
     components = []
@@ -289,8 +292,11 @@ def _value_components(label_map, value, min_area):
     # cv2.compare gives the uint8 0/255 image in one pass (== plus astype would take two).
     binary = cv2.compare(label_map, int(value), cv2.CMP_EQ)
     left, top, width, height = cv2.boundingRect(binary)
-    count, ids, stats, _ = cv2.connectedComponentsWithStats(
-        binary[top:top + height, left:left + width], connectivity=8)
+    box = binary[top:top + height, left:left + width]
+    try:   # 16-bit labels: half the memory of 32-bit; OpenCV refuses (never wraps) past 65535
+        count, ids, stats, _ = cv2.connectedComponentsWithStats(box, connectivity=8, ltype=cv2.CV_16U)
+    except cv2.error:
+        count, ids, stats, _ = cv2.connectedComponentsWithStats(box, connectivity=8)
     components = []
     for k in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[k])
