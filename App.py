@@ -296,7 +296,8 @@ def build_app(classifier, topk, max_pixels, examples=(), queue=16):
         except UserError as error:
             return None, f"**Could not read the map:** {public(error)}"
 
-    with gr.Blocks(title="Region classifier") as app:
+    # Uploads and answers are deleted an hour after they were made (a visitor's disk use bounded).
+    with gr.Blocks(title="Region classifier", delete_cache=(600, 3600)) as app:
         gr.Markdown("## Which class is this region?\nPut a photo in, mark a region one of three "
                     "ways, and see the classes, the window the model saw, and where it looked.")
         with gr.Row():

@@ -4,12 +4,12 @@ size, on the context pairs), the per-class table, results.csv / results.json and
 Every figure is a mean class accuracy (a class's accuracy for the per-class columns) with its
 spread, (max - min) / 2 over the seeds, from the eval.json that EvaluateAccuracy.py wrote."""
 import csv
-import json
 import os
 
 import numpy as np
 
-from roilib.outputs import atomic_write, save_figure
+from roilib.errors import one_line
+from roilib.outputs import atomic_write, save_figure, write_json
 
 OUTPUTS = ("results.csv", "results.json", "results.png")
 CLASS_PREFIX = "class "
@@ -88,7 +88,7 @@ def format_table(table, pairs):
 def format_class_table(table, classes=None):
     """Accuracy per class (all of them, or `classes`) and variant."""
     names = named(table, CLASS_PREFIX) if classes is None else classes
-    return markdown(table, [f"{CLASS_PREFIX}{n}" for n in names], names)
+    return markdown(table, [f"{CLASS_PREFIX}{n}" for n in names], [one_line(n) for n in names])
 
 
 def write_results(table, results, folder, params, pairs):
@@ -106,8 +106,7 @@ def write_results(table, results, folder, params, pairs):
                "variants": {v: {k: {"mean": m, "spread": s, "per_seed": vals} for k, (m, s, vals) in row.items()}
                             for v, row in table.items()},
                "table": format_table(table, pairs), "class_table": format_class_table(table)}
-    with atomic_write(os.path.join(folder, "results.json")) as f:
-        json.dump(summary, f, indent=1)
+    write_json(os.path.join(folder, "results.json"), summary, indent=1)   # never a bare NaN
     plot_results(table, os.path.join(folder, "results.png"), pairs)
 
 

@@ -215,3 +215,9 @@ def test_scanning_a_label_map_takes_no_int64_copy_of_it():
     finally:
         tracemalloc.stop()
     assert [c.area for c in components] == [8_000_000, 2_000_000] and peak < 3 * label_map.nbytes
+
+
+def test_ablation_class_table_escapes_class_names():
+    from roilib.ablation_report import format_class_table
+    table = {"stem": {"class boat\x1b[2J": (0.5, 0.0, [0.5])}}
+    assert "\x1b" not in format_class_table(table) and "boat\\x1b[2J" in format_class_table(table)

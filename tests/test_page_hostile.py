@@ -264,3 +264,15 @@ def test_requests_beyond_the_queue_are_answered_busy(classifier):
     busy = [o for o in outcomes if o.startswith("busy")]
     assert len(outcomes) == 6 and busy and all("Queue is full" in o for o in busy)
     assert set(outcomes) - set(busy) == {expected}
+
+
+def test_a_label_map_of_wide_values_is_read_without_a_count_per_value(example_checkpoint, tmp_path, capsys, monkeypatch):
+    """RunPrediction --LABEL_MAP: an int32 map with one value of 2**31 - 1 allocated a count per
+    value up to it (16 GiB); its values are counted as they are instead."""
+    label_map = np.zeros((207, 223), np.int32)
+    label_map[read_mask(EXAMPLE_MASKS[0]) > 0] = 1
+    label_map[:5, :5] = 2 ** 31 - 1
+    path = write(tmp_path, "wide.tiff", tiff(label_map))
+    code, out = run_in_process("RunPrediction.py", [f"--CHECKPOINT={example_checkpoint}", f"--LABEL_MAP={path}"],
+                               capsys, monkeypatch)
+    assert code in (0, None) and "2147483647 (25 px)" in out.err and "#1" in out.out
