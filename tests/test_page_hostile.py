@@ -141,12 +141,18 @@ def test_bad_point_is_one_line_on_the_page(served, x):
         App.clicked_segment(EXAMPLE_MAP, (207, 223), float("nan"), 5, True, 10 ** 6)
 
 
-@pytest.mark.parametrize("data,words", [(b"", "empty"), (b"not an image", "not an image"),
-                                        (png(12000, 12000), "12000x12000: more than the 1000000 pixels")])
-def test_bad_photo_upload_is_one_line_on_the_page(served, tmp_path, data, words):
+@pytest.mark.parametrize("kind", sorted(BAD_MASKS))
+def test_bad_photo_is_one_line_at_every_entry_point(served, classifier, example_checkpoint, tmp_path, capsys,
+                                                    monkeypatch, kind):
+    data, page_words, words = BAD_MASKS[kind]
     path = write(tmp_path, "photo.png", data)
     out = served[0].predict(page_editor(path), gradio_client.handle_file(EXAMPLE_MASKS[0]), api_name="/classify_mask")
-    assert out[1] is None and out[4].startswith("**Could not classify:** photo.png") and words in out[4]
+    assert out[1] is None and out[4].startswith("**Could not classify:** photo.png") and page_words in out[4]
+    with pytest.raises(UserError, match=words):
+        classifier.classify(path, EXAMPLE_MASKS[0])
+    code, printed = run_in_process("RunPrediction.py", [f"--CHECKPOINT={example_checkpoint}", f"--IMAGE={path}"],
+                                   capsys, monkeypatch)
+    assert code == 2 and words in printed.err and "Traceback" not in printed.err
 
 
 # ---- wrong answers --------------------------------------------------------------------------
