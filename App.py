@@ -12,6 +12,7 @@ Same numbers as RunPrediction.py: both classify through RegionClassifier. Built 
 """
 import collections
 import contextlib
+import itertools
 import math
 import os
 import re
@@ -198,8 +199,8 @@ def example_rows(count, camvid):
     rows += [[os.path.join(demo, "images", n), os.path.join(demo, "labels", n), False] for n in names]
     listing = os.path.join(find_path(camvid), "val.txt") if camvid else ""
     if os.path.isfile(listing):   # lines "val/photo.png valannot/map.png", relative to the folder
-        with open(listing, encoding="utf-8") as file:
-            pairs = [line.split() for line in file if len(line.split()) == 2][:count]
+        with open(listing, encoding="utf-8", errors="replace") as file:   # read no further than needed
+            pairs = list(itertools.islice((line.split() for line in file if len(line.split()) == 2), count))
         root = os.path.realpath(os.path.dirname(listing))
         rows += [[os.path.join(root, photo), os.path.join(root, labels), False] for photo, labels in pairs
                  if all(inside(os.path.join(root, path), root) for path in (photo, labels))]

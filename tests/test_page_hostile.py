@@ -282,3 +282,10 @@ def test_a_label_map_of_wide_values_is_read_without_a_count_per_value(example_ch
     code, out = run_in_process("RunPrediction.py", [f"--CHECKPOINT={example_checkpoint}", f"--LABEL_MAP={path}"],
                                capsys, monkeypatch)
     assert code in (0, None) and "2147483647 (25 px)" in out.err and "#1" in out.out
+
+
+def test_a_camvid_listing_that_is_not_text_costs_no_start(tmp_path):
+    camvid = tmp_path / "camvid"
+    camvid.mkdir()
+    (camvid / "val.txt").write_bytes(b"\xff\xfe\x00 not text \x80\n" * 1000)
+    assert App.example_rows(3, str(camvid)) == App.example_rows(3, "")
