@@ -17,6 +17,17 @@ def test_class_names_are_printed_with_control_characters_escaped():
     assert one_line("Straße 日本") == "Straße 日本"
 
 
+def test_runprediction_prints_a_checkpoints_class_names_escaped(example_checkpoint, tmp_path, capsys, monkeypatch):
+    import torch
+    from helpers import EXAMPLE_MASKS, run_in_process
+    state = torch.load(example_checkpoint, weights_only=True)
+    state["config"]["class_names"] = [f"boat\x1b]0;pwned\x07\x1b[2J{i}" for i in range(len(state["config"]["class_names"]))]
+    torch.save(state, tmp_path / "named.pt")
+    code, out = run_in_process("RunPrediction.py", [f"--CHECKPOINT={tmp_path / 'named.pt'}", f"--MASKS={EXAMPLE_MASKS[0]}"],
+                               capsys, monkeypatch)
+    assert code in (0, None) and "boat\\x1b]0;pwned\\x07" in out.out and "\x1b" not in out.out + out.err
+
+
 @pytest.mark.parametrize("out", ["photos", "."])
 def test_demo_never_replaces_a_folder_it_did_not_write(tmp_path, monkeypatch, capsys, out):
     monkeypatch.chdir(tmp_path)
