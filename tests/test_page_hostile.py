@@ -213,6 +213,15 @@ def test_editor_upload_store_is_bounded(classifier):
     for k in range(App.MAX_PENDING + 10):
         editor.accept_blobs(Blob("0", str(k)))
     assert len(editor.blob_storage) == App.MAX_PENDING
+    # The browser's way: its pictures sent ahead as blobs, then a request naming them by id.
+    from gradio.components.image_editor import EditorData
+    photo = cv2.imencode(".png", cv2.imread(EXAMPLE_IMAGE, cv2.IMREAD_UNCHANGED))[1].tobytes()
+    blob = Blob(None, "visit")
+    blob.data["type"], blob.files = "background", [("file", photo)]
+    editor.accept_blobs(blob)
+    value = editor.preprocess(EditorData(id="visit"))
+    assert value == {"background": ("background.png", photo), "layers": []} and "visit" not in editor.blob_storage
+    assert np.array_equal(App.photo_from_editor(value, 10 ** 6), read_image(EXAMPLE_IMAGE))
 
 
 # ---- the API --------------------------------------------------------------------------------
