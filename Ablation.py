@@ -31,7 +31,7 @@ from roilib.errors import UserError
 from roilib.ablation_report import OUTPUTS, aggregate, format_class_table, format_table, write_results
 from roilib.runtime import resolve_device
 from roilib.sampler import check_sizes
-from roilib.trainparams import differences
+from roilib.run import differences
 from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
@@ -99,9 +99,9 @@ def main():
         seeds = [int(s) for s in str(cfg.SEEDS).split(",")]
     except ValueError:
         raise UserError(f"--SEEDS={cfg.SEEDS}: expected comma-separated integers") from None
-    resolve_device(cfg.DEVICE, setting="--DEVICE")   # a wrong device stops here, not in the first of many runs
+    resolve_device(cfg.DEVICE)   # a wrong device stops here, not in the first of many runs
     stop_children_on_signals()
-    check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE, ("MIN_SIZE", "MAX_SIZE"))
+    check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE)
     folder = os.path.join(REPO, cfg.LOG_DIR, cfg.NAME)   # an absolute LOG_DIR stays as it is
     runs = os.path.join(folder, "runs")
     check_writes([("--NAME", os.path.join(folder, name)) for name in OUTPUTS], Train.inputs(vars(cfg)),
@@ -327,4 +327,4 @@ def call(script, overrides, env=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, names={"device": "DEVICE", "min_size": "MIN_SIZE", "max_size": "MAX_SIZE"})

@@ -52,7 +52,7 @@ CAMVID = "../shared/datasets/camvid"   # CamVid folder for examples (val split),
 def main():
     params = cli.parse_parameters(globals(), __file__)
     require("gradio", "gradio")   # a missing package: one line, before the model is loaded
-    device = resolve_device(params["DEVICE"], setting="--DEVICE")
+    device = resolve_device(params["DEVICE"])
     classifier = RegionClassifier.from_pretrained(find_checkpoint(params["CHECKPOINT"]), device, params["WINDOW"])
     examples = example_rows(params["EXAMPLES"], params["CAMVID"])
     app = build_app(classifier, params["TOPK"], params["MAX_PIXELS"], examples, params["QUEUE"])
@@ -351,4 +351,4 @@ def build_app(classifier, topk, max_pixels, examples=(), queue=16):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, names={"device": "DEVICE"})

@@ -62,7 +62,7 @@ def main(argv=None):
     params = cli.parse_parameters(globals(), __file__, argv)
     cfg = SimpleNamespace(**params)
     full_hw, window, out = check_parameters(cfg)
-    device = resolve_device(cfg.DEVICE, setting="--DEVICE")
+    device = resolve_device(cfg.DEVICE)
     check_writes([("--OUT", path) for path in report_paths(out, device)], [cfg.SCALE_DATA],
                  folders=[("--OUT", out)])
     bench = Bench(device, amp_dtype(device, cfg.AMP), cfg.CHANNELS_LAST, cfg.STEPS, cfg.WARMUP)
@@ -124,4 +124,4 @@ def check_parameters(cfg):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, names={"device": "DEVICE"})

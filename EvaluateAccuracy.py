@@ -54,7 +54,7 @@ OUTPUTS = ("eval.json", "eval_by_size.csv", "eval_by_class.csv", "eval_accuracy_
 
 def main():
     cfg = cli.parse_config(globals(), __file__)
-    device = resolve_device(cfg.DEVICE, setting="--DEVICE")
+    device = resolve_device(cfg.DEVICE)
     checkpoint = find_checkpoint(cfg.CHECKPOINT)
     state = load_model_state(checkpoint)
     model = AttentionNet.from_state(state, checkpoint)
@@ -219,4 +219,4 @@ def write_outputs(result, folder):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, names={"device": "DEVICE"})

@@ -51,7 +51,7 @@ AMP = True                  # bf16 where the device runs it natively (else float
 
 def main():
     cfg = cli.parse_config(globals(), __file__)
-    device = resolve_device(cfg.DEVICE, setting="--DEVICE")
+    device = resolve_device(cfg.DEVICE)
     reads = [find_path(p) for p in (cfg.MASKS, cfg.IMAGES, cfg.GT, cfg.IMAGE_INFO, cfg.CHECKPOINT) if p]
     writes = [("--OUT", cfg.OUT)] + ([("--OUT", evaluation_path(cfg.OUT))] if cfg.GT else [])
     check_writes(writes, reads)   # before any work: never over an input or a run's files
@@ -96,4 +96,4 @@ def load_model(cfg, device):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, names={"device": "DEVICE"})

@@ -64,7 +64,7 @@ def main():
     cfg = cli.parse_config(globals(), __file__)
     if cfg.EXPLAIN and not cfg.OVERLAY:
         raise UserError("--EXPLAIN=True draws the heat maps into the overlay: set --OVERLAY=out.png too")
-    device = resolve_device(cfg.DEVICE, setting="--DEVICE")   # a wrong device stops here, before any reading
+    device = resolve_device(cfg.DEVICE)   # a wrong device stops here, before any reading
     checkpoint = find_checkpoint(cfg.CHECKPOINT)
     image_path = find_path(cfg.IMAGE)
     if cfg.INSTANCE_MAP and cfg.LABEL_MAP:
@@ -215,4 +215,4 @@ def draw_overlay(image, classifier, masks, results, explain=False, batch=32, pro
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, names={"device": "DEVICE"})

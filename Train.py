@@ -10,7 +10,6 @@ resumes from last.pt (model, optimiser, step, data order): parameters that defin
 the data must match the checkpoint's, changed ones such as LR are applied and announced (see
 docs/training.md, "Resuming"). --RESUME=False starts afresh and moves the old run aside (nothing is deleted).
 """
-import math
 import os
 from types import SimpleNamespace
 
@@ -20,21 +19,11 @@ import torch.nn.functional as F
 from AttentionNet import AttentionNet
 from Datasets import label_convention, open_dataset, resolve_paths
 from roilib import cli
-from roilib.checkpoint import load_checkpoint
-from roilib.distributed import Distributed
-from roilib.errors import UserError
-from roilib.evaluation import validate
-from roilib.optim import (FINAL_FACTOR, check_finite, lr_factor, make_optimizer, require_training_state,
-                          restore_training_state, schedule_notes, set_learning_rate, warmup_steps)
-from roilib.paths import REPO
-from roilib.runlock import claim_run_folder
-from roilib.runlog import STARTUP_FILES, LossMeter, RunLogger
-from roilib.runtime import amp_dtype, autocast, resolve_device
-from roilib.sampler import VaryingSizeBatchSampler, batch_pixels, check_sizes, make_train_loader
-from roilib.skipped import SkippedFiles
-from roilib.trainparams import check_class_names, check_weights, due, parse_jitter, resume_changes
+from roilib.errors import Diverged, FolderClash, Interrupted, ResumeError, UserError
+from roilib.optim import lr_factor, make_optimizer, schedule_notes, set_learning_rate, warmup_steps
+from roilib.run import ResumeRules, Run, due
+from roilib.sampler import VaryingSizeBatchSampler, batch_pixels, check_sizes, make_train_loader, parse_jitter
 from roilib.windows import WINDOW_RULE, check_memory, parse_window, training_window
-from roilib.writeplan import RUN_FILES, check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 DATASET = "demo"            # [demo|coco|opensurfaces|camvid] which default layout, class names and label-map convention to use (see README)
@@ -83,7 +72,7 @@ SAVE_EVERY = 200            # [0..1e9] write last.pt every N steps (0 = at the e
 SNAPSHOT_EVERY = 0          # [0..1e9] keep step_N.pt every N steps (0 = never)
 # ---- end of parameters ----
 
-# How a resumed run treats each parameter (roilib/trainparams.py): FIXED ones define the model,
+# How a resumed run treats each parameter (roilib/run.py): FIXED ones define the model,
 # the data or the schedule's shape and must match last.pt's; CHANGEABLE ones take effect and
 # are announced; the folder (FOLDER) is not compared.
 FIXED = ("DATASET", "TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS",
@@ -96,8 +85,6 @@ LEARNING = ("STEPS", "STOP_AT", "LR", "WEIGHT_DECAY", "AMP")
 CHANGEABLE = LEARNING + ("WORKERS", "DEVICE", "CHANNELS_LAST", "COMPILE", "LOG_EVERY", "VAL_EVERY",
                          "VAL_MAX_IMAGES", "SAVE_EVERY", "SNAPSHOT_EVERY")
 FOLDER = ("LOG_DIR", "RUN", "RESUME")
-# What to do about a last.pt that cannot be resumed from.
-RESUME_WAY_OUT = "start afresh with --RESUME=False (the old run is moved aside) or choose another --RUN"
 # Parameters added after runs were stored, with the value those runs had in effect.
 ADDED = {"BACKGROUND": "", "IGNORE": "", "CLASS_VALUES": "", "LABEL_NAMES": ""}
 DATA_PATHS = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATIONS")
@@ -105,188 +92,119 @@ DATA_PATHS = ("TRAIN_IMAGES", "TRAIN_ANNOTATIONS", "VAL_IMAGES", "VAL_ANNOTATION
 
 def main():
     params = cli.parse_parameters(globals(), __file__)
-    cfg = SimpleNamespace(**params)   # params: the dict stored with the run
-    dist = Distributed()
-    device = resolve_device(cfg.DEVICE, dist.local_rank, "--DEVICE")
-    dist.start(device)
+    cfg = SimpleNamespace(**params)
     try:
-        with dist.together():   # a bad value stops the run now, not after hours of training
-            check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE, ("MIN_SIZE", "MAX_SIZE"))
-            check_weights(cfg.WEIGHTS, "--WEIGHTS")
-            jitter = parse_jitter(cfg.JITTER, "--JITTER")
-            window = parse_window(cfg.WINDOW) if cfg.WINDOW else training_window(cfg.MAX_SIZE)
-            check_memory(f"--MAX_SIZE={cfg.MAX_SIZE} --MAX_PIXELS={cfg.MAX_PIXELS} --MAX_BATCH={cfg.MAX_BATCH} "
-                         f"(windows of {window[0]}x{window[1]})",
-                         max(batch_pixels(cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH),
-                             cfg.MAX_BATCH * window[0] * window[1]), device)
-            check_outputs(run_folder(cfg.LOG_DIR, cfg.RUN, cfg.RESUME), params)
-        train(cfg, params, jitter, window, dist, device)
-    finally:
-        dist.stop()
+        with Run(params, run_folder(cfg.LOG_DIR, cfg.RUN, cfg.RESUME), cfg.RESUME, cfg.DEVICE, cfg.AMP,
+                 ResumeRules(FIXED, CHANGEABLE, as_read)) as run:
+            train(cfg, run)
+    except Interrupted as stop:   # what Ctrl-C left, and how to go on from it
+        again = "the same command" if cfg.RESUME else "the same command without --RESUME=False"
+        raise stop.advised(f"{again} resumes from it") from None
 
 
-def train(cfg, params, jitter, window, dist, device):
-    """Every process runs this; a step that can fail on one process alone runs inside
-    dist.together(), so that any error stops all processes at once (roilib/distributed.py)."""
-    torch.manual_seed(cfg.SEED)
-    run_dir = run_folder(cfg.LOG_DIR, cfg.RUN, cfg.RESUME)
-    with dist.together():   # rank 0 alone writes the run folder: it holds the lock
-        lock = claim_run_folder(run_dir, cfg.RESUME) if dist.is_main else None
-    # last.pt's step once written or resumed from (named on Ctrl-C); whether a step ran
-    progress = {"last.pt": None, "stepped": False}
-    try:
-        train_in(run_dir, progress, cfg, params, jitter, window, dist, device)
-    except BaseException as error:
-        if lock and not progress["stepped"]:   # failed before its first step: no folder left
-            lock.discard_if_unused(STARTUP_FILES)
-        if isinstance(error, KeyboardInterrupt):
-            raise KeyboardInterrupt(interrupted_note(run_dir, progress["last.pt"], cfg.RESUME)) from None
-        raise
-    if lock:
-        lock.release()
-
-
-def run_folder(log_dir, run, resume):
-    """LOG_DIR/RUN. --RESUME=False moves an existing run folder aside, so there RUN must name a
-    folder inside LOG_DIR: `.`, `..` or a path outside would move LOG_DIR or more."""
-    logs = log_dir if os.path.isabs(log_dir) else os.path.join(REPO, log_dir)
-    run_dir = os.path.normpath(os.path.join(logs, run))
-    real_logs, real_run = os.path.realpath(logs), os.path.realpath(run_dir)
-    if not resume and (real_run == real_logs or os.path.commonpath([real_logs, real_run]) != real_logs):
-        raise UserError(f"--RUN={run} names {real_run}, not a folder inside --LOG_DIR ({real_logs}), "
-                        "which --RESUME=False would move aside; give a run name such as --RUN=demo2")
-    return run_dir
-
-
-def interrupted_note(run_dir, step, resume):
-    """What Ctrl-C leaves: the last checkpoint and its step, and how to go on from it."""
-    if step is None:
-        return "no checkpoint was written yet, nothing to resume from"
-    again = "the same command" if resume else "the same command without --RESUME=False"
-    return (f"the last checkpoint is {os.path.join(run_dir, 'last.pt')} (step {step}); "
-            f"{again} resumes from it")
-
-
-def train_in(run_dir, progress, cfg, params, jitter, window, dist, device):
-    """Train in the claimed `run_dir`, noting in `progress` the first step and each last.pt."""
-    with dist.together():
-        last = os.path.join(run_dir, "last.pt")
-        state = load_checkpoint(last, way_out=RESUME_WAY_OUT) if cfg.RESUME and os.path.exists(last) else None
-        convention = label_convention(params, cfg.DATASET)
-        train_set = open_dataset(cfg.DATASET, "train", cfg.TRAIN_IMAGES, cfg.TRAIN_ANNOTATIONS,
-                                 train=True, class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA,
-                                 convention=convention)
-        val_set = open_dataset(cfg.DATASET, "val", cfg.VAL_IMAGES, cfg.VAL_ANNOTATIONS, train=False,
-                               class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA,
-                               convention=convention)
-        if val_set.class_names != train_set.class_names:
-            raise UserError("the validation set's classes differ from the training set's")
-        model, changes = build_model(cfg, params, train_set, state, last)
-        if state and state.get("world_size", dist.world_size) != dist.world_size:
-            changes.append(f"processes: {state['world_size']} -> {dist.world_size} (the data order "
-                           "differs from here on)")
-        dtype = amp_dtype(device, cfg.AMP)
-        model.to(device, memory_format=torch.channels_last if cfg.CHANNELS_LAST else torch.preserve_format)
+def train(cfg, run):
+    with run.together():   # a bad value stops the run now, not after hours of training
+        jitter, window = check_settings(cfg, run.device)
+    run.claim(inputs(vars(cfg)))   # its files never over its inputs; one writer: the folder's lock
+    with run.together():   # what can fail on one process alone stops all of them at once
+        train_set, val_set = open_data(cfg)
+        model = (run.resume(AttentionNet.from_state, {"arch": cfg.ARCH, "mode": cfg.MODE, "num_classes":
+                                                     train_set.num_classes}, train_set.class_names)
+                 or new_model(cfg, train_set))
+        model.to(run.device, memory_format=torch.channels_last if cfg.CHANNELS_LAST else torch.preserve_format)
         optimizer = make_optimizer(model, cfg.LR, cfg.WEIGHT_DECAY)
-        # The cosine spans the STEPS the run began with; steps added later run at its end value.
-        # A resumed run keeps its schedule's shape (runs saved before the cap: uncapped).
-        schedule_steps = state.get("schedule_steps", state["params"].get("STEPS", cfg.STEPS)) if state else cfg.STEPS
-        warmup = (state.get("warmup_steps", cfg.WARMUP_STEPS) if state
-                  else warmup_steps(cfg.WARMUP_STEPS, schedule_steps))
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        step = 0
-        if state is not None:
-            step = restore_training_state(state, optimizer, scaler, cfg.WEIGHT_DECAY, last, RESUME_WAY_OUT)
-            progress["last.pt"] = step
+        scaler = torch.amp.GradScaler(run.device.type, enabled=run.dtype == torch.float16)
+        warmup, cosine = schedule(cfg, run.state)
         stop_at = min(cfg.STOP_AT or cfg.STEPS, cfg.STEPS)
-        best = (state or {}).get("best_metric", -1.0)
-        schedule = {"warmup_steps": warmup, "cosine_steps": schedule_steps,
-                    "final_factor": FINAL_FACTOR}
-        logger = RunLogger(run_dir, params, cfg.STEPS, train_set, dist, device, dtype,
-                           resumed_step=step if state else None, schedule=schedule,
-                           will_train=step < stop_at, way_out=RESUME_WAY_OUT)
-        logger.announce(train_set, val_set, model, step, settings_line(cfg))
-        for change in changes:
-            logger.print(f"changed on resume: {change}")
-        for note in schedule_notes(step, cfg.STEPS, cfg.STOP_AT, schedule_steps, warmup, cfg.WARMUP_STEPS,
-                                   cfg.LR, {"steps": "STEPS", "stop_at": "STOP_AT", "warmup": "WARMUP_STEPS"}):
-            logger.print(note)
-        logger.print(f"evaluation window: {window[0]}x{window[1]} ({WINDOW_RULE})")
+        step = run.start(model, optimizer, scaler, train_set, val_set, window, (warmup, cosine), cfg.STEPS,
+                         stop_at, settings_line(cfg))
+        for note in schedule_notes(step, cfg.STEPS, cfg.STOP_AT, cosine, warmup, cfg.WARMUP_STEPS, cfg.LR,
+                                   {"steps": "STEPS", "stop_at": "STOP_AT", "warmup": "WARMUP_STEPS"}):
+            run.print(note)
+        run.print(f"evaluation window: {window[0]}x{window[1]} ({WINDOW_RULE})")
     if step >= stop_at:
         return
-    net = model
-    if dist.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.COMPILE:
-        net = torch.compile(net)
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type
+                                                    == "cuda" else None) if run.dist.enabled else model
+    net = torch.compile(net) if cfg.COMPILE else net
+    loader = iter(train_loader(cfg, train_set, jitter, step, run.dist))
+    net.train()
+    while step < stop_at:
+        with run.together():   # a loader error here must not leave the others in DDP's all-reduce
+            batch = next(loader)
+        images, masks, labels = (batch[k].to(run.device, non_blocking=True) for k in ("images", "masks", "labels"))
+        with run.autocast():
+            logits = net(images, masks)
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        lr = cfg.LR * lr_factor(step, warmup, cosine)
+        set_learning_rate(optimizer, lr)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        run.record(loss.detach(), labels.shape[0], batch["skipped"])
+        if due(step, cfg.LOG_EVERY) or step == stop_at:
+            run.log(step, lr)
+        if cfg.VAL_EVERY and (due(step, cfg.VAL_EVERY) or step == cfg.STEPS):
+            run.validate(step, val_set, cfg.MAX_BATCH, cfg.WORKERS, cfg.VAL_MAX_IMAGES or None)
+        elif due(step, cfg.SAVE_EVERY) or step == stop_at:
+            run.save("last.pt", step)
+        if due(step, cfg.SNAPSHOT_EVERY):
+            run.save(f"step_{step}.pt", step)
+    run.finish(step)
 
-    def save(name, **metrics):
-        with dist.together():
-            if dist.is_main:
-                check_finite(model, step, f"lower --LR (now {cfg.LR})")
-                model.save(os.path.join(run_dir, name), optimizer=optimizer.state_dict(),
-                           scaler=scaler.state_dict(), step=step,
-                           best_metric=best, metrics=metrics, params=params, window=list(window),
-                           schedule_steps=schedule_steps, warmup_steps=warmup, world_size=dist.world_size,
-                           label_convention=getattr(train_set, "convention", None))
-        if name == "last.pt":
-            progress[name] = step
 
+def check_settings(cfg, device):
+    """(jitter, window), once the settings that can be checked before reading data are."""
+    check_sizes(cfg.MIN_SIZE, cfg.MAX_SIZE)
+    if cfg.WEIGHTS not in (None, "none", "imagenet") and not os.path.isfile(cfg.WEIGHTS):
+        raise UserError(f"--WEIGHTS={cfg.WEIGHTS}: expected None, imagenet or the path of a state_dict "
+                        "of the backbone (no such file)")
+    window = parse_window(cfg.WINDOW) if cfg.WINDOW else training_window(cfg.MAX_SIZE)
+    check_memory(f"--MAX_SIZE={cfg.MAX_SIZE} --MAX_PIXELS={cfg.MAX_PIXELS} --MAX_BATCH={cfg.MAX_BATCH} "
+                 f"(windows of {window[0]}x{window[1]})",
+                 max(batch_pixels(cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH),
+                     cfg.MAX_BATCH * window[0] * window[1]), device)
+    return parse_jitter(cfg.JITTER), window
+
+
+def open_data(cfg):
+    """(training set, validation set), with the same classes."""
+    convention = label_convention(vars(cfg), cfg.DATASET)
+    train_set, val_set = (open_dataset(cfg.DATASET, split, images, annotations, train=split == "train",
+                                       class_names=cfg.CLASS_NAMES, min_area=cfg.MIN_AREA, convention=convention)
+                          for split, images, annotations in (("train", cfg.TRAIN_IMAGES, cfg.TRAIN_ANNOTATIONS),
+                                                              ("val", cfg.VAL_IMAGES, cfg.VAL_ANNOTATIONS)))
+    if val_set.class_names != train_set.class_names:
+        raise UserError("the validation set's classes differ from the training set's")
+    return train_set, val_set
+
+
+def new_model(cfg, train_set):
+    return AttentionNet(train_set.num_classes, arch=cfg.ARCH, mode=cfg.MODE, attention=cfg.ATTENTION,
+                        merge=cfg.MERGE, weights=cfg.WEIGHTS, class_names=train_set.class_names,
+                        crop_margin=cfg.CROP_MARGIN, category_ids=train_set.category_ids)
+
+
+def schedule(cfg, state):
+    """(warm-up, cosine steps). The cosine spans the STEPS the run began with; steps added later
+    run at its end value. A resumed run keeps its schedule's shape (runs saved before the cap:
+    uncapped)."""
+    if state is None:
+        return warmup_steps(cfg.WARMUP_STEPS, cfg.STEPS), cfg.STEPS
+    return (state.get("warmup_steps", cfg.WARMUP_STEPS),
+            state.get("schedule_steps", state["params"].get("STEPS", cfg.STEPS)))
+
+
+def train_loader(cfg, train_set, jitter, step, dist):
+    """Batches from `step` on: this process's share, one geometry per step on all of them."""
     sampler = VaryingSizeBatchSampler(
         train_set.labels, cfg.MIN_SIZE, cfg.MAX_SIZE, cfg.MAX_PIXELS, cfg.MAX_BATCH,
         balanced=cfg.BALANCED, seed=cfg.SEED, start_step=step, rank=dist.rank,
         world_size=dist.world_size, image_of_segment=train_set.image_of_segment)
     train_set.flip, train_set.jitter = cfg.FLIP, jitter
-    loader = iter(make_train_loader(train_set, sampler, cfg.WORKERS))
-    net.train()
-    meter = LossMeter()
-    skipped = SkippedFiles()
-    while step < stop_at:
-        with dist.together():   # a loader error here must not leave the others in DDP's all-reduce
-            batch = next(loader)
-        skipped.add(batch["skipped"])
-        images = batch["images"].to(device, non_blocking=True)
-        masks = batch["masks"].to(device, non_blocking=True)
-        labels = batch["labels"].to(device, non_blocking=True)
-        with autocast(device, dtype):
-            logits = net(images, masks)
-        loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        lr = cfg.LR * lr_factor(step, warmup, schedule_steps)
-        set_learning_rate(optimizer, lr)
-        scaler.step(optimizer)
-        scaler.update()
-        step += 1
-        progress["stepped"] = True
-        meter.add(loss.detach(), labels.shape[0])
-        if due(step, cfg.LOG_EVERY) or step == stop_at:
-            mean_loss, rate = meter.summary(dist)   # over all processes: the same everywhere
-            with dist.together():
-                if not math.isfinite(mean_loss):
-                    raise UserError(f"the loss became {mean_loss} between steps {step - meter.steps} and "
-                                    f"{step}; lower --LR (now {cfg.LR}) or check the data. The checkpoints "
-                                    f"in {run_dir} are from before and intact")
-                logger.log_train(step, mean_loss, lr, rate)
-                logger.log_skipped(skipped)
-            meter = LossMeter()
-        if cfg.VAL_EVERY and (due(step, cfg.VAL_EVERY) or step == cfg.STEPS):
-            save("last.pt")   # before validating: a failed validation never costs the training
-            metrics = validate(model, val_set, device, dtype, dist, logger, step, window, cfg.MAX_BATCH,
-                               cfg.WORKERS, cfg.VAL_MAX_IMAGES or None)
-            improved = metrics["mean_class_accuracy"] > best
-            best = max(best, metrics["mean_class_accuracy"])
-            save("last.pt", **metrics)
-            if improved:
-                save("best.pt", **metrics)
-                logger.print(f"best.pt updated: mean class accuracy {best:.4f} at step {step}")
-            meter.restart_clock()
-        elif due(step, cfg.SAVE_EVERY) or step == stop_at:
-            save("last.pt")
-        if due(step, cfg.SNAPSHOT_EVERY):
-            save(f"step_{step}.pt")
-    logger.finish(step, best, skipped)
+    return make_train_loader(train_set, sampler, cfg.WORKERS)
 
 
 def settings_line(cfg):
@@ -295,33 +213,16 @@ def settings_line(cfg):
             f"{cfg.MAX_SIZE}px, <= {cfg.MAX_BATCH} per batch")
 
 
-def build_model(cfg, params, train_set, state, last):
-    """(model, changes): a new model, or the checkpoint's once its parameters and classes are
-    found to match (`changes`: the changeable parameters that differ, to announce)."""
-    if state is None:
-        model = AttentionNet(train_set.num_classes, arch=cfg.ARCH, mode=cfg.MODE, attention=cfg.ATTENTION,
-                             merge=cfg.MERGE, weights=cfg.WEIGHTS, class_names=train_set.class_names,
-                             crop_margin=cfg.CROP_MARGIN, category_ids=train_set.category_ids)
-        return model, []
-    model = AttentionNet.from_state(state, last)
-    expected = {"arch": cfg.ARCH, "mode": cfg.MODE, "num_classes": train_set.num_classes}
-    found = {k: model.config[k] for k in expected}
-    if found != expected:
-        raise UserError(f"{last} holds a different model ({found}) than asked ({expected}); {RESUME_WAY_OUT}")
-    require_training_state(state, last, RESUME_WAY_OUT)
-    changes = resume_changes(state["params"], params, last, FIXED, CHANGEABLE, as_read, RESUME_WAY_OUT)
-    check_class_names(model.class_names, train_set.class_names, last, RESUME_WAY_OUT)
-    return model, changes
-
-
-def check_outputs(run_dir, params):
-    """Before any work: the run's files are never written over its data or weights."""
-    try:
-        check_writes([("--RUN", os.path.join(run_dir, name)) for name in RUN_FILES], inputs(params),
-                     folders=[("--RUN", run_dir)], owns=("run",),
-                     moved=[] if params["RESUME"] else [("--RUN", run_dir)])
-    except UserError as clash:  # a run's way out is another run, whatever the clash
-        raise UserError(f"{clash}; or {RESUME_WAY_OUT if params['RESUME'] else 'choose another --RUN'}") from None
+def run_folder(log_dir, run, resume):
+    """LOG_DIR/RUN. --RESUME=False moves an existing run folder aside, so there RUN must name a
+    folder inside LOG_DIR: `.`, `..` or a path outside would move LOG_DIR or more."""
+    logs = log_dir if os.path.isabs(log_dir) else os.path.join(os.path.dirname(os.path.abspath(__file__)), log_dir)
+    run_dir = os.path.normpath(os.path.join(logs, run))
+    real_logs, real_run = os.path.realpath(logs), os.path.realpath(run_dir)
+    if not resume and (real_run == real_logs or os.path.commonpath([real_logs, real_run]) != real_logs):
+        raise UserError(f"--RUN={run} names {real_run}, not a folder inside --LOG_DIR ({real_logs}), "
+                        "which --RESUME=False would move aside; give a run name such as --RUN=demo2")
+    return run_dir
 
 
 def inputs(params):
@@ -341,5 +242,11 @@ def as_read(p):
     return dict(p, **{name: os.path.abspath(path) for name, path in zip(DATA_PATHS, paths)})
 
 
+# What a refusal says in this script's words (roilib.cli.run): its parameters' names for the
+# values the library names, and the way out of each kind of error.
+NAMES = {"device": "DEVICE", "min_size": "MIN_SIZE", "max_size": "MAX_SIZE", "jitter": "JITTER", "run": "RUN"}
+RESUME_WAY_OUT = "start afresh with --RESUME=False (the old run is moved aside) or choose another --RUN"
+ADVICE = {ResumeError: RESUME_WAY_OUT, FolderClash: "choose another --RUN", Diverged: "lower --LR or check the data"}
+
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, NAMES, ADVICE)

@@ -37,7 +37,7 @@ import sys
 import time
 from types import SimpleNamespace
 
-from roilib.errors import StopRun, UserError
+from roilib.errors import BadValue, StopRun, UserError
 
 BLOCK_START = re.compile(r"^# -+ parameters")
 BLOCK_END = re.compile(r"^# -+ end of parameters")
@@ -277,12 +277,15 @@ def literal(name, value, default, recipe):
     return value
 
 
-def run(main):
-    """Call main(); a UserError becomes 'error: ...' on stderr and exit code 2, Ctrl-C exit 130."""
+def run(main, names=None, advice=None):
+    """Call main(); a UserError becomes 'error: ...' on stderr and exit code 2, Ctrl-C exit 130.
+    The script's own words are added here, once: `names` {argument: NAME} names the values of a
+    BadValue as its parameters (--NAME=value), and `advice` {error type: way out} adds the way
+    out of each kind of error (the first type that matches)."""
     try:
         main()
     except UserError as e:
-        print(f"error: {user_message(e)}", file=sys.stderr)
+        print(f"error: {user_message(e, names, advice)}", file=sys.stderr)
         raise SystemExit(2) from None
     except StopRun as e:   # another process of the run failed and said why
         if e.show:
@@ -298,12 +301,17 @@ def run(main):
 _WRAPPED_USER_ERROR = re.compile(r"^[\w.]*UserError: ")
 
 
-def user_message(error):
-    """A UserError's message. One raised in a DataLoader worker is re-raised by torch with
-    the worker's whole traceback as its message: only the original message is kept."""
-    lines = str(error).strip().splitlines()
+def user_message(error, names=None, advice=None):
+    """A UserError's message in the script's words (see run). One raised in a DataLoader
+    worker is re-raised by torch with the worker's whole traceback as its message: only the
+    original message is kept."""
+    text = error.worded(names or {}) if isinstance(error, BadValue) else str(error)
+    for kind, way in (advice or {}).items():
+        if isinstance(error, kind):
+            return f"{text}{error.then}{way}"
+    lines = text.strip().splitlines()
     if len(lines) > 1 and lines[0].startswith("Caught UserError"):
         starts = [i for i, line in enumerate(lines) if _WRAPPED_USER_ERROR.match(line)]
         if starts:
             return _WRAPPED_USER_ERROR.sub("", "\n".join(lines[starts[-1]:]))
-    return str(error)
+    return text

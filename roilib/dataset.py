@@ -9,7 +9,8 @@ every reader yields the same samples:
 
 Unreadable data files (corrupt image, mask of the wrong size...) do not stop a run: a
 training item takes another segment instead (``readable_sample``) and carries
-``"skipped"``: [(image path, reason)] so that the main process can count and report them.
+``"skipped"``: [(image path, reason)] so that the main process can count and report them
+(``SkippedFiles``).
 """
 from collections import namedtuple
 
@@ -139,3 +140,34 @@ def make_sample(image, mask, segment, image_id):
     return {"image": image, "mask": mask, "label": int(segment.label),
             "area": int(segment.area), "image_id": image_id,
             "segment_id": segment.segment_id}
+
+
+class SkippedFiles:
+    """Unreadable images met so far (each counted once, in order of appearance), for the
+    main process's reports."""
+
+    def __init__(self):
+        self.reasons = {}  # image path -> the first reason it could not be used
+        self.reported = 0
+
+    def __len__(self):
+        return len(self.reasons)
+
+    def add(self, entries):
+        for path, reason in entries:
+            self.reasons.setdefault(path, reason)
+
+    def unreported(self):
+        """Reasons not returned by an earlier call."""
+        fresh = list(self.reasons.values())[self.reported:]
+        self.reported = len(self.reasons)
+        return fresh
+
+    def summary(self):
+        """'skipped N unreadable images (first: reason)', or '' when none was."""
+        if not self.reasons:
+            return ""
+        return f"skipped {len(self)} unreadable images (first: {next(iter(self.reasons.values()))})"
+
+    def as_list(self):
+        return [{"path": path, "reason": reason} for path, reason in self.reasons.items()]

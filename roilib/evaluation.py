@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from roilib.dataset import SkippedFiles
 from roilib.errors import UserError
 from roilib.metrics import summarize
 from roilib.progress import progress_bar
 from roilib.runtime import autocast
-from roilib.skipped import SkippedFiles
 from roilib.windows import cut_windows
 
 

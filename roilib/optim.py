@@ -13,8 +13,6 @@ import math
 
 import torch
 
-from roilib.errors import UserError
-
 FINAL_FACTOR = 0.01
 WARMUP_FRACTION = 0.1
 
@@ -68,30 +66,3 @@ def schedule_notes(step, steps, stop_at, schedule_steps, warmup, requested_warmu
 def set_learning_rate(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def require_training_state(state, last, way_out):
-    """`way_out`: what the caller can do instead of resuming from `last`."""
-    missing = [key for key in ("optimizer", "step", "params") if key not in state]
-    if missing:
-        raise UserError(f"{last}: no training state ({', '.join(missing)} missing: not a training "
-                        f"checkpoint); {way_out}")
-
-
-def restore_training_state(state, optimizer, scaler, weight_decay, last, way_out):
-    """Optimiser and scaler from last.pt (see require_training_state), with this run's weight
-    decay over the stored one; returns its step. (The LR is set before every step.)"""
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state.get("scaler") or {})
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{last}: its optimiser state does not fit this model ({error}); {way_out}") from None
-    optimizer.param_groups[0]["weight_decay"] = weight_decay   # group 1 (norms, biases): none
-    return int(state["step"])
-
-
-def check_finite(model, step, advice):
-    """Never write a broken model over a good checkpoint."""
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise UserError(f"the weights hold NaN/inf at step {step}: not saving; {advice}. "
-                        "The checkpoints already written are intact")

@@ -11,7 +11,7 @@ import time
 import torch
 
 from roilib.checkpoint import describe_model
-from roilib.errors import UserError
+from roilib.errors import ResumeError
 from roilib.outputs import atomic_write, writing
 from roilib.progress import format_seconds
 from roilib.runtime import precision_name
@@ -24,23 +24,23 @@ CSV_FIELDS = ["step", "loss", "lr", RATE_FIELD, "val_accuracy", "val_mean_class_
 STARTUP_FILES = ("config.json", "train_log.csv", "events.out.tfevents.*")  # written before the first step
 
 
-def read_log(csv_path, way_out):
+def read_log(csv_path):
     """train_log.csv's rows; a file that is not a CSV text log (a non-UTF-8 byte, a NUL, a
-    field beyond csv's limit, a folder) is one line that says how to go on (or `way_out`)."""
+    field beyond csv's limit, a folder) is a ResumeError that says how to go on."""
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
             return list(csv.reader(f))
     except (UnicodeDecodeError, csv.Error, OSError) as error:
         why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise UserError(f"{csv_path}: cannot be read as this run's log ({why}); move it aside to "
-                        f"resume with a new log, or {way_out}") from None
+        raise ResumeError(f"{csv_path}: cannot be read as this run's log ({why}); move it aside to "
+                          "resume with a new log", then=", or ") from None
 
 
-def trim_log(csv_path, step, way_out):
+def trim_log(csv_path, step):
     """Drop train_log.csv rows after `step` (the step resumed from): a killed run logged
     them after its last checkpoint, and they are logged again. Torn or malformed rows go
     too. Rewritten atomically. Returns the number of rows dropped."""
-    rows = read_log(csv_path, way_out)
+    rows = read_log(csv_path)
     header = rows[0] if rows else CSV_FIELDS  # an empty file: killed before its header
     kept = [row for row in rows[1:] if len(row) == len(header) and row[0].isdigit()
             and int(row[0]) <= step]
@@ -83,10 +83,10 @@ class RunLogger:
     """Console lines, train_log.csv, config.json and TensorBoard; only rank 0 writes."""
 
     def __init__(self, run_dir, params, steps, train_set, dist, device, dtype, resumed_step, schedule,
-                 will_train=True, way_out="start afresh"):
+                 will_train=True):
         """`params`: stored in config.json as they are; `steps`: the run's length (for the ETA);
         `will_train`: False when no step will run (config.json then keeps the values of the
-        model it describes); `way_out`: what to do when the old log cannot be read."""
+        model it describes)."""
         self.run_dir, self.active, self.steps = run_dir, dist.is_main, steps
         self.device, self.dtype, self.dist = device, dtype, dist
         self.start = time.perf_counter()
@@ -106,7 +106,7 @@ class RunLogger:
                 json.dump(config, f, indent=2)
         self.csv_path = os.path.join(run_dir, "train_log.csv")
         if os.path.exists(self.csv_path):
-            dropped = trim_log(self.csv_path, self.first_step, way_out)
+            dropped = trim_log(self.csv_path, self.first_step)
             if dropped:
                 self.print(f"train_log.csv: dropped {dropped} rows logged after step "
                            f"{self.first_step} by the interrupted run (those steps are done again)")

@@ -13,15 +13,29 @@ import torch
 from torch.utils.data import DataLoader
 
 from roilib.crops import SIZE_STEP
-from roilib.errors import UserError
+from roilib.errors import BadValue
 
-def check_sizes(min_size, max_size, names):
-    """One-line error, naming the caller's two settings (`names`), unless [min_size, max_size] holds a
-    multiple of 32 (the crop sides)."""
+# Scale jitter beyond this shows a segment at 1/100 or 100x its size: no augmentation, and the
+# crop's source box would outgrow the integers OpenCV takes.
+MAX_JITTER = 100.0
+
+def check_sizes(min_size, max_size):
+    """BadValue unless [min_size, max_size] holds a multiple of 32 (the crop sides)."""
     if math.ceil(min_size / SIZE_STEP) > max_size // SIZE_STEP:
-        low, high = names
-        raise UserError(f"--{low}={min_size} --{high}={max_size}: expected {low} <= {high} "
-                        f"with a multiple of {SIZE_STEP} between them")
+        raise BadValue(f"expected {{min_size}} <= {{max_size}} with a multiple of {SIZE_STEP} between them",
+                       min_size=min_size, max_size=max_size)
+
+
+def parse_jitter(text):
+    """'low,high' -> (low, high) scale factors, 1/MAX_JITTER <= low <= high <= MAX_JITTER;
+    '1,1' -> None (native)."""
+    try:
+        low, high = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise BadValue("expected low,high (e.g. 0.8,1.25)", jitter=text) from None
+    if not 1 / MAX_JITTER <= low <= high <= MAX_JITTER:   # also refuses inf and nan
+        raise BadValue(f"expected {1 / MAX_JITTER:g} <= low <= high <= {MAX_JITTER:g}", jitter=text)
+    return None if low == high == 1 else (low, high)
 
 
 def batch_pixels(max_size, max_pixels, max_batch):

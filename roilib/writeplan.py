@@ -11,7 +11,7 @@ import fnmatch
 import os
 
 from roilib.checkpoint import RELEASE_CONFIG, RELEASE_WEIGHTS
-from roilib.errors import UserError
+from roilib.errors import BadValue
 
 # The files of a Train.py run folder that are written under fixed names.
 RUN_FILES = ("config.json", "train_log.csv", "last.pt", "best.pt")
@@ -28,7 +28,8 @@ OWNED_FOLDERS = {
 def check_writes(writes, reads=(), folders=(), owns=(), moved=()):
     """Refuse, before any work, a planned write that would destroy something.
 
-    writes: [(label, path)] every file the script will write (label: e.g. "--OUT");
+    writes: [(label, path)] every file the script will write (label: e.g. "--OUT", or an
+    argument name that the script names: errors.BadValue);
     reads: paths of the files and folders it reads (missing or empty ones are ignored);
     folders: [(label, path)] folders it will create or write into;
     owns: kinds of OWNED_FOLDERS whose files the script writes itself (Train.py: "run");
@@ -37,20 +38,20 @@ def check_writes(writes, reads=(), folders=(), owns=(), moved=()):
     """
     for label, folder in folders:
         if os.path.exists(folder) and not os.path.isdir(folder):
-            raise UserError(f"{label}={folder}: is an existing file, not a folder; choose a folder")
+            raise BadValue("is an existing file, not a folder; choose a folder", **{label: folder})
     inputs = [read_file for path in reads if path and os.path.exists(path)
               for read_file in _read_files(path)]
     for label, folder in moved:
         inside = [read for read, _ in inputs if os.path.exists(folder) and _inside(read, folder)]
         if inside:
-            raise UserError(f"{label}: {folder} would be moved aside, and it holds the input "
-                            f"{inside[0]}; choose another folder")
+            raise BadValue(f"would be moved aside, and it holds the input {inside[0]}; choose another "
+                           "folder", **{label: folder})
     seen = {}
     for label, path in writes:
         _check_one(label, path, inputs, owns)
         key = os.path.realpath(path)
         if key in seen:
-            raise UserError(f"{label}={path}: is also {seen[key]}'s output; choose another path")
+            raise BadValue(f"is also {seen[key]}'s output; choose another path", **{label: path})
         seen[key] = label
 
 
@@ -74,20 +75,19 @@ def _read_files(path):
 
 def _check_one(label, path, inputs, owns):
     if os.path.isdir(path):
-        raise UserError(f"{label}={path}: is an existing folder; give a file path")
+        raise BadValue("is an existing folder; give a file path", **{label: path})
     for read, is_folder in inputs if os.path.lexists(path) else ():   # a new file replaces nothing
         if is_folder and _inside(path, read):
-            raise UserError(f"{label}={path}: would replace a file in the input folder {read}; "
-                            "choose another path")
+            raise BadValue(f"would replace a file in the input folder {read}; choose another path",
+                           **{label: path})
         if not is_folder and _same(path, read):
-            raise UserError(f"{label}={path}: is the input {read} (the same file); choose "
-                            "another path")
+            raise BadValue(f"is the input {read} (the same file); choose another path", **{label: path})
     folder = os.path.dirname(os.path.realpath(path))
     kind = folder_kind(folder) if os.path.isdir(folder) else None
     if kind and kind not in owns and _is_owned(kind, os.path.basename(path)):
         spec = OWNED_FOLDERS[kind]
-        raise UserError(f"{label}={path}: would replace the {kind}'s own file in {folder} (written "
-                        f"by {spec['owner']}); choose another path")
+        raise BadValue(f"would replace the {kind}'s own file in {folder} (written by {spec['owner']}); "
+                       "choose another path", **{label: path})
 
 
 def _is_owned(kind, name):

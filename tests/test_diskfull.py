@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from roilib import demo, export, outputs, runlock, runlog
-from roilib.distributed import Distributed
+from roilib import demo, export, outputs, run, runlog
+from roilib.runtime import Distributed
 from roilib.errors import UserError
 
 
@@ -62,8 +62,8 @@ def log_created_on_full_disk(tmp_path, monkeypatch):
 
 
 def lock_on_full_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(runlock, "open", no_space, raising=False)
-    runlock.RunLock(str(tmp_path / "run"))
+    monkeypatch.setattr(run, "open", no_space, raising=False)
+    run.RunLock(str(tmp_path / "run"))
 
 
 def demo_on_full_disk(tmp_path, monkeypatch):

@@ -649,11 +649,11 @@ def test_resume_drops_log_rows_after_the_checkpoint(tmp_path):
         csv.writer(f).writerows(rows)
     with open(log, "a") as f:
         f.write("11,2.1")                      # torn by the kill
-    assert runlog.trim_log(log, 2, "start afresh") == 3
+    assert runlog.trim_log(log, 2) == 3
     assert [r["step"] for r in read_csv(log)] == ["1", "2", "2"]
-    assert runlog.trim_log(log, 2, "start afresh") == 0
+    assert runlog.trim_log(log, 2) == 0
     log.write_text("")                         # killed before its header
-    assert runlog.trim_log(log, 0, "start afresh") == 0
+    assert runlog.trim_log(log, 0) == 0
     assert log.read_text().splitlines() == [",".join(runlog.CSV_FIELDS)]
 
 

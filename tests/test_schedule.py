@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from helpers import run_script
-from roilib.optim import (FINAL_FACTOR, lr_factor, make_optimizer, restore_training_state,
-                          set_learning_rate, warmup_steps)
+from roilib.optim import FINAL_FACTOR, lr_factor, make_optimizer, set_learning_rate, warmup_steps
+from roilib.run import restore_training_state
 
 
 def test_warmup_is_capped_at_a_tenth_of_the_run():
@@ -46,8 +46,8 @@ def test_resume_takes_the_new_lr_and_weight_decay():
     set_learning_rate(optimizer, 1e-3 * lr_factor(0, 2, 10))
     optimizer.step()
     state = {"optimizer": optimizer.state_dict(), "step": 7}
-    resumed = make_optimizer(model, 5e-4, 0.05)
-    step = restore_training_state(state, resumed, torch.amp.GradScaler("cpu", enabled=False), 0.01, "last.pt", "x")
+    resumed = make_optimizer(model, 5e-4, 0.01)
+    step = restore_training_state(state, resumed, torch.amp.GradScaler("cpu", enabled=False), "last.pt")
     set_learning_rate(resumed, 5e-4 * lr_factor(step, 2, 10))
     assert step == 7
     assert [g["lr"] for g in resumed.param_groups] == [pytest.approx(5e-4 * lr_factor(7, 2, 10))] * 2

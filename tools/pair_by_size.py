@@ -42,7 +42,7 @@ def main():
     parser.add_argument("--annotations", default="")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    device = resolve_device(args.device, setting="--device")
+    device = resolve_device(args.device)
     dataset = open_dataset(args.dataset, "val", args.images, args.annotations, train=False)
     unknown = [c for c in args.classes.split(",") if c not in dataset.class_names]
     if unknown:
