@@ -39,7 +39,7 @@ NAME = "demo"               # [nonempty] results go to LOG_DIR/<NAME>/
 LOG_DIR = "logs/ablation"   # [nonempty] folder of all ablations (relative paths: to this repository)
 VARIANTS = "all"            # comma-separated names from the table below, or all
 SEEDS = "0,1"               # [nonempty] seeds: each variant is trained once per seed
-DATASET = "demo"            # [demo|coco|opensurfaces|camvid] dataset (with the paths below, "" = default layout)
+DATASET = "demo"            # [demo|coco|opensurfaces|camvid|cocojson|labelmap] dataset (with the paths below, "" = default layout)
 TRAIN_IMAGES = ""           # training image folder
 TRAIN_ANNOTATIONS = ""      # training instances JSON or label-map folder
 VAL_IMAGES = ""             # evaluation image folder

@@ -30,8 +30,8 @@ from RegionClassifier import RegionClassifier, as_box_mask  # noqa: E402
 from roilib import cli  # noqa: E402
 from roilib.checkpoint import require  # noqa: E402
 from roilib.errors import UserError, one_line  # noqa: E402
+from roilib.explain import draw_regions, region_colour  # noqa: E402
 from roilib.imageio import bounded_bytes, read_image, read_label_map, read_mask, read_raw, write_png  # noqa: E402
-from roilib.overlay import draw_regions, region_colour  # noqa: E402
 from roilib.paths import find_checkpoint, find_path  # noqa: E402
 from roilib.runtime import resolve_device  # noqa: E402
 
@@ -45,7 +45,7 @@ WINDOW = ""                 # [""|HxW] window HxW around the region ("" = the on
 MAX_PIXELS = 40000000       # [1024..1073741824] photos, masks and maps with more pixels are refused, before decoding (memory)
 QUEUE = 16                  # [1..10000] requests waiting while CONCURRENT are answered; more are answered "busy"
 EXAMPLES = 3                # [0..1000] example photos from the demo data and from CamVid, each (Test/example.png always)
-CAMVID = "../shared/datasets/camvid"   # CamVid folder for examples (val split), used when it exists ("" = none)
+CAMVID = "data/camvid"      # CamVid folder (the SegNet tutorial's layout, as DATASET=camvid reads it) for examples from its val split, used when it exists ("" = none)
 # ---- end of parameters ----
 
 

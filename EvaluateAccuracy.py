@@ -29,7 +29,7 @@ from roilib.writeplan import check_writes
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] checkpoint to evaluate (relative paths: to this repository)
-DATASET = ""                # [""|demo|coco|opensurfaces|camvid] dataset ("" = the one the checkpoint was trained on)
+DATASET = ""                # [""|demo|coco|opensurfaces|camvid|cocojson|labelmap] dataset ("" = the one the checkpoint was trained on)
 IMAGES = ""                 # image folder ("" = the DATASET's validation images)
 ANNOTATIONS = ""            # instances JSON or label-map folder ("" = the DATASET's validation set)
 CLASS_NAMES = None          # [None|names] label maps only: comma-separated names (None = as in training)
@@ -209,7 +209,7 @@ def write_outputs(result, folder):
         writer.writerow(["class", "count", "accuracy"])
         for row in result["per_class"]:
             writer.writerow([row["class"], row["count"], row["accuracy"]])
-    from roilib.plots import plot_accuracy_by_size, plot_confusion
+    from roilib.metrics import plot_accuracy_by_size, plot_confusion
     plot_accuracy_by_size({"model": result["by_size"]}, os.path.join(folder, "eval_accuracy_by_size.png"))
     if result["confusion"] is None:   # too many classes for a matrix (its cells are in eval.json)
         return list(OUTPUTS[:-1])

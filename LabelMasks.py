@@ -24,8 +24,8 @@ from AttentionNet import AttentionNet
 from roilib import cli
 from roilib.checkpoint import load_model_state
 from roilib.outputs import check_writable_folder, write_json
-from roilib.labelling import label_masks, model_category_ids, skipped_lines
-from roilib.maskeval import evaluate, evaluation_path, format_evaluation
+from roilib.labelling import (evaluate, evaluation_path, format_evaluation, label_masks, model_category_ids,
+                              skipped_lines)
 from roilib.maskinputs import read_masks
 from roilib.paths import find_checkpoint, find_path
 from roilib.runtime import amp_dtype, precision_name, resolve_device

@@ -27,17 +27,16 @@ import sys
 import numpy as np
 
 from Datasets import label_convention
-from OpenSurfacesReader import component_box_mask, components_of
+from LabelMapReader import component_box_mask, components_of
 from RegionClassifier import RegionClassifier
 from roilib import cli
 from roilib.crops import BoxMask, box_mask
 from roilib.errors import UserError, one_line
-from roilib.explain import check_explainable, explained_layout, explained_overlay
+from roilib.explain import check_explainable, draw_regions, explained_layout, explained_overlay
 from roilib.imageinfo import exif_notice
 from roilib.labelconvention import LabelConvention, total_undeclared, undeclared_warning
 from roilib.imageio import check_image_extension, check_image_size, read_image, read_label_map, read_mask, write_image
 from roilib.outputs import check_writable_folder
-from roilib.overlay import draw_regions
 from roilib.paths import find_checkpoint, find_path, split_paths
 from roilib.runtime import resolve_device
 from roilib.writeplan import check_writes

@@ -23,15 +23,15 @@ from roilib.errors import Diverged, FolderClash, Interrupted, ResumeError, UserE
 from roilib.optim import lr_factor, make_optimizer, schedule_notes, set_learning_rate, warmup_steps
 from roilib.run import ResumeRules, Run, due
 from roilib.sampler import VaryingSizeBatchSampler, batch_pixels, check_sizes, make_train_loader, parse_jitter
-from roilib.windows import WINDOW_RULE, check_memory, parse_window, training_window
+from roilib.windows import check_memory, parse_window, training_window
 
 # ---- parameters: edit here, or override as --NAME=value ----
-DATASET = "demo"            # [demo|coco|opensurfaces|camvid] which default layout, class names and label-map convention to use (see README)
+DATASET = "demo"            # [demo|coco|opensurfaces|camvid|cocojson|labelmap] a named dataset (default layout, class names, label-map convention) or your own data in COCO JSON or label maps (paths given; see README)
 TRAIN_IMAGES = ""           # training image folder ("" = the DATASET's default layout, see README)
-TRAIN_ANNOTATIONS = ""      # coco: instances JSON; opensurfaces: label-map folder ("" = default)
+TRAIN_ANNOTATIONS = ""      # instances JSON (COCO format) or label-map folder ("" = default)
 VAL_IMAGES = ""             # validation image folder ("" = default)
 VAL_ANNOTATIONS = ""        # validation instances JSON or label-map folder ("" = default)
-CLASS_NAMES = None          # [None|names] label maps only: comma-separated names in value order (None = the DATASET's; else the 45 OpenSurfaces materials)
+CLASS_NAMES = None          # [None|names] label maps only: comma-separated names in value order (None = the DATASET's; labelmap: needed unless CLASS_VALUES)
 BACKGROUND = ""             # label maps: value of unlabelled pixels, None = every value is a class ("" = the DATASET's: 0, camvid None)
 IGNORE = ""                 # label maps: comma-separated values neither a class nor a region, e.g. 255 ("" = the DATASET's: none, camvid 11)
 CLASS_VALUES = ""           # label maps: comma-separated values of the classes in class order, e.g. Cityscapes ids ("" = all values in order but BACKGROUND and IGNORE)
@@ -103,6 +103,7 @@ def main():
 
 
 def train(cfg, run):
+    torch.manual_seed(cfg.SEED)
     with run.together():   # a bad value stops the run now, not after hours of training
         jitter, window = check_settings(cfg, run.device)
     run.claim(inputs(vars(cfg)))   # its files never over its inputs; one writer: the folder's lock
@@ -121,12 +122,9 @@ def train(cfg, run):
         for note in schedule_notes(step, cfg.STEPS, cfg.STOP_AT, cosine, warmup, cfg.WARMUP_STEPS, cfg.LR,
                                    {"steps": "STEPS", "stop_at": "STOP_AT", "warmup": "WARMUP_STEPS"}):
             run.print(note)
-        run.print(f"evaluation window: {window[0]}x{window[1]} ({WINDOW_RULE})")
     if step >= stop_at:
         return
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type
-                                                    == "cuda" else None) if run.dist.enabled else model
-    net = torch.compile(net) if cfg.COMPILE else net
+    net = torch.compile(run.parallel(model)) if cfg.COMPILE else run.parallel(model)   # DDP on several
     loader = iter(train_loader(cfg, train_set, jitter, step, run.dist))
     net.train()
     while step < stop_at:

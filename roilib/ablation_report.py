@@ -113,7 +113,7 @@ def write_results(table, results, folder, params, pairs):
 def plot_results(table, path, pairs):
     """Grouped bars: mean class accuracy per variant, overall, per size bin and on the
     context pairs."""
-    from roilib.plots import pyplot
+    from roilib.metrics import pyplot
     plt = pyplot()
     pair_classes = active_pairs(pairs)
     bins = named(table, SIZE_PREFIX)

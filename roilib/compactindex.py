@@ -102,8 +102,7 @@ class ImageSegments(_View):
 
 def adopt_segments(dataset, image_count, image_index, segment_id, label, area, bbox):
     """Set a dataset's ``segments``, ``labels``, ``image_of_segment`` and
-    ``image_segments`` from arrays (segments grouped by image, in image order): what
-    ``SegmentDataset.index_segments`` does for a list of Segment tuples."""
+    ``image_segments`` from arrays (segments grouped by image, in image order)."""
     image_index = np.asarray(image_index, np.int64)
     label = np.asarray(label, np.int64)
     if image_index.size and (np.diff(image_index) < 0).any():

@@ -35,9 +35,9 @@ MAX_SUBSTITUTES = 20
 class SegmentDataset(Dataset):
     """Base of the readers: one item per segment.
 
-    A subclass sets ``class_names``, ``images`` (records with at least "path" and "id"),
-    ``segments`` (``Segment`` tuples, grouped by image, in a deterministic order), calls
-    ``index_segments()``, and implements ``segment_mask(segment_index, image_shape)``.
+    A subclass sets ``class_names``, ``images`` (records with at least "path" and "id") and
+    its segments (grouped by image, in a deterministic order) through
+    ``roilib.compactindex.adopt_segments``, and implements ``segment_mask(segment_index, image_shape)``.
     It may override ``box_masks`` when reading all masks of an image at once is cheaper.
     """
 
@@ -52,17 +52,6 @@ class SegmentDataset(Dataset):
         self.image_segments = []
         self.labels = np.zeros(0, np.int64)
         self.image_of_segment = np.zeros(0, np.int64)
-
-    def index_segments(self):
-        """Build ``image_segments``, ``labels`` and ``image_of_segment`` from ``segments``."""
-        self.image_segments = [[] for _ in self.images]
-        for index, segment in enumerate(self.segments):
-            self.image_segments[segment.image_index].append(index)
-        self.labels = np.array([s.label for s in self.segments], dtype=np.int64)
-        self.image_of_segment = np.array([s.image_index for s in self.segments], np.int64)
-        if self.labels.size and not 0 <= self.labels.min() <= self.labels.max() < \
-                self.num_classes:
-            raise ValueError("segment label outside [0, num_classes)")
 
     @property
     def num_classes(self):

@@ -23,6 +23,7 @@ from collections import namedtuple
 import torch
 
 from roilib.checkpoint import load_checkpoint
+from roilib.dataset import SkippedFiles
 from roilib.errors import (BadValue, Diverged, FolderClash, Interrupted, ResumeClash, ResumeError,
                            UserError)
 from roilib.evaluation import validate
@@ -30,7 +31,7 @@ from roilib.optim import FINAL_FACTOR
 from roilib.outputs import remove_stale_temporaries, writing
 from roilib.runlog import STARTUP_FILES, LossMeter, RunLogger
 from roilib.runtime import Distributed, amp_dtype, autocast, resolve_device
-from roilib.dataset import SkippedFiles
+from roilib.windows import WINDOW_RULE
 from roilib.writeplan import RUN_FILES, check_writes
 
 LOCK_NAME = ".lock"
@@ -147,7 +148,15 @@ class Run:
         self.records.announce(train_set, val_set, model, step, settings)
         for change in self.changes:
             self.print(f"changed on resume: {change}")
+        self.print(f"evaluation window: {window[0]}x{window[1]} ({WINDOW_RULE})")
         return step
+
+    def parallel(self, model):
+        """The model as the training steps call it: DDP over several processes."""
+        if not self.dist.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def record(self, loss, images, skipped):
         """One step's loss (kept on the device), batch size and unreadable files."""

@@ -108,11 +108,11 @@ def test_release_folder_gives_the_same_answers(checkpoint, classifier, tmp_path)
 
 
 def test_runprediction_overlay_draws_with_overlay_py_and_explains(checkpoint, classifier, tmp_path):
-    """RunPrediction's overlay is roilib/overlay.py's drawing (labels on contrasting boxes,
+    """RunPrediction's overlay is roilib/explain.py's drawing (labels on contrasting boxes,
     windows boxed) of RegionClassifier's answers; --EXPLAIN=True adds under it, per mask, the
     window, the attention map and the Grad-CAM map of roilib/explain.py, pixel for pixel."""
     from roilib.explain import explain_regions, explanation_strip
-    from roilib.overlay import draw_regions
+    from roilib.explain import draw_regions
     image = read_image(EXAMPLE_IMAGE)
     regions = [box_mask(read_mask(p, image.shape[:2])) for p in EXAMPLE_MASKS[:2]]
     answers = classifier.classify_box_masks(image, regions, 3)

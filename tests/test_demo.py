@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from CocoReader import CocoReader  # noqa: E402
-from OpenSurfacesReader import OpenSurfacesReader  # noqa: E402
+from LabelMapReader import LabelMapReader  # noqa: E402
 import torch  # noqa: E402
 
 from AttentionNet import masks_to_boxes_with_context  # noqa: E402
@@ -39,7 +39,7 @@ def demo(make_demo_data):
 
 def _readers(split):
     return (CocoReader(split / "images", split / "instances.json", train=False),
-            OpenSurfacesReader(split / "images", split / "labels", class_names=CLASS_NAMES,
+            LabelMapReader(split / "images", split / "labels", class_names=CLASS_NAMES,
                                train=False))
 
 

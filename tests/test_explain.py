@@ -1,4 +1,4 @@
-"""roilib/explain.py (heat maps over evaluation windows) and roilib/overlay.py (drawing)."""
+"""roilib/explain.py: heat maps over evaluation windows, and the drawing on photos."""
 import numpy as np
 import pytest
 import torch
@@ -7,10 +7,9 @@ from AttentionNet import AttentionNet
 from helpers import EXAMPLE_IMAGE, EXAMPLE_MASKS
 from roilib.crops import BoxMask, box_mask
 from roilib.errors import UserError
-from roilib.explain import (GAP, attention_map, explain_regions, explained_layout, explained_overlay,
-                            explanation_strip, grad_cam)
+from roilib.explain import (GAP, attention_map, draw_label, draw_regions, explain_regions, explained_layout,
+                            explained_overlay, explanation_strip, grad_cam, heat_overlay)
 from roilib.imageio import read_image, read_mask
-from roilib.overlay import draw_label, draw_regions, heat_overlay
 from roilib.windows import cut_windows
 
 WINDOW = (64, 64)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import CocoReader as coco_reader_module  # noqa: E402
 from CocoReader import CocoReader  # noqa: E402
-from OpenSurfacesReader import OpenSurfacesReader  # noqa: E402
+from LabelMapReader import LabelMapReader  # noqa: E402
 from roilib.segmentation import checked  # noqa: E402
 from roilib.crops import crop_sample  # noqa: E402
 from roilib.dataset import Segment, make_sample  # noqa: E402
@@ -97,9 +97,9 @@ def test_coco_crops_match_pycocotools(demo, start):
 @pytest.mark.parametrize("start", ["cold", "warm"])
 def test_label_map_crops_match_connected_components(demo, start):
     files = (demo / "images", demo / "labels")
-    reader = OpenSurfacesReader(*files, class_names=CLASS_NAMES)
+    reader = LabelMapReader(*files, class_names=CLASS_NAMES)
     if start == "warm":
-        reader = OpenSurfacesReader(*files, class_names=CLASS_NAMES)
+        reader = LabelMapReader(*files, class_names=CLASS_NAMES)
     index = 0
     for image_index, record in enumerate(reader.images):
         label_map = cv2.imread(record["label_path"], cv2.IMREAD_UNCHANGED)
@@ -255,15 +255,15 @@ def test_label_map_cache_follows_the_folders(demo, tmp_path):
     for name in sorted(os.listdir(demo / "labels"))[:3]:
         os.link(demo / "labels" / name, labels / name)
         os.link(demo / "images" / name, images / name)
-    first = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    first = LabelMapReader(images, labels, class_names=CLASS_NAMES)
     label_map = cv2.imread(str(labels / name), cv2.IMREAD_UNCHANGED)
     os.remove(labels / name)
     label_map[:10, :10] = 1  # a new component: the map changes size and mtime
     cv2.imwrite(str(labels / name), label_map)
-    changed = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    changed = LabelMapReader(images, labels, class_names=CLASS_NAMES)
     assert len(changed) != len(first)
     os.remove(labels / name)
-    fewer = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    fewer = LabelMapReader(images, labels, class_names=CLASS_NAMES)
     assert fewer.missing_labels == 1 and len(fewer.images) == 2
 
 
@@ -390,12 +390,12 @@ def test_palette_label_map_gives_indices_and_ignore_value(tmp_path):
     palette.save(tmp_path / "labels" / "x.png")
     cv2.imwrite(str(tmp_path / "images" / "x.jpg"), np.zeros((30, 40, 3), np.uint8))
     assert cv2.imread(str(tmp_path / "labels" / "x.png")).ndim == 3  # cv2: colours
-    reader = OpenSurfacesReader(tmp_path / "images", tmp_path / "labels", num_classes=20,
+    reader = LabelMapReader(tmp_path / "images", tmp_path / "labels", num_classes=20,
                                 ignore=255)
     assert reader.labels.tolist() == [0, 14] and [s.area for s in reader.segments] == [64, 150]
     assert reader.category_ids[:2] == [1, 2] and len(reader.category_ids) == 20
     assert (reader[1]["mask"] == (values == 15)).all()
-    undeclared = OpenSurfacesReader(tmp_path / "images", tmp_path / "labels", num_classes=20)
+    undeclared = LabelMapReader(tmp_path / "images", tmp_path / "labels", num_classes=20)
     assert undeclared.undeclared == {255: 17} and undeclared.labels.tolist() == [0, 14]
 
 
@@ -483,7 +483,7 @@ CRAFTED = {
 def _open_reader(kind, demo):
     if kind == "coco":
         return CocoReader(demo / "images", demo / "instances.json")
-    return OpenSurfacesReader(demo / "images", demo / "labels", class_names=CLASS_NAMES)
+    return LabelMapReader(demo / "images", demo / "labels", class_names=CLASS_NAMES)
 
 
 @pytest.mark.parametrize("kind, case", list(CRAFTED))
@@ -541,7 +541,7 @@ def _edit_keeping_size_and_mtime(path, edit):
 
 
 def _count_scans(monkeypatch):
-    import OpenSurfacesReader as module
+    import LabelMapReader as module
     scanned = []
     real = module.read_label_map
     monkeypatch.setattr(module, "read_label_map",
@@ -554,7 +554,7 @@ def test_label_map_edited_in_place_with_its_mtime_restored_is_rescanned_alone(
     """rsync -t or a restore from backup keeps size and mtime: ctime and a content digest
     still tell; only that map is scanned again, the others keep their entries."""
     images, labels = _copy_label_maps(demo, tmp_path)
-    first = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    first = LabelMapReader(images, labels, class_names=CLASS_NAMES)
     name = sorted(os.listdir(labels))[1]
     old_map = cv2.imread(str(labels / name), cv2.IMREAD_UNCHANGED)
     present = set(np.unique(old_map).tolist())
@@ -568,7 +568,7 @@ def test_label_map_edited_in_place_with_its_mtime_restored_is_rescanned_alone(
 
     _edit_keeping_size_and_mtime(labels / name, recolour)
     scanned = _count_scans(monkeypatch)
-    changed = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    changed = LabelMapReader(images, labels, class_names=CLASS_NAMES)
     assert scanned == [name]
     image = [r["label_path"] for r in changed.images].index(str(labels / name))
     before = first.labels[first.image_segments[image]].tolist()
@@ -576,7 +576,7 @@ def test_label_map_edited_in_place_with_its_mtime_restored_is_rescanned_alone(
     assert sorted(after) == sorted(new_value - 1 if label == value - 1 else label
                                    for label in before) != sorted(before)
     monkeypatch.setenv(CACHE_ENV, "off")
-    fresh = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    fresh = LabelMapReader(images, labels, class_names=CLASS_NAMES)
     assert [tuple(s) for s in fresh.segments] == [tuple(s) for s in changed.segments]
     label_map = cv2.imread(str(labels / name), cv2.IMREAD_UNCHANGED)
     pieces = changed.box_masks(changed.image_segments[image], label_map.shape)
@@ -588,17 +588,17 @@ def test_label_map_edited_in_place_with_its_mtime_restored_is_rescanned_alone(
 
 def test_touched_or_added_label_map_keeps_the_other_entries(demo, tmp_path, monkeypatch):
     images, labels = _copy_label_maps(demo, tmp_path)
-    first = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    first = LabelMapReader(images, labels, class_names=CLASS_NAMES)
     name = sorted(os.listdir(labels))[0]
     os.utime(labels / name, ns=(0, 10 ** 18))  # a touch: stat changes, content does not
     scanned = _count_scans(monkeypatch)
-    touched = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    touched = LabelMapReader(images, labels, class_names=CLASS_NAMES)
     assert scanned == [] and [tuple(s) for s in touched.segments] == \
         [tuple(s) for s in first.segments]
     extra = sorted(os.listdir(demo / "labels"))[5]
     os.link(demo / "images" / extra, images / extra)
     os.link(demo / "labels" / extra, labels / extra)
-    grown = OpenSurfacesReader(images, labels, class_names=CLASS_NAMES)
+    grown = LabelMapReader(images, labels, class_names=CLASS_NAMES)
     assert scanned == [extra] and len(grown.images) == len(first.images) + 1
 
 
@@ -615,7 +615,7 @@ def test_undeclared_counts_survive_the_incremental_index(demo, tmp_path, monkeyp
     the counts are still those of every map on disk."""
     images, labels = _copy_label_maps(demo, tmp_path)
     few = CLASS_NAMES[:3]  # values 4.. are neither a class nor void
-    first = OpenSurfacesReader(images, labels, class_names=few)
+    first = LabelMapReader(images, labels, class_names=few)
     assert first.undeclared == _undeclared_pixels(labels, 3) != {}
     extra = sorted(os.listdir(demo / "labels"))[5]
     os.link(demo / "images" / extra, images / extra)
@@ -626,7 +626,7 @@ def test_undeclared_counts_survive_the_incremental_index(demo, tmp_path, monkeyp
         str(path), np.where(old_map > 3, 200, old_map).astype(np.uint8),
         [cv2.IMWRITE_PNG_COMPRESSION, 0]))
     scanned = _count_scans(monkeypatch)
-    changed = OpenSurfacesReader(images, labels, class_names=few)
+    changed = LabelMapReader(images, labels, class_names=few)
     assert sorted(scanned) == sorted([name, extra])
     assert changed.undeclared == _undeclared_pixels(labels, 3) != first.undeclared
     assert 200 in changed.undeclared and "200 (" in changed.summary()

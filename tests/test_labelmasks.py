@@ -14,8 +14,7 @@ from AttentionNet import AttentionNet
 from CocoReader import CocoReader
 from helpers import run_script
 from roilib.errors import UserError
-from roilib.labelling import label_masks, model_category_ids, skipped_lines
-from roilib.maskeval import evaluate
+from roilib.labelling import evaluate, label_masks, model_category_ids, skipped_lines
 from roilib.maskinputs import image_table, read_masks
 from roilib.segmentation import to_rle
 from roilib.windows import cut_windows

@@ -158,7 +158,7 @@ def prediction_inputs(data, tmp_path_factory):
     for value in [v for v in np.unique(label_map) if v][:2]:
         masks.append(str(folder / f"mask{value}.png"))
         write_png(masks[-1], (label_map == value).astype(np.uint8) * 255)
-    from OpenSurfacesReader import components_of
+    from LabelMapReader import components_of
     from roilib.labelconvention import LabelConvention
     areas = sorted(c.area for c in components_of(label_map, LabelConvention(len(CLASS_NAMES)))[0])
     assert len(areas) >= 3 and areas[-1] > areas[-2]   # MIN_AREA=<the largest> keeps one of several
