@@ -67,3 +67,25 @@ def test_lowercase_none_stays_a_string():
     """MODE=none is a mode: only the literal None means None."""
     assert convert("MODE", "none", "attention") == "none"
     assert convert("WEIGHTS", "None", "imagenet") is None
+
+
+def test_a_script_names_the_library_s_values_and_adds_its_way_out_once():
+    """A library error says what went wrong in its own names; cli.run words it with the
+    script's parameter names (--NAME=value) and adds the script's way out for its kind."""
+    from roilib.cli import user_message
+    from roilib.errors import BadValue, ResumeError
+    from roilib.runtime import resolve_device
+    from roilib.sampler import check_sizes
+    with pytest.raises(BadValue) as caught:
+        resolve_device("mps")
+    assert str(caught.value) == "device=mps: expected auto, cpu, cuda or cuda:N"   # the API's words
+    assert user_message(caught.value, {"device": "DEVICE"}) == "--DEVICE=mps: expected auto, cpu, cuda or cuda:N"
+    with pytest.raises(BadValue) as caught:
+        check_sizes(200, 100)
+    assert user_message(caught.value, {"min_size": "MIN", "max_size": "MAX"}) == (
+        "--MIN=200 --MAX=100: expected MIN <= MAX with a multiple of 32 between them")
+    advice = {ResumeError: "start afresh"}
+    assert user_message(ResumeError("last.pt: damaged"), advice=advice) == "last.pt: damaged; start afresh"
+    assert user_message(ResumeError("other settings; resume with them", then=", or "), advice=advice) == (
+        "other settings; resume with them, or start afresh")
+    assert user_message(UserError("no way out"), advice=advice) == "no way out"   # another kind

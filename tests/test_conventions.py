@@ -67,7 +67,7 @@ def test_camvid_convention_keeps_sky_and_drops_void(tmp_path):
     assert [s.label for s in reader.segments] == [0, 3, 9] and reader.undeclared == {}
     assert (reader[0]["mask"] == (camvid_map() == 0)).all()
     # the old default convention would have lost Sky and made void a class: not so here
-    plain = open_dataset("opensurfaces", "train", images, labels, class_names=CAMVID_CLASSES)
+    plain = open_dataset("labelmap", "train", images, labels, class_names=CAMVID_CLASSES)
     assert 0 not in segments_by_value(plain) and 11 in segments_by_value(plain)
 
 
@@ -79,8 +79,8 @@ def test_voc_palette_with_void_border(tmp_path):
     values[20:35, 19] = 255
     images, labels = write_set(tmp_path, [values], image_name="{}.jpg", palette=True)
     names = [f"voc{i}" for i in range(1, 21)]
-    convention = label_convention({"IGNORE": "255"}, "opensurfaces")
-    reader = open_dataset("opensurfaces", "val", images, labels, train=False, class_names=names,
+    convention = label_convention({"IGNORE": "255"}, "labelmap")
+    reader = open_dataset("labelmap", "val", images, labels, train=False, class_names=names,
                           convention=convention)
     assert segments_by_value(reader) == {1: [100], 15: [225]} and reader.undeclared == {}
     assert reader.labels.tolist() == [0, 14] and reader.category_ids == list(range(1, 21))
@@ -91,7 +91,7 @@ def test_ade20k_zero_is_unlabelled(tmp_path):
     values[:10] = 1      # wall
     values[20:] = 150    # the last of ADE20K's 150 classes
     images, labels = write_set(tmp_path, [values], image_name="{}.jpg")
-    reader = open_dataset("opensurfaces", "val", images, labels, train=False,
+    reader = open_dataset("labelmap", "val", images, labels, train=False,
                           class_names=[f"ade{i}" for i in range(1, 151)])
     assert segments_by_value(reader) == {1: [300], 150: [300]}
     assert reader.labels.tolist() == [0, 149] and reader.undeclared == {}
@@ -120,9 +120,9 @@ def test_cityscapes_ids_and_file_names_in_city_folders(tmp_path):
               "LABEL_NAMES": "_leftImg8bit.png,_gtFine_labelIds.png"}
 
     def read():
-        return open_dataset("opensurfaces", "val", images, labels, train=False,
+        return open_dataset("labelmap", "val", images, labels, train=False,
                             class_names=["road", "sidewalk", "car"],
-                            convention=label_convention(params, "opensurfaces"))
+                            convention=label_convention(params, "labelmap"))
     reader = read()
     assert segments_by_value(reader) == {7: [8 * 48], 26: [100], 8: [32 * 48]}
     assert reader.labels.tolist() == [0, 2, 1] and reader.missing_labels == 1
@@ -135,12 +135,33 @@ def test_cityscapes_ids_and_file_names_in_city_folders(tmp_path):
     assert segments_by_value(read()) == {7: [8 * 48], 26: [100, 32 * 48]}
 
 
+def test_your_own_data_is_named_by_its_format(tmp_path, make_demo_data, capsys, monkeypatch):
+    """DATASET=labelmap and DATASET=cocojson: your own label maps or COCO JSON, read as the
+    named datasets in that format are, with the paths given (they have no default folders)
+    and, for label maps, the class names (a label map names none)."""
+    images, labels = write_set(tmp_path, [camvid_map()])
+    with pytest.raises(UserError, match="label maps name no classes.*CLASS_NAMES"):
+        open_dataset("labelmap", "train", images, labels)
+    reader = open_dataset("labelmap", "train", images, labels, class_names=["a", "b", "c"],
+                          convention=label_convention({"CLASS_VALUES": "3,9,11"}, "labelmap"))
+    assert segments_by_value(reader) == {3: [24 * 64], 9: [60], 11: [20 * 64 - 60]}
+    demo = make_demo_data(1, 6, 3)
+    own = open_dataset("cocojson", "val", f"{demo}/val/images", f"{demo}/val/instances.json", train=False)
+    named = open_dataset("coco", "val", f"{demo}/val/images", f"{demo}/val/instances.json", train=False)
+    assert own.class_names == named.class_names and len(own) == len(named) > 0
+    for dataset in ("labelmap", "cocojson"):
+        code, out = run_in_process("Train.py", [f"--DATASET={dataset}", f"--LOG_DIR={tmp_path}/logs",
+                                                "--DEVICE=cpu"], capsys, monkeypatch)
+        assert code == 2 and f"--DATASET={dataset}: your own data has no default folders" in out.err
+        assert not os.path.exists(tmp_path / "logs")
+
+
 @pytest.mark.parametrize("params, words", [
     ({"BACKGROUND": "0,1"}, "BACKGROUND=0,1"), ({"IGNORE": "x"}, "IGNORE=x"),
     ({"LABEL_NAMES": ".png"}, "IMAGE_ENDING,LABEL_ENDING"), ({"CLASS_VALUES": "-1"}, ">= 0")])
 def test_bad_convention_is_one_line(params, words):
     with pytest.raises(UserError, match=words):
-        label_convention(params, "opensurfaces")
+        label_convention(params, "labelmap")
 
 
 @pytest.mark.parametrize("stored", [[0], {"background": "0"}, {"ignore": [-1]}, {"x": 1},
