@@ -88,7 +88,10 @@ def main():
     if cfg.EXPLAIN:   # before any work: heat maps this model has, in an overlay that can be written
         check_explainable(classifier.model)
         height, width, _ = explained_layout(image.shape[:2], len(masks), classifier.window, classifier.model)
-        check_image_size(cfg.OVERLAY, height, width, f"explain fewer than {len(masks)} regions")
+        try:
+            check_image_size(cfg.OVERLAY, height, width)
+        except UserError as error:
+            raise error.advised(f"explain fewer than {len(masks)} regions") from None
     many = len(masks) > cfg.MAX_BATCH   # more than one batch: show progress (stderr)
     results = classifier.classify_box_masks(image, masks, cfg.TOPK, progress=many)
     for i, (result, name) in enumerate(zip(results, names)):

@@ -43,19 +43,10 @@ def save_checkpoint(state, path):
                                     "checkpoint")) from None
 
 
-def load_checkpoint(path, map_location="cpu", way_out=""):
+def load_checkpoint(path, map_location="cpu"):
     """torch.load with weights_only=True: a checkpoint holds tensors and plain data, and a file
-    carrying pickled code is refused instead of run. `way_out`: what the caller's user can do
-    about a damaged file (e.g. start afresh), added to its one-line error."""
-    try:
-        return _load_checkpoint(os.fspath(path), map_location)
-    except UserError as error:
-        if way_out:
-            raise UserError(f"{error}; {way_out}") from None
-        raise
-
-
-def _load_checkpoint(path, map_location):
+    carrying pickled code is refused instead of run."""
+    path = os.fspath(path)
     if os.path.isdir(path):
         raise UserError(f"{path}: is a folder, not a checkpoint file")
     if not os.path.isfile(path):

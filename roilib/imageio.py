@@ -282,17 +282,18 @@ def check_image_extension(path):
     return extension
 
 
-def check_image_size(path, height, width, way_out):
+def check_image_size(path, height, width):
     """Refuse, before the work that makes it, an image that write_image could not encode in
-    `path`'s format or that OpenCV (so this project) could not read back."""
+    `path`'s format or that OpenCV (so this project) could not read back (the caller adds how
+    to make it smaller: UserError.advised)."""
     extension = check_image_extension(path)
     name, limit = MAX_SIDE.get(extension, (None, None))
     if limit and max(height, width) > limit:
         raise UserError(f"{path}: the image would be {width}x{height} px, beyond what {name} holds "
-                        f"({limit} px a side); write a .png, or {way_out}")
+                        f"({limit} px a side); write a .png", then=", or ")
     problem = size_problem(width, height)
     if problem:
-        raise UserError(f"{path}: it could not be read back, {problem}; {way_out}")
+        raise UserError(f"{path}: it could not be read back, {problem}")
 
 
 def write_image(path, array):

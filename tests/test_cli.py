@@ -69,7 +69,7 @@ def test_lowercase_none_stays_a_string():
     assert convert("WEIGHTS", "None", "imagenet") is None
 
 
-def test_a_script_names_the_library_s_values_and_adds_its_way_out_once():
+def test_a_script_names_the_library_s_values_and_adds_what_to_do_once():
     """A library error says what went wrong in its own names; cli.run words it with the
     script's parameter names (--NAME=value) and adds the script's way out for its kind."""
     from roilib.cli import user_message
