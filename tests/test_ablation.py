@@ -15,6 +15,7 @@ from roilib.errors import UserError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_two_variants_table_and_resume(tmp_path):
     data = tmp_path / "data"
     make_demo(data, seed=5, n_train=16, n_val=6)

@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_benchmark_smoke(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "Benchmark.py"), "--ARCH=resnet18", "--CONFIG_ARCH=",
            "--BATCH=2", "--SIZE=64", "--STEPS=2", "--WARMUP=1", "--EVAL_IMAGES=2", "--EVAL_SIZE=64x96",
@@ -57,6 +59,7 @@ def formats_seen(monkeypatch, tmp_path, *args):
     return seen
 
 
+@pytest.mark.slow
 def test_channels_last_parameter_reaches_every_model(monkeypatch, tmp_path):
     seen = formats_seen(monkeypatch, tmp_path, "--PARTS=a,c,d", "--CHANNELS_LAST=False")
     assert len(seen) > 10 and not any(seen)

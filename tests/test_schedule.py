@@ -55,6 +55,7 @@ def test_resume_takes_the_new_lr_and_weight_decay():
     assert torch.equal(resumed.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
 
 
+@pytest.mark.slow
 def test_a_100_step_demo_run_learns(make_demo_data, tmp_path):
     """The default WARMUP_STEPS=100 with --STEPS=100: the warm-up is capped (and said so), the
     LR decays, and the model learns well above chance (10 classes: 10%)."""
