@@ -142,9 +142,9 @@ class Run:
         self.saved = None if self.state is None else step
         self.best = (self.state or {}).get("best_metric", -1.0)
         lr_schedule = {"warmup_steps": schedule[0], "cosine_steps": schedule[1], "final_factor": FINAL_FACTOR}
-        self.records = RunLogger(self.run_dir, self.params, steps, train_set, self.dist, self.device, self.dtype,
-                             resumed_step=None if self.state is None else step, schedule=lr_schedule,
-                             will_train=step < stop_at)
+        self.records = RunLogger(self.run_dir, self.params, steps, train_set, self.dist, self.device,
+                                 self.dtype, resumed_step=None if self.state is None else step,
+                                 schedule=lr_schedule, will_train=step < stop_at)
         self.records.announce(train_set, val_set, model, step, settings)
         for change in self.changes:
             self.print(f"changed on resume: {change}")
