@@ -293,6 +293,10 @@ def run_command(command, fields):
                           text=True, cwd=fields["dir"], timeout=600, env=ENV)
 
 
+# The tests of these ~40 script runs take minutes: CI runs them by its second command (-m slow).
+SCRIPT_RUNS = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def runs(files):
     """case -> CompletedProcess for every case above, run a few at a time."""
@@ -316,11 +320,13 @@ def assert_ran(result):
     assert result.returncode == 0, f"stdout: {result.stdout[-3000:]}\nstderr: {result.stderr}"
 
 
+@SCRIPT_RUNS
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_bad_input_costs_one_line(runs, case):
     assert_one_line_error(runs[case], ERROR_CASES[case][1])
 
 
+@SCRIPT_RUNS
 def test_checkpoint_code_is_refused_and_never_runs(runs, files, tmp_path):
     assert "refused" in runs["evaluate: checkpoint carrying code"].stderr
     assert "refused" in runs["predict: checkpoint carrying code"].stderr
@@ -337,6 +343,7 @@ def predictions(result):
     return json.loads(result.stdout)["segments"]
 
 
+@SCRIPT_RUNS
 def test_undeclared_label_value_is_counted_not_a_class(runs):
     """Value 200 is neither one of the demo's classes nor declared void: reported, left out."""
     result = runs["evaluate: label map value beyond the classes"]
@@ -344,6 +351,7 @@ def test_undeclared_label_value_is_counted_not_a_class(runs):
     assert "neither a class nor declared void, left out: 200 (" in result.stdout
 
 
+@SCRIPT_RUNS
 def test_odd_masks_and_16_bit_files_are_accepted(runs, files):
     """Nonzero = ROI for two-valued masks: a 0/255 mask and a 16-bit mask; on a 16-bit image.
     They are the same region, so the same answer. A mask of values 1, 7 and 200 is a lossy
@@ -357,12 +365,14 @@ def test_odd_masks_and_16_bit_files_are_accepted(runs, files):
         assert segment["class"] in CLASS_NAMES and 0 < segment["probability"] <= 1
 
 
+@SCRIPT_RUNS
 @pytest.mark.parametrize("case", ["predict: RGBA image", "predict: gray image smaller than 32 px"])
 def test_rgba_and_gray_images_are_read_as_rgb(runs, case):
     segments = predictions(runs[case])
     assert len(segments) == 1 and segments[0]["class"] in CLASS_NAMES
 
 
+@SCRIPT_RUNS
 def test_evaluation_skips_unreadable_images(runs, files):
     result = runs["evaluate: unreadable images"]
     assert_ran(result)
@@ -377,6 +387,7 @@ def test_evaluation_skips_unreadable_images(runs, files):
     assert report["count"] == sum(counts.values()) - sum(counts[path] for path in broken)
 
 
+@SCRIPT_RUNS
 def test_names_from_a_dataset_stay_data(runs, files):
     """Class and file names that are Python code are read, stored and printed as text."""
     result = runs["evaluate: names that look like code"]
