@@ -214,7 +214,7 @@ def test_scanning_a_label_map_takes_no_int64_copy_of_it():
     """np.bincount copies its input as int64 (8 bytes a pixel): a 20000x20000 map peaked at
     4.1 GB. Counted a slice at a time, what numpy and OpenCV allocate stays near twice the map."""
     import tracemalloc
-    from OpenSurfacesReader import components_of
+    from LabelMapReader import components_of
     from roilib.labelconvention import LabelConvention
     label_map = np.zeros((4000, 4000), np.uint8)
     label_map[:2000] = 1
