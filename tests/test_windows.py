@@ -54,8 +54,8 @@ def test_large_photo_feeds_the_net_fixed_size_windows():
     masks = []
     for i, side in enumerate((4, 16, 64, 256, 1024, 3000, 12, 40)):
         x, y = 200 + i * 600, 300 + i * 400
-        side_y = min(side, height - y)
-        masks.append(BoxMask(np.ones((side_y, side), np.uint8), x, y))
+        side_y, side_x = min(side, height - y), min(side, width - x)   # inside the photo
+        masks.append(BoxMask(np.ones((side_y, side_x), np.uint8), x, y))
     model = ShapeRecorder(8, arch="resnet18").eval()
     results = RegionClassifier(model, (96, 128), max_batch=32).classify_box_masks(image, masks, 2)
     assert len(results) == 8 and model.shapes == [((8, 3, 96, 128), (8, 1, 96, 128))]
