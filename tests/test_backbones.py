@@ -127,6 +127,26 @@ def test_tampered_or_missing_weights_are_refused(tmp_path, monkeypatch):
         AttentionNet(5, arch=LITE0, weights="imagenet")
 
 
+def test_an_unreachable_hub_is_read_from_its_cache_only(monkeypatch):
+    """Offline, huggingface_hub would retry for minutes: only its cache is asked, at once."""
+    import huggingface_hub.constants as hub
+    import socket
+    seen, before = [], hub.HF_HUB_OFFLINE
+
+    def create(name, pretrained=False, **kwargs):
+        seen.append(hub.HF_HUB_OFFLINE)
+        raise OSError("not in the cache")
+
+    def no_dns(*args):
+        raise socket.gaierror(-2, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(timm, "create_model", create)
+    net = backbones.parts_of("tf_efficientnet_lite3")   # no pip weights: the hub is the way
+    with pytest.raises(UserError, match="no internet.*connect to the internet once"):
+        net.load_imagenet(None, "tf_efficientnet_lite3")
+    assert seen == [True] and hub.HF_HUB_OFFLINE == before   # cache only for that call
+
+
 def _offline(create_model):
     def create(name, pretrained=False, **kwargs):
         if pretrained:
