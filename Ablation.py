@@ -214,10 +214,10 @@ def run_variant(variant, seed, runs, cfg, device=None, env=None):
                         "another --NAME, or --RETRAIN=True to train it again (the old run is moved aside)")
     overrides["RESUME"] = not changed   # --RETRAIN: Train.py moves the old run aside
     if not changed and os.path.exists(eval_path) and read_eval(eval_path).get("step") == cfg.STEPS:
-        print(f"  done before: {run}", flush=True)
+        say(f"  done before: {run}")
         return read_eval(eval_path)
     if cfg.REPORT_ONLY:
-        print(f"  not done yet: {run}", flush=True)
+        say(f"  not done yet: {run}")
         return None
     call("Train.py", overrides, env)
     # The final model, not best.pt: picking the best on the evaluation set would flatter it.
@@ -302,6 +302,13 @@ def stop_children_on_signals():
             signal.signal(getattr(signal, name), stop)
 
 
+def say(line):
+    """Print a line from a run's thread in one write: print's separate newline let two runs'
+    lines run together."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def call(script, overrides, env=None):
     with subprocess.Popen([sys.executable, os.path.join(REPO, script), *arguments(overrides)], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -323,7 +330,7 @@ def call(script, overrides, env=None):
     name = overrides.get("RUN") or os.path.basename(os.path.dirname(overrides["CHECKPOINT"]))
     for line in completed.stdout.splitlines():
         if line.startswith(("validation", "done", "overall")):
-            print(f"  {name}: {line}", flush=True)
+            say(f"  {name}: {line}")
 
 
 if __name__ == "__main__":

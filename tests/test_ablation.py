@@ -146,6 +146,22 @@ def fake_runs(tmp_path, monkeypatch):
     return calls
 
 
+def test_a_runs_line_is_written_whole(fake_runs, tmp_path, monkeypatch):
+    """Runs report from threads of their own: a line and its newline in one write, else two
+    runs' lines ran together ("done before: a  done before: b")."""
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    Ablation.run_variant("stem", 0, str(tmp_path), ablation_config())
+    assert writes == ["  done before: stem-s0\n"]
+
+
 # A change of what the run learns is named; where and how it runs is not a change.
 @pytest.mark.parametrize("args,changed", [
     (["--LR=0.5"], "LR: 0.002 -> 0.5"), (["--STEPS=7"], "STEPS: 3 -> 7"), (["--MAX_BATCH=5"], "MAX_BATCH"),
