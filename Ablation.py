@@ -161,8 +161,8 @@ def run_all(jobs, runs, start, cfg):
             while queue and free and failure is None:
                 i, (variant, seed) = queue.pop(0)
                 slot = free.pop(0)
-                print(f"[{i}/{len(jobs)}] {variant} seed {seed}{slots[slot]['label']} "
-                      f"({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
+                say(f"[{i}/{len(jobs)}] {variant} seed {seed}{slots[slot]['label']} "
+                    f"({(time.perf_counter() - start) / 60:.1f} min so far)")
                 future = pool.submit(run_variant, variant, seed, runs, cfg, **slots[slot]["run"])
                 pending[future] = (slot, (variant, seed))
             if not pending:
