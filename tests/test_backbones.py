@@ -141,9 +141,9 @@ def test_an_unreachable_hub_is_read_from_its_cache_only(monkeypatch):
         raise socket.gaierror(-2, "Name or service not known")
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(timm, "create_model", create)
-    net = backbones.parts_of("tf_efficientnet_lite3")   # no pip weights: the hub is the way
+    parts = backbones.parts_of("tf_efficientnet_lite3")   # no pip weights: the hub is the way
     with pytest.raises(UserError, match="no internet.*connect to the internet once"):
-        net.load_imagenet(None, "tf_efficientnet_lite3")
+        parts.load_imagenet(None, "tf_efficientnet_lite3")
     assert seen == [True] and hub.HF_HUB_OFFLINE == before   # cache only for that call
 
 
