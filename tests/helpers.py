@@ -1,5 +1,7 @@
 """Helpers of the script-level tests (not fixtures: plain functions and constants)."""
+import contextlib
 import csv
+import io
 import os
 import runpy
 import subprocess
@@ -16,13 +18,38 @@ TINY = ["--ARCH=resnet18", "--MIN_SIZE=64", "--MAX_SIZE=96", "--MAX_BATCH=6", "-
         "--WORKERS=0", "--LOG_EVERY=2", "--WARMUP_STEPS=2"]
 
 
-def run_script(script, *args, check=True, env=None):
-    """Run a top-level script with arguments; fails the test with its output if it fails."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True,
-                            text=True, cwd=ROOT, timeout=600, env=env)
+def run_script(script, *args, check=True, env=None, here=False, cwd=ROOT):
+    """Run a top-level script with arguments; fails the test with its output if it fails.
+    here=True runs it in this process: the same result without the seconds of importing torch
+    and torchvision again, for a run whose process (environment, signals, exit) is not tested."""
+    if here:
+        assert env is None, "an environment needs a process of its own"
+        out, err, cwd, argv = io.StringIO(), io.StringIO(), os.getcwd(), sys.argv
+        try:
+            os.chdir(cwd)
+            sys.argv = [script, *args]
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = _exit_code(script)
+        finally:
+            os.chdir(cwd)
+            sys.argv = argv
+        result = subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+    else:
+        result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True,
+                                text=True, cwd=cwd, timeout=600, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def _exit_code(script):
+    """Run a script as __main__ in this process; its exit status as a process would have it."""
+    try:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    except SystemExit as exit_info:
+        code = exit_info.code
+        return 0 if code is None else code if isinstance(code, int) else 1
+    return 0
 
 
 def png(width, height, colour_type=0, body=b"\0"):
@@ -47,12 +74,7 @@ def run_in_process(script, args, capsys, monkeypatch):
     """(exit code, captured output) of a script run in this process: quick, since the checks
     under test come before any work."""
     monkeypatch.setattr(sys, "argv", [script, *args])
-    try:
-        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    return code, capsys.readouterr()
+    return _exit_code(script), capsys.readouterr()
 
 
 def image_masks(reader, image_index, image_shape):

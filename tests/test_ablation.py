@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import Ablation
+from helpers import run_script
 from roilib.demo import make_demo
 from roilib.errors import UserError
 
@@ -193,8 +194,7 @@ def test_context_classes_the_data_lacks_are_refused(data, tmp_path, capsys, monk
 
 def test_help_prints_the_variant_table():
     """--VARIANTS says "names from the table below": --help prints it, each name with its settings."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "Ablation.py"), "--help"],
-                            capture_output=True, text=True, timeout=120)
+    result = run_script("Ablation.py", "--help", here=True)
     assert result.returncode == 0 and "names from the table below" in result.stdout
     table = result.stdout.split("VARIANTS (name", 1)[1].splitlines()[1:]
     assert [row.split()[0] for row in table] == list(Ablation.VARIANT_TABLE)

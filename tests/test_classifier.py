@@ -34,7 +34,7 @@ def test_loaders_return_eval_mode(checkpoint):
 
 def test_classify_equals_runprediction_json(checkpoint, classifier):
     result = run_script("RunPrediction.py", f"--CHECKPOINT={checkpoint}", f"--IMAGE={EXAMPLE_IMAGE}",
-                        f"--MASKS={','.join(EXAMPLE_MASKS)}", "--TOPK=4", "--JSON=True", "--DEVICE=cpu")
+                        f"--MASKS={','.join(EXAMPLE_MASKS)}", "--TOPK=4", "--JSON=True", "--DEVICE=cpu", here=True)
     expected = json.loads(result.stdout)
     regions = classifier.classify(EXAMPLE_IMAGE, EXAMPLE_MASKS, topk=4)
     assert list(classifier.window) == expected["window"] == [64, 64]
@@ -121,9 +121,9 @@ def test_runprediction_overlay_draws_with_overlay_py_and_explains(checkpoint, cl
     strips = [explanation_strip(p) for p in explain_regions(classifier.model, image, regions, classifier.window)]
     common = [f"--CHECKPOINT={checkpoint}", f"--IMAGE={EXAMPLE_IMAGE}", f"--MASKS={','.join(EXAMPLE_MASKS[:2])}",
               "--DEVICE=cpu"]
-    run_script("RunPrediction.py", *common, f"--OVERLAY={tmp_path / 'plain.png'}")
+    run_script("RunPrediction.py", *common, f"--OVERLAY={tmp_path / 'plain.png'}", here=True)
     assert np.array_equal(read_image(tmp_path / "plain.png"), expected)
-    run_script("RunPrediction.py", *common, f"--OVERLAY={tmp_path / 'explained.png'}", "--EXPLAIN=True")
+    run_script("RunPrediction.py", *common, f"--OVERLAY={tmp_path / 'explained.png'}", "--EXPLAIN=True", here=True)
     explained = read_image(tmp_path / "explained.png")
     height = image.shape[0]
     assert np.array_equal(explained[:height, :image.shape[1]], expected)
@@ -140,11 +140,11 @@ def test_runprediction_shows_progress_beyond_one_batch(checkpoint, tmp_path):
     one batch: no bar."""
     common = [f"--CHECKPOINT={checkpoint}", f"--IMAGE={EXAMPLE_IMAGE}", f"--MASKS={','.join(EXAMPLE_MASKS[:3])}",
               "--DEVICE=cpu", "--JSON=True", f"--OVERLAY={tmp_path / 'out.png'}", "--EXPLAIN=True"]
-    many = run_script("RunPrediction.py", *common, "--MAX_BATCH=2")
+    many = run_script("RunPrediction.py", *common, "--MAX_BATCH=2", here=True)
     assert len(json.loads(many.stdout)["segments"]) == 3
     for stage in ("classify", "explain"):
         assert any(stage in line and "3/3" in line for line in many.stderr.splitlines()), many.stderr
-    one = run_script("RunPrediction.py", *common, "--MAX_BATCH=3")
+    one = run_script("RunPrediction.py", *common, "--MAX_BATCH=3", here=True)
     assert json.loads(one.stdout) == json.loads(many.stdout) and "classify" not in one.stderr
 
 
@@ -159,7 +159,7 @@ def test_explained_overlay_too_tall_for_jpeg_refused_before_any_work(checkpoint,
     out = tmp_path / "out.jpg"
     result = run_script("RunPrediction.py", f"--CHECKPOINT={checkpoint}", f"--IMAGE={EXAMPLE_IMAGE}",
                         f"--INSTANCE_MAP={tmp_path / 'tiles.png'}", f"--OVERLAY={out}", "--EXPLAIN=True",
-                        "--DEVICE=cpu", check=False)
+                        "--DEVICE=cpu", check=False, here=True)
     assert result.returncode == 2 and result.stdout == "" and not out.exists()
     assert "beyond what JPEG holds" in result.stderr and "write a .png" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -173,6 +173,6 @@ def test_explain_refused_before_any_output(tmp_path, args, message):
     crop.save(str(tmp_path / "crop.pt"), window=[64, 64])
     out = tmp_path / "out.png"
     result = run_script("RunPrediction.py", f"--CHECKPOINT={tmp_path / 'crop.pt'}", "--DEVICE=cpu",
-                        *[a.format(out=out) for a in args], check=False)
+                        *[a.format(out=out) for a in args], check=False, here=True)
     assert result.returncode == 2 and message in result.stderr and result.stdout == ""
     assert not out.exists()

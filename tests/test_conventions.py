@@ -213,8 +213,7 @@ def test_checkpoint_keeps_the_convention_and_refuses_another(tmp_path, capsys, m
     run_script("Train.py", *TINY, "--DATASET=camvid", f"--TRAIN_IMAGES={train[0]}",
                f"--TRAIN_ANNOTATIONS={train[1]}", f"--VAL_IMAGES={val[0]}",
                f"--VAL_ANNOTATIONS={val[1]}", f"--LOG_DIR={tmp_path}/logs", "--RUN=c",
-               "--STEPS=2", "--VAL_EVERY=0", "--DEVICE=cpu",
-               env=dict(os.environ, OMP_NUM_THREADS="1"))
+               "--STEPS=2", "--VAL_EVERY=0", "--DEVICE=cpu", here=True)
     checkpoint = tmp_path / "logs" / "c" / "last.pt"
     state = torch.load(checkpoint, weights_only=True)
     assert state["label_convention"] == {"background": None, "ignore": [11],

@@ -3,27 +3,24 @@ safetensors folder reloads bit for bit with no pickle; damaged files get one-lin
 import json
 import os
 import pickle
-import subprocess
-import sys
 
 import onnxruntime as ort
 import pytest
 import torch
 
 from AttentionNet import AttentionNet
+from helpers import run_script
 from roilib.checkpoint import load_model_state
 from roilib.errors import UserError
 from roilib.export import (check_parity, export_onnx, onnx_metadata, open_onnx, parity_inputs,
                            write_release)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ["cat", "dog", "car", "tree"]
 WINDOW = [64, 96]
 
 
 def run_export(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "Export.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return run_script("Export.py", *args, check=False, here=True)
 
 
 def assert_one_line_error(result, *words):

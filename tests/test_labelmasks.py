@@ -112,7 +112,7 @@ def test_gt_masks_with_their_categories_give_ap_1(demo, tmp_path):
     """The file plumbing and the ids: GT masks with their true (non-contiguous) categories."""
     out = tmp_path / "gt.json"
     result = run_script("LabelMasks.py", f"--MASKS={demo['gt']}", f"--IMAGES={demo['images']}",
-                        "--KEEP_CATEGORIES=True", f"--GT={demo['gt']}", f"--OUT={out}", "--WORKERS=0")
+                        "--KEEP_CATEGORIES=True", f"--GT={demo['gt']}", f"--OUT={out}", "--WORKERS=0", here=True)
     report = read_json(tmp_path / "gt_eval.json")
     assert report["AP"] == report["AP50"] == report["AP75"] == 1.0
     assert report["accuracy"] == 1.0 and report["unmatched"] == 0
@@ -134,7 +134,7 @@ def test_trained_model_ap_consistent_with_its_accuracy(demo, trained, tmp_path):
     out = tmp_path / "labelled.json"
     run_script("LabelMasks.py", f"--CHECKPOINT={checkpoint}", f"--MASKS={masks}",
                f"--IMAGES={demo['images']}", f"--IMAGE_INFO={demo['gt']}", f"--GT={demo['gt']}",
-               f"--OUT={out}", "--WORKERS=0", "--AMP=False", "--MAX_BATCH=7")
+               f"--OUT={out}", "--WORKERS=0", "--AMP=False", "--MAX_BATCH=7", here=True)
     report = read_json(tmp_path / "labelled_eval.json")
     assert 0.5 <= accuracy < 1
     # Every GT mask matches itself, in the same window: the region accuracy is the one the
@@ -236,7 +236,7 @@ def test_bad_masks_are_skipped_counted_and_reported(demo, tmp_path):
     random_model().save(checkpoint, window=list(WINDOW))
     result = run_script("LabelMasks.py", f"--CHECKPOINT={checkpoint}", f"--MASKS={masks}",
                         f"--IMAGES={demo['images']}", f"--IMAGE_INFO={info}", f"--OUT={out}",
-                        "--WORKERS=1", "--TOPK=2")
+                        "--WORKERS=1", "--TOPK=2", here=True)
     lines = result.stdout.splitlines()
     for count, kind in ((1, "empty"), (1, "RLE size differs from the image"), (1, "unknown image id"), (2, "missing image file")):
         assert sum(line.startswith(f"skipped {count} masks: {kind} (") for line in lines) == 1, result.stdout
@@ -248,7 +248,7 @@ def test_masks_file_that_is_not_json_is_one_line_error(demo, tmp_path):
     masks = tmp_path / "masks.json"
     masks.write_text("image_id,segmentation\n1,?\n")
     result = run_script("LabelMasks.py", f"--MASKS={masks}", f"--IMAGES={demo['images']}",
-                        f"--OUT={tmp_path / 'out.json'}", check=False)
+                        f"--OUT={tmp_path / 'out.json'}", check=False, here=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not a JSON file" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out.json").exists()

@@ -120,7 +120,7 @@ def test_stop_at_message_does_not_point_at_a_missing_best(data, tmp_path):
     out = run_script("Train.py", *TINY, f"--TRAIN_IMAGES={data}/train/images",
                      f"--TRAIN_ANNOTATIONS={data}/train/instances.json", f"--VAL_IMAGES={data}/val/images",
                      f"--VAL_ANNOTATIONS={data}/val/instances.json", f"--LOG_DIR={tmp_path}", "--RUN=r",
-                     "--STEPS=10", "--STOP_AT=2", "--DEVICE=cpu").stdout
+                     "--STEPS=10", "--STOP_AT=2", "--DEVICE=cpu", here=True).stdout
     assert not (tmp_path / "r" / "best.pt").exists()
     assert "best.pt" not in out.splitlines()[-1] and "last.pt" in out.splitlines()[-1]
 

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -288,22 +287,18 @@ OK_CASES = {
 
 def run_command(command, fields):
     script, *args = command
-    args = [arg.format(**fields) for arg in args]
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True,
-                          text=True, cwd=fields["dir"], timeout=600, env=ENV)
+    return run_script(script, *[arg.format(**fields) for arg in args], check=False, here=True,
+                      cwd=fields["dir"])
 
 
-# The tests of these ~40 script runs take minutes: CI runs them by its second command (-m slow).
+# The tests of these ~40 script runs take a minute: CI runs them by its second command (-m slow).
 SCRIPT_RUNS = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def runs(files):
-    """case -> CompletedProcess for every case above, run a few at a time."""
-    cases = {name: case[0] for name, case in {**ERROR_CASES, **OK_CASES}.items()}
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        futures = {name: pool.submit(run_command, command, files) for name, command in cases.items()}
-    return {name: future.result() for name, future in futures.items()}
+    """case -> the CompletedProcess-like result of every case above, run in this process."""
+    return {name: run_command(case[0], files) for name, case in {**ERROR_CASES, **OK_CASES}.items()}
 
 
 def assert_one_line_error(result, words):
@@ -577,7 +572,7 @@ def test_training_goes_on_past_unreadable_and_missing_images(data, tmp_path):
         {"id": 9002, "image_id": 24, "category_id": 2, "segmentation": [[1, 1, 9, 9]]}]
     (train / "instances.json").write_text(json.dumps(coco))
     result = run_script("Train.py", *train_args(tmp_path / "data", tmp_path / "logs", "--RUN=r",
-                                                "--STEPS=4", "--VAL_EVERY=4"), env=ENV)
+                                                "--STEPS=4", "--VAL_EVERY=4"), here=True)
     out = result.stdout
     assert "1 degenerate" in out and "missing image files: 1" in out
     reported = [line.split(": ", 1)[1] for line in out.splitlines()
@@ -613,7 +608,7 @@ def test_non_finite_training_stops_before_saving(data, tmp_path, log_every, word
     result = run_script("Train.py", *train_args(data, tmp_path, "--RUN=nan", "--STEPS=6",
                                                 "--LR=1e30", f"--LOG_EVERY={log_every}",
                                                 "--SAVE_EVERY=1", "--VAL_EVERY=1"),
-                        check=False, env=ENV)
+                        check=False, here=True)
     assert_one_line_error(result, [words, "intact"])
     saved = sorted((tmp_path / "nan").glob("*.pt"))
     assert [p.name for p in saved] == ["best.pt", "last.pt"]

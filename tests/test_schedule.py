@@ -64,7 +64,7 @@ def test_a_100_step_demo_run_learns(make_demo_data, tmp_path):
                      "--MAX_BATCH=16", "--WORKERS=0", "--DEVICE=cpu", "--AMP=False", "--LOG_EVERY=50",
                      "--VAL_EVERY=100", f"--LOG_DIR={tmp_path}", "--RUN=short",
                      f"--TRAIN_IMAGES={data}/train/images", f"--TRAIN_ANNOTATIONS={data}/train/instances.json",
-                     f"--VAL_IMAGES={data}/val/images", f"--VAL_ANNOTATIONS={data}/val/instances.json").stdout
+                     f"--VAL_IMAGES={data}/val/images", f"--VAL_ANNOTATIONS={data}/val/instances.json", here=True).stdout
     assert "warm-up: 10 steps, not WARMUP_STEPS=100" in out
     config = json.loads((tmp_path / "short" / "config.json").read_text())
     assert config["lr_schedule"]["warmup_steps"] == 10

@@ -128,18 +128,18 @@ def tensorboard_steps(run, tag="train/loss"):
 def test_resume_applies_or_refuses_each_change(data, tmp_path):
     common = [*FAST, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=r", "--LOG_EVERY=1",
               "--VAL_EVERY=0", "--SAVE_EVERY=2"]
-    run_script("Train.py", *common, "--STEPS=6", "--SNAPSHOT_EVERY=4", env=ENV)
+    run_script("Train.py", *common, "--STEPS=6", "--SNAPSHOT_EVERY=4", here=True)
     run = tmp_path / "r"
     assert not (run / "best.pt").exists()                  # VAL_EVERY=0: never validated
     shutil.copy(run / "step_4.pt", run / "last.pt")        # as a kill after step 6's logs leaves it
 
     refused = run_script("Train.py", *common, "--STEPS=6", "--ATTENTION=layer1", "--MIN_SIZE=32",
-                         check=False, env=ENV)
+                         check=False, here=True)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     for words in ("ATTENTION: 'stem' -> 'layer1'", "MIN_SIZE: 64 -> 32", "--RESUME=False"):
         assert words in refused.stderr
 
-    out = run_script("Train.py", *common, "--STEPS=9", "--LR=1e-3", "--WEIGHT_DECAY=0.01", env=ENV).stdout
+    out = run_script("Train.py", *common, "--STEPS=9", "--LR=1e-3", "--WEIGHT_DECAY=0.01", here=True).stdout
     assert "resuming" in out and "at step 4" in out
     assert "changed on resume: LR: 0.002 -> 0.001" in out and "STEPS: 6 -> 9" in out
     assert "steps 7-9 run at" in out and "warm-up: 0 steps, not WARMUP_STEPS=2" in out
@@ -251,16 +251,16 @@ def test_resume_that_runs_no_step_keeps_config_and_a_bad_log_is_one_line(data, t
     describing the model as trained, whatever new values it was given; a train_log.csv that
     is not text stops the resume in one line that says how to go on."""
     common = [*FAST, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=r", "--VAL_EVERY=0"]
-    run_script("Train.py", *common, "--STEPS=2", env=ENV)
+    run_script("Train.py", *common, "--STEPS=2", here=True)
     config = (tmp_path / "r" / "config.json").read_text()
     for extra, said in ((["--STEPS=2"], "already trained 2 steps"),
                         (["--STEPS=5", "--STOP_AT=2"], "past STOP_AT=2: no step to run")):
-        out = run_script("Train.py", *common, *extra, "--LR=0.5", "--WEIGHT_DECAY=0.3", env=ENV).stdout
+        out = run_script("Train.py", *common, *extra, "--LR=0.5", "--WEIGHT_DECAY=0.3", here=True).stdout
         assert said in out and "changed on resume: LR: 0.002 -> 0.5" in out
         assert (tmp_path / "r" / "config.json").read_text() == config
     log = tmp_path / "r" / "train_log.csv"
     log.write_bytes(log.read_bytes() + b"3,0.5\xff,1e-3,1.0,,\n")
-    result = run_script("Train.py", *common, "--STEPS=4", check=False, env=ENV)
+    result = run_script("Train.py", *common, "--STEPS=4", check=False, here=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "train_log.csv: cannot be read" in result.stderr and "--RESUME=False" in result.stderr
@@ -320,10 +320,10 @@ def test_failed_start_leaves_no_run_folder(data, tmp_path):
     folder stays with the log that shows what happened."""
     common = [*FAST, *data_args(data), f"--LOG_DIR={tmp_path}", "--VAL_EVERY=0", "--SAVE_EVERY=0"]
     result = run_script("Train.py", *common, "--RUN=r", f"--VAL_ANNOTATIONS={tmp_path}/missing.json",
-                        check=False, env=ENV)
+                        check=False, here=True)
     assert result.returncode == 2 and "missing.json" in result.stderr
     assert os.listdir(tmp_path) == []
     result = run_script("Train.py", *common, "--RUN=nan", "--LR=1e30", "--LOG_EVERY=1", "--STEPS=6",
-                        check=False, env=ENV)
+                        check=False, here=True)
     assert result.returncode == 2 and "the loss became nan" in result.stderr
     assert os.listdir(tmp_path) == ["nan"] and read_csv(tmp_path / "nan" / "train_log.csv")

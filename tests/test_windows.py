@@ -38,10 +38,10 @@ def test_instance_map_with_1000_instances_is_predicted_in_chunks():
 
     model = ShapeRecorder(8, arch="resnet18").eval()
     image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    results = RegionClassifier(model, (64, 64), max_batch=128).classify_box_masks(image, masks, 3)
+    results = RegionClassifier(model, (32, 32), max_batch=128).classify_box_masks(image, masks, 3)
     assert len(results) == len(masks)
     assert len(model.shapes) == -(-len(masks) // 128)
-    assert all(images[0] <= 128 and images[1:] == (3, 64, 64) and m[1:] == (1, 64, 64)
+    assert all(images[0] <= 128 and images[1:] == (3, 32, 32) and m[1:] == (1, 32, 32)
                for images, m in model.shapes)
 
 

@@ -45,7 +45,8 @@ def test_train_evaluate_predict(data, tmp_path):
     # evaluation: every validation segment once, per size and per class consistent
     val = CocoReader(data / "val" / "images", data / "val" / "instances.json", train=False)
     run_script("EvaluateAccuracy.py", f"--CHECKPOINT={run / 'best.pt'}", "--WORKERS=0", f"--OUT={tmp_path / 'eval'}",
-               "--DATASET=demo", f"--IMAGES={data}/val/images", f"--ANNOTATIONS={data}/val/instances.json")
+               "--DATASET=demo", f"--IMAGES={data}/val/images", f"--ANNOTATIONS={data}/val/instances.json",
+               here=True)
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert result["window"] == [96, 96]        # the checkpoint's window, with no parameter given
     assert result["count"] == len(val)
@@ -66,7 +67,7 @@ def test_train_evaluate_predict(data, tmp_path):
     labels = data / "val" / "labels" / first
     overlay = tmp_path / "overlay.png"
     out = run_script("RunPrediction.py", f"--CHECKPOINT={run / 'best.pt'}", f"--IMAGE={image}",
-                     f"--INSTANCE_MAP={labels}", "--JSON=True", "--TOPK=3", f"--OVERLAY={overlay}").stdout
+                     f"--INSTANCE_MAP={labels}", "--JSON=True", "--TOPK=3", f"--OVERLAY={overlay}", here=True).stdout
     answer = json.loads(out)
     assert answer["window"] == [96, 96]
     values = [v for v in np.unique(read_label_map(labels)) if v]
@@ -87,10 +88,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(data, tmp_path):
     model, optimiser, schedule and data order all come back from last.pt."""
     common = [*TINY, *data_args(data), f"--LOG_DIR={tmp_path}", "--STEPS=6", "--VAL_EVERY=100",
               "--SAVE_EVERY=100"]
-    run_script("Train.py", *common, "--RUN=straight")
-    run_script("Train.py", *common, "--RUN=split", "--STOP_AT=3")
+    run_script("Train.py", *common, "--RUN=straight", here=True)
+    run_script("Train.py", *common, "--RUN=split", "--STOP_AT=3", here=True)
     assert torch.load(tmp_path / "split" / "last.pt", weights_only=True)["step"] == 3
-    out = run_script("Train.py", *common, "--RUN=split").stdout
+    out = run_script("Train.py", *common, "--RUN=split", here=True).stdout
     assert "resuming" in out and "at step 3" in out
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
@@ -103,15 +104,15 @@ def test_resume_after_interruption_matches_uninterrupted_run(data, tmp_path):
 
 def test_fresh_start_moves_old_run_aside(data, tmp_path):
     common = [*TINY, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=r", "--STEPS=2", "--VAL_EVERY=100"]
-    run_script("Train.py", *common)
-    out = run_script("Train.py", *common, "--RESUME=False").stdout
+    run_script("Train.py", *common, here=True)
+    out = run_script("Train.py", *common, "--RESUME=False", here=True).stdout
     assert "moved the existing run" in out
     kept = [d for d in os.listdir(tmp_path) if d.startswith("r.old-")]
     assert len(kept) == 1 and (tmp_path / kept[0] / "last.pt").exists()
 
 
 def test_prediction_without_model_says_what_to_do(tmp_path):
-    result = run_script("RunPrediction.py", f"--CHECKPOINT={tmp_path / 'none.pt'}", check=False)
+    result = run_script("RunPrediction.py", f"--CHECKPOINT={tmp_path / 'none.pt'}", check=False, here=True)
     assert result.returncode == 2
     assert "run `python Train.py` first" in result.stderr and "Traceback" not in result.stderr
 
@@ -159,7 +160,7 @@ def test_ctrl_c_names_the_checkpoint_and_a_resume_counts_its_own_steps(data, tmp
     assert stderr.strip().splitlines()[-1] == (
         f"interrupted: the last checkpoint is {tmp_path / 'r' / 'last.pt'} (step {saved}); "
         "the same command resumes from it")
-    out = run_script("Train.py", *common, f"--STEPS={saved + 2}").stdout
+    out = run_script("Train.py", *common, f"--STEPS={saved + 2}", here=True).stdout
     assert f"resuming {tmp_path / 'r'} at step {saved}" in out
     assert "done: 2 steps in " in out and f"(steps {saved + 1}-{saved + 2}; {saved + 2} of {saved + 2} in all)" in out
 
@@ -190,8 +191,8 @@ def test_every_script_looking_for_best_pt_falls_back(script):
 
 def test_evaluation_of_a_run_without_best_pt_uses_last_pt(data, tmp_path):
     run_script("Train.py", *TINY, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=r", "--STEPS=2",
-               "--VAL_EVERY=0")
+               "--VAL_EVERY=0", here=True)
     result = run_script("EvaluateAccuracy.py", f"--CHECKPOINT={tmp_path / 'r' / 'best.pt'}", "--WORKERS=0",
-                        f"--IMAGES={data}/val/images", f"--ANNOTATIONS={data}/val/instances.json", "--LIMIT=2")
+                        f"--IMAGES={data}/val/images", f"--ANNOTATIONS={data}/val/instances.json", "--LIMIT=2", here=True)
     assert f"using {tmp_path / 'r' / 'last.pt'}" in result.stderr
     assert json.loads((tmp_path / "r" / "eval.json").read_text())["checkpoint"] == str(tmp_path / "r" / "last.pt")
