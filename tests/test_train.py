@@ -69,6 +69,8 @@ def test_two_processes_share_geometry_and_validate_as_one(data, tmp_path):
                           "--VAL_EVERY=4"], 29561, PROBE_LOG=str(probes))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("validation at step 4") == 1
+    assert result.stdout.count("new run") == 1            # rank 0 alone reports and writes
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
     # (c) one geometry and batch size per step on both processes, different samples
     ranks = [probe_log(probes / f"rank{r}.txt") for r in (0, 1)]
     assert sorted(ranks[0]) == sorted(ranks[1]) == [1, 2, 3, 4]
@@ -79,6 +81,7 @@ def test_two_processes_share_geometry_and_validate_as_one(data, tmp_path):
     # (a) the sharded validation equals one process evaluating the same checkpoint
     state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert state["world_size"] == 2 and state["step"] == 4
+    assert not any(k.startswith("module.") for k in state["model"])   # saved unwrapped from DDP
     model = AttentionNet.from_state(state)
     val = CocoReader(data / "val" / "images", data / "val" / "instances.json", train=False)
     args = dict(device=torch.device("cpu"), window=tuple(state["window"]), max_batch=6, progress=False)

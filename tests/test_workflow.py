@@ -1,5 +1,5 @@
 """End to end: a tiny Train.py -> EvaluateAccuracy.py -> RunPrediction.py on generated demo
-data, with resume after an interrupted run, and a 2-process torchrun (gloo, CPU) run."""
+data, with resume after an interrupted run (torchrun's 2-process runs: tests/test_train.py)."""
 import json
 import os
 import signal
@@ -115,21 +115,6 @@ def test_prediction_without_model_says_what_to_do(tmp_path):
     result = run_script("RunPrediction.py", f"--CHECKPOINT={tmp_path / 'none.pt'}", check=False, here=True)
     assert result.returncode == 2
     assert "run `python Train.py` first" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_torchrun_two_processes_gloo(data, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           os.path.join(ROOT, "Train.py"), *TINY, *data_args(data), f"--LOG_DIR={tmp_path}", "--RUN=ddp",
-           "--STEPS=4", "--VAL_EVERY=4", "--DEVICE=cpu"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("new run") == 1            # rank 0 alone reports and writes
-    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
-    assert config["world_size"] == 2
-    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
-    assert state["step"] == 4
-    assert not any(k.startswith("module.") for k in state["model"])
 
 
 def test_demo_label_maps_read_with_demo_names(data):
