@@ -24,14 +24,14 @@ def run_script(script, *args, check=True, env=None, here=False, cwd=ROOT):
     and torchvision again, for a run whose process (environment, signals, exit) is not tested."""
     if here:
         assert env is None, "an environment needs a process of its own"
-        out, err, cwd, argv = io.StringIO(), io.StringIO(), os.getcwd(), sys.argv
+        out, err, before, argv = io.StringIO(), io.StringIO(), os.getcwd(), sys.argv
         try:
             os.chdir(cwd)
             sys.argv = [script, *args]
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 code = _exit_code(script)
         finally:
-            os.chdir(cwd)
+            os.chdir(before)
             sys.argv = argv
         result = subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
     else:
