@@ -34,6 +34,7 @@ from roilib.explain import draw_regions, region_colour  # noqa: E402
 from roilib.imageio import bounded_bytes, read_image, read_label_map, read_mask, read_raw, write_png  # noqa: E402
 from roilib.paths import find_checkpoint, find_path  # noqa: E402
 from roilib.runtime import resolve_device  # noqa: E402
+from roilib.writeplan import inside  # noqa: E402
 
 # ---- parameters: edit here, or override as --NAME=value ----
 CHECKPOINT = "logs/demo/best.pt"   # [nonempty] trained model, .pt or release folder (relative: to this repository if not found here)
@@ -206,11 +207,6 @@ def example_rows(count, camvid):
                  if all(inside(os.path.join(root, path), root) for path in (photo, labels))]
     return [[os.path.abspath(row[0]), os.path.abspath(row[1]), row[2]] for row in rows
             if os.path.isfile(row[0]) and os.path.isfile(row[1])]
-
-
-def inside(path, root):
-    """Whether `path`, links resolved, lies in the folder `root` (a listing's "../x" does not)."""
-    return os.path.commonpath([os.path.realpath(path), root]) == root
 
 
 # ---- the page --------------------------------------------------------------------------------

@@ -42,9 +42,9 @@ def check_writes(writes, reads=(), folders=(), owns=(), moved=()):
     inputs = [read_file for path in reads if path and os.path.exists(path)
               for read_file in _read_files(path)]
     for label, folder in moved:
-        inside = [read for read, _ in inputs if os.path.exists(folder) and _inside(read, folder)]
-        if inside:
-            raise BadValue(f"would be moved aside, and it holds the input {inside[0]}; choose another "
+        held = [read for read, _ in inputs if os.path.exists(folder) and inside(read, folder)]
+        if held:
+            raise BadValue(f"would be moved aside, and it holds the input {held[0]}; choose another "
                            "folder", **{label: folder})
     seen = {}
     for label, path in writes:
@@ -77,7 +77,7 @@ def _check_one(label, path, inputs, owns):
     if os.path.isdir(path):
         raise BadValue("is an existing folder; give a file path", **{label: path})
     for read, is_folder in inputs if os.path.lexists(path) else ():   # a new file replaces nothing
-        if is_folder and _inside(path, read):
+        if is_folder and inside(path, read):
             raise BadValue(f"would replace a file in the input folder {read}; choose another path",
                            **{label: path})
         if not is_folder and _same(path, read):
@@ -101,6 +101,7 @@ def _same(a, b):
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _inside(path, folder):
+def inside(path, folder):
+    """Whether `path`, links resolved, lies in `folder` (a "../x" does not)."""
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return os.path.commonpath([path, folder]) == folder
